@@ -1,0 +1,28 @@
+"""CNN on MNIST: two conv stages and a dense layer, Adam with a one-cycle schedule.
+
+    python train.py --config=configs/cnn.py
+
+Reaches 99.3x% test accuracy in X min on a 2-core CPU (see README).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.model.name = "cnn"
+  c.model.features = (32, 64)  # channels of each conv stage (each stage ends in a 2x2 pool)
+  c.model.kernel_size = 3
+  c.model.convs_per_stage = 1
+  c.model.dense = (128,)  # hidden dense widths before the classifier
+  c.model.pool = "max"
+  c.model.dropout = 0.0
+  c.model.batch_norm = False
+  c.schedule = "onecycle"
+  c.learning_rate = 3e-3
+  c.num_epochs = 5
+  return c

@@ -1,0 +1,56 @@
+"""Fields shared by every config; each runnable config calls `base()` and overrides a few.
+
+Not a runnable config itself (it has no `get_config`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # --- Data ---
+  c.dataset = "mnist"  # any tfds image-classification dataset prepared in array_record format
+  # Where the prepared tfds data lives; unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  c.data_dir = config_dict.placeholder(str)
+  # Decoded arrays are cached here after the first load (""/unset: ~/.cache/mnist_jax/datasets;
+  # "none": no cache).
+  c.cache_dir = config_dict.placeholder(str)
+  c.validation_fraction = 0.1  # share of train held out for validation (0 disables validation)
+  c.split_seed = 0  # seed of the train/validation carve, independent of `seed`
+  # Caps for quick runs and tests: use at most this many examples (0 = all).
+  c.max_train_examples = 0
+  c.max_eval_examples = 0
+
+  # --- Model: `name` picks the architecture; the other fields are its module fields ---
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "cnn"
+  c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters and loss stay float32)
+
+  # --- Optimization ---
+  c.optimizer = "adam"  # sgd | momentum | adam | adamw
+  c.learning_rate = 1e-3  # peak learning rate
+  c.momentum = 0.9  # for momentum (and sgd, where it is ignored)
+  c.nesterov = False  # Nesterov momentum, for `momentum`
+  c.weight_decay = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
+  c.schedule = "constant"  # constant | cosine | warmup_cosine | onecycle
+  c.warmup_epochs = 0.0  # for warmup_cosine (fractions allowed)
+  c.end_lr_factor = 0.0  # final learning rate as a fraction of the peak (cosine schedules)
+  c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
+  c.label_smoothing = 0.0
+  c.batch_size = 128  # global training batch
+  c.eval_batch_size = 1000
+  c.num_epochs = 10
+  c.seed = 0  # parameter init, shuffling and dropout
+
+  # --- Runtime ---
+  # Persistent XLA compilation cache (unset: ~/.cache/mnist_flax/jax; "none": off).
+  c.compilation_cache_dir = config_dict.placeholder(str)
+
+  # --- Logging ---
+  c.log_every_steps = 100  # host-side metric fetch (and NaN check) interval
+  c.progress_bar = True
+  return c

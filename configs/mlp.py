@@ -1,0 +1,24 @@
+"""MLP on MNIST: two hidden layers of 512 with dropout, Adam with a one-cycle schedule.
+
+    python train.py --config=configs/mlp.py
+
+Reaches 98.xx% test accuracy in X min on a 2-core CPU (see README).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.model.name = "mlp"
+  c.model.hidden = (512, 512)  # widths of the hidden layers
+  c.model.dropout = 0.2
+  c.model.batch_norm = False
+  c.schedule = "onecycle"
+  c.learning_rate = 2e-3
+  c.num_epochs = 10
+  return c

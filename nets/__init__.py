@@ -1,0 +1,85 @@
+"""Architectures by name.
+
+Every module in this package is imported on first use, and each registers its variants with
+`register`, so adding an architecture is one new file here (plus a config): nothing else changes.
+
+    from nets import register
+    register("my_net", MyNet)                          # a class
+    register("my_net_wide", functools.partial(MyNet, width=512))  # a variant
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+import flax.linen as nn
+
+class ModelConfigError(ValueError):
+  """An unknown model name or model field."""
+
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+_discovered = False
+
+
+def register(name: str, factory: ModelFactory) -> ModelFactory:
+  """Registers `factory` (a module class or a `functools.partial` of one) under `name`."""
+  existing = _REGISTRY.get(name)
+  if existing is not None and _qualname(existing) != _qualname(factory):
+    raise ValueError(f"Model name {name!r} is already registered to {_qualname(existing)}.")
+  _REGISTRY[name] = factory
+  return factory
+
+
+def _qualname(factory: ModelFactory) -> str:
+  func = getattr(factory, "func", factory)
+  kwargs = getattr(factory, "keywords", {})
+  return f"{func.__module__}.{func.__qualname__}{kwargs or ''}"
+
+
+def _discover() -> None:
+  global _discovered
+  if not _discovered:
+    for info in pkgutil.iter_modules(__path__):
+      if not info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{info.name}")
+    _discovered = True
+
+
+def names() -> list[str]:
+  """All registered model names, sorted."""
+  _discover()
+  return sorted(_REGISTRY)
+
+
+def field_names(name: str) -> list[str]:
+  """The fields that a config may set on model `name` (those not fixed by its variant)."""
+  factory = get_factory(name)
+  cls = getattr(factory, "func", factory)
+  fixed = set(getattr(factory, "keywords", {}))
+  return [f.name for f in dataclasses.fields(cls)
+          if f.init and f.name not in fixed and f.name not in ("parent", "name")]
+
+
+def get_factory(name: str) -> ModelFactory:
+  _discover()
+  if name not in _REGISTRY:
+    raise ModelConfigError(f"Unknown model {name!r}. Known models: {', '.join(sorted(_REGISTRY))}. "
+                     "Set --config.model.name to one of them, or add a file to nets/ that "
+                     "calls nets.register().")
+  return _REGISTRY[name]
+
+
+def create(name: str, **fields: Any) -> nn.Module:
+  """Builds model `name` with the given module fields (e.g. num_classes=10, dropout=0.1)."""
+  factory = get_factory(name)
+  allowed = field_names(name)
+  unknown = sorted(set(fields) - set(allowed))
+  if unknown:
+    raise ModelConfigError(f"Model {name!r} has no field(s) {unknown}. Its fields are: "
+                     f"{', '.join(allowed)}.")
+  return factory(**fields)

@@ -1,0 +1,55 @@
+"""Shared helpers: every config file and every registered model is picked up automatically."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+
+import ml_collections
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Runnable configs are the files that define get_config (configs/common.py only holds the base).
+CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                      if "def get_config" in p.read_text())
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """The same config on a few examples: one epoch of a few steps, no cache, no progress bar."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.update(num_epochs=1, batch_size=16, eval_batch_size=32, max_train_examples=64,
+           max_eval_examples=48, progress_bar=False, cache_dir="none", log_every_steps=2)
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def real_data_dir() -> str:
+  """The prepared real MNIST: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets."""
+  path = os.environ.get("TFDS_DATA_DIR") or str(REPO.parent / "shared" / "tensorflow_datasets")
+  if not os.path.isdir(os.path.join(path, "mnist")):
+    pytest.fail(f"Real MNIST not found in {path}: set TFDS_DATA_DIR to the folder holding "
+                "mnist/3.0.1 (see README).")
+  return path
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> str:
+  """One decoded-data cache for the session: the real data is decoded once, not per test."""
+  return str(tmp_path_factory.mktemp("data_cache"))
+
+
+@pytest.fixture
+def mock_mnist():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=64):
+    yield

@@ -1,0 +1,100 @@
+"""Every registered model: output shape, parameter count, train/eval modes; the registry's errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nets
+from training import loop
+
+from conftest import CONFIG_NAMES, load_config
+
+SHAPE = (28, 28, 1)
+
+
+def _init(model, shape=SHAPE):
+  x = jnp.asarray(np.random.default_rng(0).random((3, *shape)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  return x, variables
+
+
+@pytest.mark.parametrize("name", nets.names())
+def test_every_model_outputs_logits(name):
+  model = nets.create(name, num_classes=7)
+  x, variables = _init(model)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+  logits_train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.PRNGKey(1)})
+  assert logits_train.shape == (3, 7)
+  assert loop.param_count(variables["params"]) > 0
+
+
+@pytest.mark.parametrize("name", nets.names())
+def test_every_model_takes_other_image_shapes(name):
+  # fashion_mnist/kmnist share 28x28x1; a 32x32x3 input checks nothing is hard-wired to MNIST.
+  model = nets.create(name, num_classes=10)
+  x, variables = _init(model, (32, 32, 3))
+  assert model.apply(variables, x, train=False).shape == (3, 10)
+
+
+def _mlp_params(inputs, hidden, classes):
+  sizes = [inputs, *hidden, classes]
+  return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _cnn_params(features, dense, classes, k=3, side=28, channels=1):
+  total, c = 0, channels
+  for f in features:
+    total += k * k * c * f + f
+    c, side = f, side // 2
+  return total + _mlp_params(side * side * c, dense, classes)
+
+
+def test_param_counts_match_the_architecture():
+  """Counted by hand from the layer shapes, independently of flax."""
+  mlp = nets.create("mlp", hidden=(512, 512), num_classes=10)
+  assert loop.param_count(_init(mlp)[1]["params"]) == _mlp_params(784, (512, 512), 10) == 669_706
+  cnn = nets.create("cnn", features=(32, 64), dense=(128,), num_classes=10)
+  assert loop.param_count(_init(cnn)[1]["params"]) == _cnn_params((32, 64), (128,), 10) == 421_642
+  flax_example = nets.create("cnn_flax_example")
+  assert loop.param_count(_init(flax_example)[1]["params"]) == _cnn_params((32, 64), (256,), 10)
+
+
+@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+def test_config_builds_its_model(config_name):
+  config = load_config(config_name)
+  model = loop.build_model(config, num_classes=10)
+  _, variables = _init(model)
+  assert loop.param_count(variables["params"]) > 0
+
+
+def test_batch_norm_adds_statistics():
+  model = nets.create("cnn", batch_norm=True)
+  _, variables = _init(model)
+  assert "batch_stats" in variables
+
+
+def test_unknown_model_lists_known_names():
+  with pytest.raises(ValueError, match=r"Unknown model 'resnet9000'.*Known models: .*cnn.*mlp"):
+    nets.create("resnet9000")
+
+
+def test_unknown_model_field_lists_fields():
+  with pytest.raises(ValueError, match=r"no field\(s\) \['widht'\].*hidden"):
+    nets.create("mlp", widht=3)
+
+
+def test_variant_fields_are_fixed():
+  # A registered partial fixes its fields; the config cannot silently fight it.
+  assert "pool" not in nets.field_names("cnn_flax_example")
+  assert "pool" in nets.field_names("cnn")
+
+
+def test_registering_a_name_twice_is_refused():
+  with pytest.raises(ValueError, match="already registered"):
+    nets.register("mlp", nets.get_factory("cnn"))

@@ -1,0 +1,96 @@
+"""On the real MNIST in ../shared: the splits, the command line, and a short training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training import data, train_and_evaluate
+
+from conftest import REPO, load_config, real_data_dir, shrink
+
+
+@pytest.fixture(scope="module")
+def mnist(data_cache):
+  return data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache)
+
+
+def test_validation_is_carved_from_train_disjoint_and_reproducible(mnist, data_cache):
+  assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (54_000, 6_000, 10_000)
+  train, val = set(mnist.train.indices.tolist()), set(mnist.validation.indices.tolist())
+  assert not train & val
+  assert train | val == set(range(60_000))
+  assert mnist.image_shape == (28, 28, 1) and mnist.num_classes == 10
+  # Every class is in the validation split in about its share of train.
+  assert np.bincount(mnist.validation.labels, minlength=10).min() > 450
+  again = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache)
+  np.testing.assert_array_equal(again.validation.indices, mnist.validation.indices)
+  np.testing.assert_array_equal(again.validation.images, mnist.validation.images)
+  other = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache, split_seed=1,
+                    validation_fraction=0.2)
+  assert len(other.validation) == 12_000
+  assert set(other.validation.indices.tolist()) != val
+
+
+def test_cache_matches_a_fresh_decode_and_survives_corruption(mnist, data_cache, tmp_path):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder("mnist", data_dir=real_data_dir())
+  fresh_images, fresh_labels = data.load_split(builder, "test", "", real_data_dir())
+  np.testing.assert_array_equal(fresh_images, mnist.test.images)
+  np.testing.assert_array_equal(fresh_labels, mnist.test.labels)
+  # A truncated cache file (a run killed mid-write elsewhere) is decoded again, not trusted.
+  cache = tmp_path / "cache"
+  data.load_split(builder, "test", str(cache), real_data_dir())
+  (path,) = cache.glob("*.npz")
+  path.write_bytes(path.read_bytes()[:1000])
+  images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
+  np.testing.assert_array_equal(images, mnist.test.images)
+
+
+def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):
+  config = load_config("mlp")
+  config.update(data_dir=real_data_dir(), cache_dir=data_cache, num_epochs=2, progress_bar=False)
+  _, summary = train_and_evaluate(config, str(tmp_path))
+  test = summary["test"]
+  assert test["count"] == 10_000
+  assert test["accuracy"] >= 0.97, test["accuracy"]
+  assert test["macro_f1"] >= 0.96
+  assert np.sum(test["confusion_matrix"]) == 10_000
+  assert min(test["per_class_accuracy"]) >= 0.93
+  assert summary["validation/accuracy"] >= 0.96
+
+
+def _train_cli(tmp_path, *overrides: str, config: str = "configs/mlp.py"):
+  env = {**os.environ, "TFDS_DATA_DIR": real_data_dir(), "PYTHONUNBUFFERED": "1"}
+  return subprocess.run(
+      [sys.executable, "train.py", f"--config={config}", f"--workdir={tmp_path / 'w'}",
+       "--config.progress_bar=False", *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_and_evaluates_the_whole_test_split(tmp_path, data_cache):
+  # eval_batch_size does not divide 10,000: the padded last batch must still count exactly.
+  run = _train_cli(tmp_path, f"--config.cache_dir={data_cache}", "--config.num_epochs=1",
+                   "--config.max_train_examples=2000", "--config.eval_batch_size=3000")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "test: loss" in run.stdout + run.stderr
+  result = json.loads((tmp_path / "w" / "test_metrics.json").read_text())
+  assert result["test"]["count"] == 10_000
+  assert result["test"]["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.name=resnet9000", "error: Unknown model 'resnet9000'. Known models:"),
+    ("--config.num_epoch=3", "num_epoch"),
+    ("--config.data_dir=/nonexistent/tfds", "is not prepared in '/nonexistent/tfds'"),
+])
+def test_cli_errors_are_clear(tmp_path, override, message):
+  run = _train_cli(tmp_path, "--config.cache_dir=none", override)
+  assert run.returncode != 0
+  assert message in run.stderr, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr

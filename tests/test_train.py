@@ -1,0 +1,147 @@
+"""Plumbing on mock data: every config trains, determinism, golden loss, error paths."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from training import DataNotFoundError, NonFiniteLossError, loop, optim, steps, train_and_evaluate
+
+from conftest import CONFIG_NAMES, REPO, load_config, shrink
+
+# Loss of the first two train steps on a fixed synthetic batch (seed 0), per config: pins the
+# model's init, the loss and the optimizer update. Re-pin only for an intended change.
+GOLDEN_LOSSES = {
+    "cnn": (2.3011, 2.2386),
+    "mlp": (2.3308, 2.0551),
+}
+
+
+@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+def test_config_trains_on_mock_data(config_name, mock_mnist, tmp_path):
+  config = shrink(load_config(config_name))
+  state, summary = train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == (64 - round(64 * config.validation_fraction)) // 16
+  assert summary["test"]["count"] == 48
+  assert np.isfinite(summary["train/loss"]) and np.isfinite(summary["validation/loss"])
+  for name in ("config.json", "metrics.jsonl", "test_metrics.json"):
+    assert (tmp_path / name).is_file()
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert {"train/loss", "train/accuracy", "train/grad_norm"} <= set(records[0])
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == config.model.name
+
+
+@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+def test_config_docstring_has_command_and_accuracy(config_name):
+  doc = importlib_doc(config_name)
+  assert f"python train.py --config=configs/{config_name}.py" in doc
+  assert "%" in doc, "state the test accuracy this config reaches"
+
+
+def importlib_doc(config_name: str) -> str:
+  import importlib
+  return importlib.import_module(f"configs.{config_name}").__doc__ or ""
+
+
+@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+def test_one_step_golden_loss(config_name):
+  if config_name not in GOLDEN_LOSSES:
+    pytest.fail(f"Pin the first two losses of configs/{config_name}.py in GOLDEN_LOSSES.")
+  config = load_config(config_name)
+  model = loop.build_model(config, num_classes=10)
+  tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=100))
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(0))
+  state = steps.create_train_state(model, tx, (28, 28, 1), init_key, train_key)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8),
+           "label": rng.integers(0, 10, (32,), dtype=np.int32)}
+  step = jax.jit(steps.train_step)
+  state, m1 = step(state, batch, state.rng)
+  state, m2 = step(state, batch, state.rng)
+  np.testing.assert_allclose((float(m1["loss"]), float(m2["loss"])), GOLDEN_LOSSES[config_name],
+                             atol=2e-4)
+  assert float(m1["grad_norm"]) > 0
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+  # Timings differ run to run; everything else must not.
+  return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+          for line in path.read_text().splitlines()]
+
+
+def test_same_seed_same_metrics_different_seed_different(mock_mnist, tmp_path):
+  config = shrink(load_config("cnn"), log_every_steps=1, **{"model.dropout": 0.3})
+  _, a = train_and_evaluate(config, str(tmp_path / "a"))
+  _, b = train_and_evaluate(config, str(tmp_path / "b"))
+  assert _jsonl(tmp_path / "a" / "metrics.jsonl") == _jsonl(tmp_path / "b" / "metrics.jsonl")
+  assert a["test"] == b["test"]
+  config.seed = 1
+  _, c = train_and_evaluate(config, str(tmp_path / "c"))
+  assert _jsonl(tmp_path / "a" / "metrics.jsonl") != _jsonl(tmp_path / "c" / "metrics.jsonl")
+
+
+def test_non_finite_loss_stops_at_the_step(mock_mnist, tmp_path):
+  # An infinite learning rate: step 1's loss is finite, the update makes step 2's NaN.
+  config = shrink(load_config("mlp"), optimizer="sgd", schedule="constant",
+                  learning_rate=float("inf"), log_every_steps=4)
+  with pytest.raises(NonFiniteLossError, match=r"became nan at step 2\b"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_data_names_the_dir_and_the_fixes(tmp_path):
+  config = shrink(load_config("mlp"), data_dir=str(tmp_path / "empty"))
+  with pytest.raises(DataNotFoundError) as e:
+    train_and_evaluate(config)
+  msg = str(e.value)
+  assert str(tmp_path / "empty") in msg and "TFDS_DATA_DIR" in msg and "tfds build mnist" in msg
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("optimizer", "adagrad", "Unknown optimizer 'adagrad'; choose one of sgd, momentum"),
+    ("schedule", "linear", "Unknown schedule 'linear'"),
+    ("dtype", "float8", "Unknown dtype 'float8'"),
+    ("model.name", "resnet9000", "Unknown model 'resnet9000'. Known models: "),
+    ("batch_size", 100_000, r"batch_size=100000 exceeds the \d+ training examples"),
+    ("validation_fraction", 1.0, r"validation_fraction must be in \[0, 1\)"),
+    ("dataset", "no_such_dataset", "Unknown tfds dataset 'no_such_dataset'"),
+])
+def test_bad_config_values_fail_clearly(field, value, match, mock_mnist):
+  with pytest.raises(ValueError, match=match):
+    train_and_evaluate(shrink(load_config("mlp"), **{field: value}))
+
+
+def _parse(monkeypatch, *args: str):
+  argv = ["train.py", f"--config={REPO / 'configs' / 'cnn.py'}", *args]
+  monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True)
+  fv(argv)
+  return fv.config
+
+
+def test_overrides_apply_and_typos_are_rejected(monkeypatch):
+  config = _parse(monkeypatch, "--config.num_epochs=2", "--config.model.features=(8,16)",
+                  "--config.grad_clip_norm=1.0", "--config.data_dir=/x")
+  assert config.num_epochs == 2 and tuple(config.model.features) == (8, 16)
+  assert config.grad_clip_norm == 1.0 and config.data_dir == "/x"
+  with pytest.raises(AttributeError, match='Did you mean "num_epochs"'):
+    _parse(monkeypatch, "--config.num_epoch=2")
+  with pytest.raises(flags.Error, match="batch_size"):
+    _parse(monkeypatch, "--config.batch_size=lots")
+
+
+def test_all_optimizers_and_schedules_run(mock_mnist):
+  for opt in optim.OPTIMIZERS:
+    for schedule in optim.SCHEDULES:
+      config = shrink(load_config("mlp"), optimizer=opt, schedule=schedule, weight_decay=1e-4,
+                      grad_clip_norm=1.0, warmup_epochs=0.5, label_smoothing=0.1,
+                      validation_fraction=0.0, num_epochs=2)
+      state, summary = train_and_evaluate(config)
+      assert np.isfinite(summary["train/loss"]), (opt, schedule)

@@ -1,0 +1,155 @@
+"""The training loop: `train_and_evaluate(config, workdir)` returns the final state and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+import nets
+from training import data, metrics as metrics_lib, optim, steps
+from training.errors import ConfigError, NonFiniteLossError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def log(msg: str) -> None:
+  tqdm.write(msg)  # prints above a live progress bar instead of through it
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The model named by `config.model.name`, with the config's other model fields."""
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  if config.dtype not in DTYPES:
+    raise ConfigError(f"Unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
+  if config.dtype != "float32":
+    if "dtype" not in nets.field_names(config.model.name):
+      raise ConfigError(f"Model {config.model.name!r} has no `dtype` field, so "
+                       f"--config.dtype={config.dtype} cannot apply to it.")
+    fields["dtype"] = DTYPES[config.dtype]
+  return nets.create(config.model.name, num_classes=num_classes, **fields)
+
+
+def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+  return data.load(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
+                   validation_fraction=config.validation_fraction, split_seed=config.split_seed,
+                   max_train_examples=config.max_train_examples,
+                   max_eval_examples=config.max_eval_examples)
+
+
+def param_count(params: Any) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+
+
+def _check_finite(losses: np.ndarray, first_step: int) -> None:
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step = first_step + int(bad[0])
+    raise NonFiniteLossError(
+        f"The training loss became {losses[bad[0]]} at step {step}. Training stopped there. "
+        "Try a lower --config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), "
+        "or --config.dtype=float32 if you use bfloat16.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
+                       ) -> tuple[steps.TrainState, dict[str, Any]]:
+  """Trains `config` and evaluates it on the test split.
+
+  Writes `config.json`, `metrics.jsonl`, TensorBoard events and `test_metrics.json` to `workdir`
+  (nothing when it is None). Returns the final train state and a dict with the last epoch's
+  train/validation metrics, the test metrics and timings.
+  """
+  t_start = time.time()
+  ds = load_data(config)
+  model = build_model(config, ds.num_classes)
+  steps_per_epoch = len(ds.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(ds.train)} training "
+                     "examples; lower --config.batch_size.")
+  schedule = optim.make_schedule(config, steps_per_epoch)
+  tx = optim.make_optimizer(config, schedule)
+  # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  driver = steps.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
+                             config.label_smoothing)
+  init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key)
+  state = jax.device_put(state, driver.replicated)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None)
+  if workdir is not None:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    writer.write_text("config", str(config))
+
+  train_images, train_labels = driver.put_train(ds.train.images, ds.train.labels)
+  val_arrays = driver.put_eval(ds.validation.images, ds.validation.labels) if ds.validation else None
+  test_arrays = driver.put_eval(ds.test.images, ds.test.labels)
+  log(f"{config.model.name}: {param_count(state.params):,} parameters | {ds.name}: "
+      f"{len(ds.train)} train, {len(ds.validation) if ds.validation else 0} validation, "
+      f"{len(ds.test)} test | {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+      f"{config.num_epochs} epochs of {steps_per_epoch} steps")
+
+  history: dict[str, Any] = {}
+  t_train = time.time()
+  for epoch in range(1, config.num_epochs + 1):
+    t_epoch = time.time()
+    perm = driver.permutation(shuffle_key, epoch, len(ds.train))
+    sums = {"loss": 0.0, "accuracy": 0.0}
+    pending: list[dict[str, jax.Array]] = []
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
+               leave=False, disable=not config.progress_bar, mininterval=0.5)
+    for i in range(steps_per_epoch):
+      state, step_metrics = driver.train_step(state, train_images, train_labels, perm, i)
+      pending.append(step_metrics)
+      step = (epoch - 1) * steps_per_epoch + i + 1
+      if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+        # The only host sync in the loop: fetch the metrics of the steps since the last log.
+        fetched = jax.device_get(pending)
+        stacked = {k: np.asarray([m[k] for m in fetched]) for k in fetched[0]}
+        _check_finite(stacked["loss"], step - len(fetched) + 1)
+        for k in sums:
+          sums[k] += float(stacked[k].sum())
+        means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
+        means["train/learning_rate"] = float(schedule(step - 1))
+        writer.write(step, means)
+        bar.set_postfix(loss=f"{means['train/loss']:.4f}", refresh=False)
+        bar.update(len(fetched))
+        pending = []
+    bar.close()
+    train_time = time.time() - t_epoch
+    epoch_metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
+    line = (f"epoch {epoch:>3}/{config.num_epochs}  train loss {epoch_metrics['train/loss']:.4f} "
+            f"acc {epoch_metrics['train/accuracy']:.2%}")
+    if val_arrays is not None:
+      val = metrics_lib.summarize(driver.evaluate(state, *val_arrays))
+      epoch_metrics.update({"validation/loss": val["loss"], "validation/accuracy": val["accuracy"]})
+      line += f"  |  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+    epoch_time = time.time() - t_epoch
+    epoch_metrics.update({"time/epoch_s": epoch_time,
+                          "time/steps_per_s": steps_per_epoch / train_time})
+    writer.write(epoch * steps_per_epoch, epoch_metrics, epoch=epoch)
+    log(line + f"  |  {epoch_time:.1f}s ({steps_per_epoch / train_time:.1f} steps/s)")
+    history = epoch_metrics
+
+  test = metrics_lib.summarize(driver.evaluate(state, *test_arrays))
+  report = metrics_lib.format_report(test, ds.class_names)
+  log(report)
+  summary = {**history, "test": test, "time/train_s": time.time() - t_train,
+             "time/total_s": time.time() - t_start, "num_params": param_count(state.params)}
+  if workdir is not None:
+    writer.write(config.num_epochs * steps_per_epoch,
+                 {f"test/{k}": test[k] for k in ("loss", "accuracy", "macro_f1")})
+    writer.write_text("test_report", report)
+    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  writer.close()
+  log(f"done in {summary['time/total_s']:.1f}s: test accuracy {test['accuracy']:.2%}")
+  return state, summary

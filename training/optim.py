@@ -1,0 +1,52 @@
+"""Optimizer and learning-rate schedule from the config, built from optax parts."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+from training.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  total = max(1, config.num_epochs * steps_per_epoch)
+  lr, end = config.learning_rate, config.learning_rate * config.end_lr_factor
+  if config.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if config.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, total, alpha=config.end_lr_factor)
+  if config.schedule == "warmup_cosine":
+    warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=end)
+  if config.schedule == "onecycle":
+    return optax.cosine_onecycle_schedule(total, lr)
+  raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  name, wd = config.optimizer, config.weight_decay
+  if name == "adamw":
+    opt = optax.adamw(schedule, weight_decay=wd, mask=_decay_mask)
+  elif name in ("sgd", "momentum", "adam"):
+    if name == "adam":
+      opt = optax.adam(schedule)
+    else:
+      opt = optax.sgd(schedule, momentum=config.momentum if name == "momentum" else None,
+                      nesterov=config.nesterov and name == "momentum")
+    if wd:  # classic L2: added to the gradient before the update rule sees it
+      opt = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), opt)
+  else:
+    raise ConfigError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+  if config.grad_clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+
+
+def _decay_mask(params):
+  """Decays weight matrices and kernels only: biases and norm scales are left alone."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)

@@ -1,0 +1,147 @@
+"""Train state, the pure train and eval steps, and their jitted device-resident drivers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from training.errors import ConfigError
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step, plus BatchNorm statistics and the base RNG key."""
+  batch_stats: Any
+  rng: jax.Array  # base key; each step folds in its step number
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array
+                       ) -> TrainState:
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      init_key, jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}), rng=train_key)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
+               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
+  """One optimizer step on `batch`; pure, with per-step randomness from fold_in(rng, step)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {**state.variables(), "params": params}, preprocess(batch["image"]), train=True,
+        rngs={"dropout": step_rng}, mutable=["batch_stats"])
+    loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads,
+                                    batch_stats=updates.get("batch_stats", state.batch_stats))
+  metrics = {"loss": loss,
+             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+             "grad_norm": optax.tree_utils.tree_norm(grads)}
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
+  """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly."""
+  logits = state.apply_fn(state.variables(), preprocess(batch["image"]), train=False)
+  mask = batch["mask"]
+  preds = jnp.argmax(logits, -1)
+  loss = cross_entropy(logits, batch["label"])
+  confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[batch["label"], preds].add(
+      mask.astype(jnp.int32))
+  return {"loss_sum": jnp.sum(loss * mask), "count": jnp.sum(mask), "confusion": confusion}
+
+
+class DeviceSteps:
+  """Jitted drivers that slice batches out of device-resident arrays: no host round trip per step.
+
+  The dataset lives on the devices (MNIST is 47 MB); each epoch's shuffle is a permutation made on
+  device, and a step gathers its batch by index. Batches are sharded over the mesh's `data` axis,
+  parameters replicated.
+  """
+
+  def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int,
+               label_smoothing: float = 0.0):
+    n = mesh.shape["data"]
+    for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+      if size % n:
+        raise ConfigError(f"{what}={size} does not divide over the {n} devices of the data axis; "
+                         f"set --config.{what} to a multiple of {n}.")
+    self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
+    self.replicated = NamedSharding(mesh, P())
+    self.sharded = NamedSharding(mesh, P("data"))
+    step = functools.partial(train_step, label_smoothing=label_smoothing)
+    evaluate = functools.partial(eval_step, num_classes=num_classes)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train(state, images, labels, perm, i):
+      idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+      batch = jax.lax.with_sharding_constraint({"image": images[idx], "label": labels[idx]},
+                                               self.sharded)
+      return step(state, batch, state.rng)
+
+    @functools.partial(jax.jit, donate_argnums=5)
+    def evaluate_batch(state, images, labels, mask, i, totals):
+      sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i * eval_batch_size,
+                             slice_size=eval_batch_size)
+      batch = jax.lax.with_sharding_constraint(
+          {"image": sl(images), "label": sl(labels), "mask": sl(mask)}, self.sharded)
+      return jax.tree_util.tree_map(jnp.add, totals, evaluate(state, batch))
+
+    self._train, self._evaluate_batch = train, evaluate_batch
+    self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
+        jax.random.fold_in(key, epoch), n), static_argnums=2)
+    # Host arrays: each evaluation gets fresh device buffers, as the batches donate them.
+    self._zeros = {"loss_sum": np.zeros((), np.float32), "count": np.zeros((), np.float32),
+                   "confusion": np.zeros((num_classes, num_classes), np.int32)}
+
+  def put_train(self, images, labels) -> tuple[jax.Array, jax.Array]:
+    return (jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated))
+
+  def put_eval(self, images, labels) -> tuple[jax.Array, ...]:
+    """Pads to whole eval batches (with mask 0), so every example is evaluated exactly once."""
+    n = len(labels)
+    pad = -n % self.eval_batch_size
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+    mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+    return tuple(jax.device_put(a, self.replicated) for a in (images, labels, mask))
+
+  def train_step(self, state: TrainState, images, labels, perm, i: int
+                 ) -> tuple[TrainState, Metrics]:
+    return self._train(state, images, labels, perm, i)
+
+  def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
+    totals = jax.device_put(self._zeros, self.replicated)
+    for i in range(len(labels) // self.eval_batch_size):
+      totals = self._evaluate_batch(state, images, labels, mask, i, totals)
+    return jax.device_get(totals)
