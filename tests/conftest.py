@@ -9,6 +9,12 @@ import pathlib
 import ml_collections
 import pytest
 
+from training import runtime
+
+# The same CPU settings as train.py, before any test starts JAX's backend.
+runtime.tune_host_allocator()
+runtime.set_xla_cpu_flags()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Runnable configs are the files that define get_config (configs/common.py only holds the base).
 CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py")

@@ -91,8 +91,8 @@ def test_unknown_model_field_lists_fields():
 
 def test_variant_fields_are_fixed():
   # A registered partial fixes its fields; the config cannot silently fight it.
-  assert "pool" not in nets.field_names("cnn_flax_example")
-  assert "pool" in nets.field_names("cnn")
+  assert "downsample" not in nets.field_names("cnn_flax_example")
+  assert "downsample" in nets.field_names("cnn")
 
 
 def test_registering_a_name_twice_is_refused():

@@ -6,7 +6,10 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -18,8 +21,8 @@ from conftest import CONFIG_NAMES, REPO, load_config, shrink
 # Loss of the first two train steps on a fixed synthetic batch (seed 0), per config: pins the
 # model's init, the loss and the optimizer update. Re-pin only for an intended change.
 GOLDEN_LOSSES = {
-    "cnn": (2.3011, 2.2386),
-    "mlp": (2.3308, 2.0551),
+    "cnn": (2.27792, 2.19948),
+    "mlp": (2.35717, 2.37706),
 }
 
 
@@ -137,11 +140,36 @@ def test_overrides_apply_and_typos_are_rejected(monkeypatch):
     _parse(monkeypatch, "--config.batch_size=lots")
 
 
-def test_all_optimizers_and_schedules_run(mock_mnist):
-  for opt in optim.OPTIMIZERS:
-    for schedule in optim.SCHEDULES:
-      config = shrink(load_config("mlp"), optimizer=opt, schedule=schedule, weight_decay=1e-4,
-                      grad_clip_norm=1.0, warmup_epochs=0.5, label_smoothing=0.1,
-                      validation_fraction=0.0, num_epochs=2)
-      state, summary = train_and_evaluate(config)
-      assert np.isfinite(summary["train/loss"]), (opt, schedule)
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_every_optimizer_descends(name):
+  config = load_config("mlp")
+  config.update(optimizer=name, schedule="constant", learning_rate=0.1, weight_decay=1e-3,
+                grad_clip_norm=1.0)
+  tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=10))
+  params = {"w": jnp.ones((3, 3)), "b": jnp.ones((3,))}
+  loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+  opt_state = tx.init(params)
+  for _ in range(5):
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    params = optax.apply_updates(params, updates)
+  assert float(loss(params)) < 12.0 * 0.9
+
+
+def test_schedules_have_their_shape():
+  config = load_config("mlp")
+  config.update(learning_rate=1.0, num_epochs=10, warmup_epochs=2, end_lr_factor=0.0)
+  lr = {name: optim.make_schedule(_with(config, schedule=name), 100) for name in optim.SCHEDULES}
+  assert float(lr["constant"](0)) == float(lr["constant"](999)) == 1.0
+  assert float(lr["cosine"](0)) == 1.0 and float(lr["cosine"](1000)) < 1e-6
+  assert float(lr["warmup_cosine"](0)) == 0.0 and float(lr["warmup_cosine"](200)) == 1.0
+  assert float(lr["warmup_cosine"](100)) == pytest.approx(0.5)
+  onecycle = [float(lr["onecycle"](s)) for s in range(0, 1001, 50)]
+  peak = int(np.argmax(onecycle))
+  assert 0 < peak < len(onecycle) - 1 and onecycle[peak] == pytest.approx(1.0, rel=0.05)
+  assert onecycle[0] < 0.1 and onecycle[-1] < 1e-3
+
+
+def _with(config, **fields):
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.update(fields)
+  return c

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -108,7 +109,7 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
       try:
         with np.load(path) as f:
           return f["images"], f["labels"]
-      except (OSError, ValueError, KeyError, EOFError):
+      except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # corrupt or partial cache file: decode again and overwrite it
   try:
     source = builder.as_data_source(split=split)

@@ -27,14 +27,28 @@ def log(msg: str) -> None:
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """The model named by `config.model.name`, with the config's other model fields."""
   fields = {k: v for k, v in config.model.items() if k != "name"}
-  if config.dtype not in DTYPES:
-    raise ConfigError(f"Unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
   if config.dtype != "float32":
     if "dtype" not in nets.field_names(config.model.name):
       raise ConfigError(f"Model {config.model.name!r} has no `dtype` field, so "
                        f"--config.dtype={config.dtype} cannot apply to it.")
     fields["dtype"] = DTYPES[config.dtype]
   return nets.create(config.model.name, num_classes=num_classes, **fields)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before the data is loaded, on config values that cannot work."""
+  if config.dtype not in DTYPES:
+    raise ConfigError(f"Unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}.")
+  if config.optimizer not in optim.OPTIMIZERS:
+    raise ConfigError(f"Unknown optimizer {config.optimizer!r}; choose one of "
+                      f"{', '.join(optim.OPTIMIZERS)}.")
+  if config.schedule not in optim.SCHEDULES:
+    raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of "
+                      f"{', '.join(optim.SCHEDULES)}.")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
+    if config[field] < 1:
+      raise ConfigError(f"{field} must be at least 1, got {config[field]}.")
+  nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
 
 
 def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
@@ -67,6 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   train/validation metrics, the test metrics and timings.
   """
   t_start = time.time()
+  validate(config)
   ds = load_data(config)
   model = build_model(config, ds.num_classes)
   steps_per_epoch = len(ds.train) // config.batch_size
