@@ -173,3 +173,19 @@ def _with(config, **fields):
   c = ml_collections.ConfigDict(config.to_dict())
   c.update(fields)
   return c
+
+
+def test_scanned_steps_match_single_steps(mock_mnist, tmp_path):
+  # GPU/TPU runs scan several steps per call; it must train exactly as the per-step loop does.
+  base = shrink(load_config("cnn"), log_every_steps=3, max_train_examples=112,
+                **{"model.dropout": 0.2})
+  runs = {}
+  for n in (1, 3):
+    config = shrink(base, steps_per_call=n)
+    config.update(log_every_steps=3, max_train_examples=112, num_epochs=2)
+    runs[n] = train_and_evaluate(config, str(tmp_path / str(n)))[1]
+  one, scanned = _jsonl(tmp_path / "1" / "metrics.jsonl"), _jsonl(tmp_path / "3" / "metrics.jsonl")
+  assert [r["step"] for r in one] == [r["step"] for r in scanned]
+  for a, b in zip(one, scanned):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -117,7 +117,13 @@ class DeviceSteps:
           {"image": sl(images), "label": sl(labels), "mask": sl(mask)}, self.sharded)
       return jax.tree_util.tree_map(jnp.add, totals, evaluate(state, batch))
 
-    self._train, self._evaluate_batch = train, evaluate_batch
+    @functools.partial(jax.jit, donate_argnums=0, static_argnums=5)
+    def train_scan(state, images, labels, perm, start, n):
+      def body(state, i):
+        return train(state, images, labels, perm, i)
+      return jax.lax.scan(body, state, start + jnp.arange(n))
+
+    self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
     self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
         jax.random.fold_in(key, epoch), n), static_argnums=2)
     # Host arrays: each evaluation gets fresh device buffers, as the batches donate them.
@@ -136,9 +142,13 @@ class DeviceSteps:
     mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
     return tuple(jax.device_put(a, self.replicated) for a in (images, labels, mask))
 
-  def train_step(self, state: TrainState, images, labels, perm, i: int
-                 ) -> tuple[TrainState, Metrics]:
-    return self._train(state, images, labels, perm, i)
+  def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
+                  ) -> tuple[TrainState, Metrics]:
+    """Steps start .. start+n-1 of the epoch's order; one step's metrics are scalars, n steps'
+    (one `lax.scan` in one call) have a leading axis of n."""
+    if n == 1:
+      return self._train(state, images, labels, perm, start)
+    return self._train_scan(state, images, labels, perm, start, n)
 
   def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
     totals = jax.device_put(self._zeros, self.replicated)

@@ -1,0 +1,103 @@
+"""Side by side, in one run, on whatever backend is present: this project's trainer, the same
+network and hyperparameters in PyTorch (data already on the device, plain loop), and the common
+JAX recipe (host numpy batches, one jitted step per batch).
+
+    python bench/compare.py --config=configs/cnn.py [--epochs=5] [--repeats=1]
+
+Each trainer runs in a fresh subprocess, one after another, so wall time and peak memory are its
+own. All evaluate the full test split after every epoch. Prints one table: compile (first epoch
+minus the median of the others), steady-state epoch time (median), images/s, time from the start
+of training to the first test evaluation >= 99.0%, time from process start to the first step,
+whole-process wall time, peak resident memory. With --repeats > 1, medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINERS = ("this project", "pytorch", "jax recipe")
+TARGET = 0.99
+
+
+def _child(trainer: str, config_path: str, epochs: int) -> dict:
+  cmd = [sys.executable, os.path.join(REPO, "bench", "trainers.py"), trainer, config_path,
+         str(epochs)]
+  env = {**os.environ, "BENCH_T0": repr(time.time()), "PYTHONUNBUFFERED": "1"}
+  t0 = time.time()
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+  out = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.time() - t0
+  if status:
+    raise SystemExit(f"{trainer} failed (status {status}); run {' '.join(cmd)} to see why.")
+  result = json.loads(out.strip().splitlines()[-1])
+  result.update(wall_s=wall, peak_rss_mib=usage.ru_maxrss / 1024)  # Linux: ru_maxrss in KiB
+  return result
+
+
+def _row(r: dict) -> dict:
+  epochs = r["epoch_s"]
+  steady = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
+  reach = next((t for t, acc in r["evals"] if acc >= TARGET), None)
+  return {"compile_s": epochs[0] - steady, "epoch_s": steady, "images_per_s": r["examples"] / steady,
+          "to_99_s": reach, "first_step_s": r["first_step_s"], "wall_s": r["wall_s"],
+          "peak_rss_mib": r["peak_rss_mib"], "final_acc": r["evals"][-1][1]}
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--config", default="configs/cnn.py")
+  ap.add_argument("--epochs", type=int, default=0, help="0: the config's num_epochs")
+  ap.add_argument("--repeats", type=int, default=1)
+  ap.add_argument("--trainers", default=",".join(TRAINERS))
+  ap.add_argument("--json", help="also write the rows here")
+  args = ap.parse_args()
+  trainers = [t.strip() for t in args.trainers.split(",")]
+  rows: dict[str, list[dict]] = {t: [] for t in trainers}
+  backend = None
+  for _ in range(args.repeats):
+    for t in trainers:  # interleaved, so drift on a noisy machine hits all of them alike
+      r = _child(t, args.config, args.epochs)
+      backend = backend or r["device"]
+      rows[t].append(_row(r))
+      print(f"  ran {t}: {rows[t][-1]}", file=sys.stderr)
+
+  med = {t: {k: _median([x[k] for x in rs]) for k in rs[0]} for t, rs in rows.items()}
+  ref = med.get("pytorch")
+  print(f"\n{args.config}, {backend}, medians of {args.repeats} run(s)\n")
+  cols = [("compile_s", "compile s", ".1f"), ("epoch_s", "epoch s", ".2f"),
+          ("images_per_s", "images/s", ",.0f"), ("to_99_s", "to 99% s", ".1f"),
+          ("first_step_s", "1st step s", ".1f"), ("wall_s", "wall s", ".1f"),
+          ("peak_rss_mib", "peak MiB", ",.0f"), ("final_acc", "test acc", ".2%")]
+  header = f"| {'trainer':<13}| " + " | ".join(c[1] for c in cols)
+  header += " | speed vs pytorch |" if ref else " |"
+  print(header)
+  print("|" + "---|" * (len(cols) + 1 + bool(ref)))
+  for t, m in med.items():
+    cells = [("n/a" if m[k] is None else format(m[k], f)) for k, _, f in cols]
+    line = f"| {t:<13}| " + " | ".join(cells)
+    if ref:
+      line += f" | {m['images_per_s'] / ref['images_per_s']:.2f}x |"
+    else:
+      line += " |"
+    print(line)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"config": args.config, "device": backend, "runs": rows, "medians": med}, f,
+                indent=2)
+
+
+def _median(values):
+  values = [v for v in values if v is not None]
+  return statistics.median(values) if values else None
+
+
+if __name__ == "__main__":
+  main()
