@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import nets  # after flag parsing: --help stays instant
-  from training import USER_ERRORS, runtime, train_and_evaluate
+  from training import USER_ERRORS, Preempted, runtime, train_and_evaluate
 
   config = FLAGS.config
   config_path = config_flags.get_config_filename(FLAGS["config"])
@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
   runtime.setup(config)
   try:
     train_and_evaluate(config, workdir)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)  # a clean stop: the checkpoint is complete
   except (*USER_ERRORS, nets.ModelConfigError) as e:
     # Errors about the user's input: a clear message instead of a traceback.
     sys.exit(f"error: {e}")

@@ -63,7 +63,8 @@ def jax_recipe(config) -> dict:
   tx = optim.make_optimizer(config, optim.make_schedule(config, spe))
   k1, k2 = jax.random.split(jax.random.PRNGKey(config.seed))
   state = steps.create_train_state(model, tx, ds.image_shape, k1, k2)
-  train_step = jax.jit(steps.train_step, donate_argnums=0)
+  train_step = jax.jit(lambda state, batch: steps.train_step(state, batch, state.rng),
+                       donate_argnums=0)
 
   @jax.jit
   def predict(state, images):
@@ -78,7 +79,7 @@ def jax_recipe(config) -> dict:
     for i in range(spe):
       idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
       batch = {"image": ds.train.images[idx], "label": ds.train.labels[idx]}
-      state, metrics = train_step(state, batch, state.rng)
+      state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)
     epoch_s.append(time.time() - t)
     correct = sum(int((np.asarray(predict(state, ds.test.images[i:i + 1000]))

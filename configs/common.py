@@ -46,6 +46,18 @@ def base() -> ml_collections.ConfigDict:
   c.num_epochs = 10
   c.seed = 0  # parameter init, shuffling and dropout
 
+  # --- Checkpoints (orbax, in <workdir>/checkpoints; re-running resumes from the latest) ---
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.enabled = True
+  c.checkpoint.every_epochs = 1  # save after every N epochs (and always after the last)
+  c.checkpoint.every_steps = 0  # also save every N steps within epochs (0: off)
+  c.checkpoint.keep = 2  # the latest N checkpoints are kept ...
+  c.checkpoint.keep_best = 1  # ... plus the best N by validation accuracy
+
+  # Stop with a checkpoint after this many steps in this process (0: run to the end); for jobs
+  # with a time limit: each re-run continues where the last stopped.
+  c.stop_after_steps = 0
+
   # --- Runtime ---
   # Persistent XLA compilation cache (unset: ~/.cache/mnist_flax/jax; "none": off).
   c.compilation_cache_dir = config_dict.placeholder(str)

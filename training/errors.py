@@ -13,3 +13,7 @@ class DataNotFoundError(FileNotFoundError):
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""
+
+
+class Preempted(Exception):
+  """Training stopped on a signal after saving a checkpoint; re-running resumes it."""

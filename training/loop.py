@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -14,8 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import nets
-from training import data, metrics as metrics_lib, optim, steps
-from training.errors import ConfigError, NonFiniteLossError
+from training import checkpoint, data, metrics as metrics_lib, optim, steps
+from training.errors import ConfigError, NonFiniteLossError, Preempted
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -123,25 +125,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       f"{len(ds.test)} test | {jax.device_count()} {jax.devices()[0].platform} device(s) | "
       f"{config.num_epochs} epochs of {steps_per_epoch} steps")
 
+  ckpt = None
+  if workdir is not None and config.checkpoint.enabled:
+    ckpt = checkpoint.Checkpointer(workdir, config)
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(state)
+      log(f"Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
+  start_step = int(state.step)
+  save_every = config.checkpoint.every_steps if ckpt else 0
+  stop_at = start_step + config.stop_after_steps if config.stop_after_steps else 0
+  boundaries = [config.log_every_steps] + ([save_every] if save_every else [])
   chunk = steps_per_call(config)
   history: list[dict[str, float]] = []
   t_train = time.time()
-  for epoch in range(1, config.num_epochs + 1):
+
+  def run_epoch(state, epoch: int, i: int, stop: "_StopOnSignal"):
+    """Trains steps i.. of `epoch`; returns (state, epoch metrics), or (state, None) if stopped."""
     t_epoch = time.time()
     perm = driver.permutation(shuffle_key, epoch, len(ds.train))
-    sums = {"loss": 0.0, "accuracy": 0.0}
-    pending: list[dict[str, jax.Array]] = []
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step",
-               leave=False, disable=not config.progress_bar, mininterval=0.5)
-    i = 0
+    sums, count, pending = {"loss": 0.0, "accuracy": 0.0}, 0, []
+    bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch}/{config.num_epochs}",
+               unit="step", leave=False, disable=not config.progress_bar, mininterval=0.5)
     while i < steps_per_epoch:
       step = (epoch - 1) * steps_per_epoch + i
-      # A call runs `chunk` steps but never past a log step or the epoch's end.
-      n = min(chunk, steps_per_epoch - i, config.log_every_steps - step % config.log_every_steps)
+      # A call runs `chunk` steps but never past a log or save step, or the epoch's end.
+      n = min(chunk, steps_per_epoch - i, *(b - step % b for b in boundaries),
+              *([stop_at - step] if stop_at else []))
       state, step_metrics = driver.train_steps(state, train_images, train_labels, perm, i, n)
       pending.append(step_metrics)
       i, step = i + n, step + n
-      if step % config.log_every_steps == 0 or i == steps_per_epoch:
+      if step == stop_at and step < config.num_epochs * steps_per_epoch:
+        stop.request("stop_after_steps")
+      if step % config.log_every_steps == 0 or i == steps_per_epoch or stop.requested:
         # The only host sync in the loop: fetch the metrics of the steps since the last log.
         fetched = jax.device_get(pending)
         stacked = {k: np.concatenate([np.atleast_1d(m[k]) for m in fetched]) for k in fetched[0]}
@@ -149,15 +164,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         _check_finite(stacked["loss"], step - n_fetched + 1)
         for k in sums:
           sums[k] += float(stacked[k].sum())
+        count += n_fetched
         means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
         means["train/learning_rate"] = float(schedule(step - 1))
         writer.write(step, means)
         bar.set_postfix(loss=f"{means['train/loss']:.4f}", refresh=False)
         bar.update(n_fetched)
         pending = []
+      if stop.requested:
+        bar.close()
+        return state, None
+      if save_every and step % save_every == 0 and i < steps_per_epoch:
+        ckpt.save(state)
     bar.close()
     train_time = time.time() - t_epoch
-    epoch_metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
+    epoch_metrics = {f"train/{k}": v / count for k, v in sums.items()}
     line = (f"epoch {epoch:>3}/{config.num_epochs}  train loss {epoch_metrics['train/loss']:.4f} "
             f"acc {epoch_metrics['train/accuracy']:.2%}")
     if val_arrays is not None:
@@ -171,22 +192,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     epoch_time = time.time() - t_epoch
     epoch_metrics.update({"time/epoch_s": epoch_time, "time/train_epoch_s": train_time,
                           "time/elapsed_s": time.time() - t_train,
-                          "time/steps_per_s": steps_per_epoch / train_time})
+                          "time/steps_per_s": count / train_time})
     writer.write(epoch * steps_per_epoch, epoch_metrics, epoch=epoch)
-    log(line + f"  |  {epoch_time:.1f}s ({steps_per_epoch / train_time:.1f} steps/s)")
-    history.append(epoch_metrics)
+    log(line + f"  |  {epoch_time:.1f}s ({count / train_time:.1f} steps/s)")
+    return state, epoch_metrics
 
-  test = metrics_lib.summarize(driver.evaluate(state, *test_arrays))
-  report = metrics_lib.format_report(test, ds.class_names)
-  log(report)
-  summary = {**history[-1], "epochs": history, "test": test, "time/train_s": time.time() - t_train,
-             "time/total_s": time.time() - t_start, "num_params": param_count(state.params)}
-  if workdir is not None:
-    writer.write(config.num_epochs * steps_per_epoch,
-                 {f"test/{k}": test[k] for k in ("loss", "accuracy", "macro_f1")})
-    writer.write_text("test_report", report)
-    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-  writer.close()
+  try:
+    if config.stop_after_steps and ckpt is None:
+      raise ConfigError("stop_after_steps needs checkpoints: set --workdir and keep "
+                        "--config.checkpoint.enabled=True.")
+    with _StopOnSignal(enabled=ckpt is not None) as stop:
+      first_epoch = start_step // steps_per_epoch + 1
+      for epoch in range(first_epoch, config.num_epochs + 1):
+        first = start_step - (epoch - 1) * steps_per_epoch if epoch == first_epoch else 0
+        state, epoch_metrics = run_epoch(state, epoch, first, stop)
+        if epoch_metrics is None:
+          ckpt.save(state)
+          ckpt.wait()
+          raise Preempted(f"Stopped by {stop.signal_name} at step {int(state.step)}; a "
+                          f"checkpoint was saved in {ckpt.directory}. Re-run the same command "
+                          "to resume.")
+        history.append(epoch_metrics)
+        if ckpt and (epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs):
+          ckpt.save(state, epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None)
+
+    test = metrics_lib.summarize(driver.evaluate(state, *test_arrays))
+    report = metrics_lib.format_report(test, ds.class_names)
+    log(report)
+    summary = {**(history[-1] if history else {}), "epochs": history, "test": test,
+               "time/train_s": time.time() - t_train, "time/total_s": time.time() - t_start,
+               "num_params": param_count(state.params)}
+    if workdir is not None:
+      writer.write(config.num_epochs * steps_per_epoch,
+                   {f"test/{k}": test[k] for k in ("loss", "accuracy", "macro_f1")})
+      writer.write_text("test_report", report)
+      with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+  finally:
+    writer.close()
+    if ckpt:
+      ckpt.wait()  # a save in flight completes even when training stops with an error
+      ckpt.close()
   log(f"done in {summary['time/total_s']:.1f}s: test accuracy {test['accuracy']:.2%}")
   return state, summary
+
+
+class _StopOnSignal:
+  """Turns SIGTERM (what preemption sends) into a request to checkpoint and stop."""
+
+  def __init__(self, enabled: bool = True):
+    self.enabled, self.requested, self.signal_name, self._previous = enabled, False, "", None
+
+  def request(self, reason: str) -> None:
+    self.requested, self.signal_name = True, reason
+
+  def _handle(self, signum, frame):
+    self.request(signal.Signals(signum).name)
+
+  def __enter__(self) -> "_StopOnSignal":
+    if self.enabled and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

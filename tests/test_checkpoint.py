@@ -1,0 +1,105 @@
+"""Checkpoints: exact resume, retention, refusing a mismatched model, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from training import Preempted, train_and_evaluate
+from training.checkpoint import CheckpointMismatchError, Checkpointer
+
+from conftest import REPO, load_config, real_data_dir, shrink
+
+
+STEPS_PER_EPOCH = 3  # 64 mock examples - 10% validation = 58, in batches of 16
+
+
+def _config(**overrides):
+  # Dropout makes the RNG part of what must resume exactly.
+  return shrink(load_config("cnn"), **{"num_epochs": 4, "log_every_steps": 1,
+                                       "model.dropout": 0.3, **overrides})
+
+
+def _losses(workdir) -> dict[int, float]:
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if "train/loss" in r and "epoch" not in r:
+      out[r["step"]] = r["train/loss"]
+  return out
+
+
+def test_resume_is_bit_exact(mock_mnist, tmp_path):
+  whole, _ = train_and_evaluate(_config(), str(tmp_path / "whole"))
+  # Stop mid-epoch (step 5 of 12), then re-run the same config: it must continue exactly.
+  with pytest.raises(Preempted, match="at step 5"):
+    train_and_evaluate(_config(stop_after_steps=5), str(tmp_path / "split"))
+  assert Checkpointer(str(tmp_path / "split"), _config()).latest_step() == 5
+  resumed, summary = train_and_evaluate(_config(), str(tmp_path / "split"))
+  assert int(resumed.step) == int(whole.step) == 4 * STEPS_PER_EPOCH
+  for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+  assert len(_losses(tmp_path / "whole")) == 4 * STEPS_PER_EPOCH
+
+
+def test_keeps_the_last_n_plus_the_best(mock_mnist, tmp_path):
+  config = _config(num_epochs=7, **{"checkpoint.keep": 2, "checkpoint.keep_best": 1})
+  train_and_evaluate(config, str(tmp_path))
+  epochs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"epoch"' in l]
+  best = max(epochs, key=lambda r: (r["validation/accuracy"], r["step"]))["step"]
+  ckpt = Checkpointer(str(tmp_path), config)
+  assert ckpt.best_step() == best
+  assert set(ckpt.all_steps()) == {6 * STEPS_PER_EPOCH, 7 * STEPS_PER_EPOCH, best}
+
+
+@pytest.mark.parametrize("override", [{"model.features": (48, 64)}, {"model.dense": (64,)}])
+def test_a_model_of_other_shapes_is_refused(mock_mnist, tmp_path, override):
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  with pytest.raises(CheckpointMismatchError, match=r"mismatching parameters:\n.*params"):
+    train_and_evaluate(_config(num_epochs=2, **override), str(tmp_path))
+
+
+def test_the_mlp_config_is_refused_on_a_cnn_workdir(mock_mnist, tmp_path):
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  mlp = shrink(load_config("mlp"), num_epochs=2)
+  with pytest.raises(CheckpointMismatchError, match=r"Conv_0.*checkpoint \(3, 3, 1, 32\) vs "
+                     r"config missing"):
+    train_and_evaluate(mlp, str(tmp_path))
+
+
+def test_more_epochs_is_a_harmless_change(mock_mnist, tmp_path):
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  state, _ = train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+  assert int(state.step) == 2 * STEPS_PER_EPOCH
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_cache):
+  cmd = [sys.executable, "train.py", "--config=configs/mlp.py", f"--workdir={tmp_path}",
+         "--config.progress_bar=False", f"--config.cache_dir={data_cache}",
+         "--config.max_train_examples=4096", "--config.num_epochs=400",
+         "--config.checkpoint.every_epochs=1000"]
+  env = {**os.environ, "TFDS_DATA_DIR": real_data_dir(), "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if line.startswith("epoch   2/"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out = proc.stdout.read()
+  assert proc.wait(timeout=120) == 0, out
+  assert "Stopped by SIGTERM at step" in out
+  step = int(out.split("Stopped by SIGTERM at step ")[1].split(";")[0])
+  assert step >= 64  # past epoch 2's 32 steps
+  assert Checkpointer(str(tmp_path), load_config("mlp")).all_steps() == [step]
+  cmd[cmd.index("--config.num_epochs=400")] = f"--config.num_epochs={step // 32 + 1}"
+  resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resuming from the checkpoint at step {step}" in resumed.stdout + resumed.stderr

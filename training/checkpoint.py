@@ -1,0 +1,111 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`: the last N plus the best by validation accuracy.
+
+A checkpoint holds all that exact resumption needs: parameters, optimizer state, batch-norm
+statistics, the step (which fixes the data position: epoch = step // steps_per_epoch, offset =
+step % steps_per_epoch, as each epoch's order is a pure function of the seed and the epoch), the
+RNG key, and the config that produced it. Orbax writes each checkpoint to a temporary directory
+and renames it when complete, so a process killed mid-save leaves no checkpoint that a restart
+would read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from training.errors import ConfigError
+from training.steps import TrainState
+
+BEST_METRIC = "validation/accuracy"
+
+
+class CheckpointMismatchError(ConfigError):
+  """The workdir's checkpoint was written by a model of other shapes."""
+
+
+def _state_tree(state: TrainState) -> dict[str, Any]:
+  return {"params": state.params, "opt_state": state.opt_state,
+          "batch_stats": state.batch_stats, "step": state.step, "rng": state.rng}
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+
+
+class Checkpointer:
+  """Saves asynchronously (the step waits only for the device-to-host copy) and restores."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    c = config.checkpoint
+    policies = [ocp.checkpoint_managers.LatestN(n=c.keep)]
+    if c.keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[BEST_METRIC], n=c.keep_best,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=lambda m: m[BEST_METRIC], best_mode="max", enable_async_checkpointing=True,
+        create=True)
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    # Handlers named up front, so a fresh process can read the metadata of what is on disk.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+    self.config = config
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
+    step = int(state.step)
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_state_tree(state)),
+        config=ocp.args.JsonSave(self.config.to_dict())),
+        metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
+
+  def restore(self, state: TrainState, step: int | None = None) -> TrainState:
+    """`state` (freshly initialized) gives the expected shapes and shardings."""
+    step = self.latest_step() if step is None else step
+    target = _state_tree(state)
+    saved = self.manager.item_metadata(step)["state"]
+    self._check_shapes(saved, target, step)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree_util.tree_map(
+            ocp.utils.to_shape_dtype_struct, target))))["state"]
+    return state.replace(params=restored["params"], opt_state=restored["opt_state"],
+                         batch_stats=restored["batch_stats"], step=restored["step"],
+                         rng=restored["rng"])
+
+  def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
+    have, want = _shapes(saved), _shapes(target)
+    lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
+             for k in sorted(set(have) | set(want))
+             if k.startswith("['params']") and have.get(k) != want.get(k)]
+    if lines:
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} was written by a model of other "
+          f"shapes than the config's {self.config.model.name!r}; mismatching parameters:\n"
+          + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+          + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
+          "(its config is saved beside it).")
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
