@@ -1,6 +1,8 @@
-"""Trains and evaluates an image classifier.
+"""Trains and evaluates an image classifier; evaluates or applies a trained one.
 
     python train.py --config=configs/cnn.py [--workdir=runs/cnn] [--config.num_epochs=3 ...]
+    python train.py --mode=evaluate --workdir=runs/cnn [--checkpoint=best|latest|STEP] [--split=test]
+    python train.py --mode=predict --workdir=runs/cnn digit.png photo.jpg [--invert]
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -16,7 +18,16 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cnn.p
                                 "fields with --config.FIELD=VALUE.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard events and checkpoints go "
                     "(default: runs/<config file name>).")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                  "train (resumes from the workdir's checkpoints), evaluate a trained workdir, "
+                  "or predict the classes of the image files given as arguments.")
+flags.DEFINE_string("checkpoint", "best", "evaluate/predict: best (by validation accuracy), "
+                    "latest, or a step number.")
+flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
+flags.DEFINE_string("data_dir", None, "evaluate: the tfds data dir, if not the training run's.")
+flags.DEFINE_bool("invert", False, "predict: the images are dark ink on a light background.")
+flags.DEFINE_enum("fit", None, ["digit", "resize"], "predict: how images of another size are "
+                  "fitted: digit (MNIST's box-and-centre; default for mnist) or resize.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -35,18 +46,33 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if FLAGS.mode != "predict" and len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.mode == "train" and FLAGS.config is None:
+    raise app.UsageError("--config is required to train, e.g. --config=configs/cnn.py.")
+  if FLAGS.mode != "train" and not FLAGS.workdir:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir, the trained run's directory.")
   import nets  # after flag parsing: --help stays instant
-  from training import USER_ERRORS, Preempted, runtime, train_and_evaluate
+  from training import USER_ERRORS, Preempted, inference, runtime, train_and_evaluate
 
-  config = FLAGS.config
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  workdir = FLAGS.workdir or os.path.join(
-      "runs", os.path.splitext(os.path.basename(config_path))[0])
-  runtime.setup(config)
   try:
-    train_and_evaluate(config, workdir)
+    if FLAGS.mode == "evaluate":
+      runtime.setup(None)
+      inference.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir)
+    elif FLAGS.mode == "predict":
+      runtime.setup(None)
+      predictions = inference.predict(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
+                                      FLAGS.fit)
+      print(inference.format_predictions(predictions))
+    else:
+      config = FLAGS.config
+      config_path = config_flags.get_config_filename(FLAGS["config"])
+      workdir = FLAGS.workdir or os.path.join(
+          "runs", os.path.splitext(os.path.basename(config_path))[0])
+      runtime.setup(config)
+      train_and_evaluate(config, workdir)
   except Preempted as e:
     print(str(e), file=sys.stderr)  # a clean stop: the checkpoint is complete
   except (*USER_ERRORS, nets.ModelConfigError) as e:

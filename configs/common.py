@@ -41,6 +41,14 @@ def base() -> ml_collections.ConfigDict:
   c.end_lr_factor = 0.0  # final learning rate as a fraction of the peak (cosine schedules)
   c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
   c.label_smoothing = 0.0
+  # On-device augmentation of training batches (never of evaluation): each image is shifted by
+  # up to `shift` pixels per axis and rotated by up to `rotate` degrees, at random.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.shift = 0.0
+  c.augment.rotate = 0.0
+  # Evaluate (and checkpoint) an exponential moving average of the weights with this decay,
+  # e.g. 0.999; 0 disables it.
+  c.ema_decay = 0.0
   c.batch_size = 128  # global training batch
   c.eval_batch_size = 1000
   c.num_epochs = 10

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -103,3 +104,89 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_cache):
   resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resuming from the checkpoint at step {step}" in resumed.stdout + resumed.stderr
+
+
+# SIGKILL: a run killed at any moment loses at most the steps since its last committed
+# checkpoint, and the restart finishes with the metrics of a run that was never interrupted.
+KILL_ARGS = ["--config=configs/mlp.py", "--config.progress_bar=False",
+             "--config.max_train_examples=4096", "--config.num_epochs=3",
+             "--config.checkpoint.every_steps=10", "--config.log_every_steps=5"]
+# Issues the n-th save, then kills its own process while orbax is still writing it.
+KILL_IN_SAVE = """
+import os, runpy, signal, sys
+sys.path.insert(0, os.getcwd())
+from training import checkpoint
+save, calls = checkpoint.Checkpointer.save, []
+def save_then_die(self, state, metrics=None):
+  save(self, state, metrics)
+  calls.append(int(state.step))
+  if len(calls) == int(os.environ["KILL_AT_SAVE"]):
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.Checkpointer.save = save_then_die
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_cache):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _run_train(workdir, data_cache)
+  return json.loads((workdir / "test_metrics.json").read_text())["test"]
+
+
+def _env(data_cache, **extra):
+  return {**os.environ, "TFDS_DATA_DIR": real_data_dir(), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _run_train(workdir, data_cache) -> str:
+  proc = subprocess.run([sys.executable, "train.py", *KILL_ARGS, f"--workdir={workdir}",
+                         f"--config.cache_dir={data_cache}"], cwd=REPO, env=_env(data_cache),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout + proc.stderr
+
+
+def _committed(workdir) -> list[int]:
+  ckpt = Checkpointer(str(workdir))  # read-only: does not touch what the kill left
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def test_sigkill_during_training_resumes_from_the_last_commit(tmp_path, data_cache,
+                                                               uninterrupted):
+  proc = subprocess.Popen([sys.executable, "train.py", *KILL_ARGS, f"--workdir={tmp_path}",
+                           f"--config.cache_dir={data_cache}"], cwd=REPO, env=_env(data_cache),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 120
+  while time.time() < deadline and proc.poll() is None:  # kill mid-epoch 2 (steps 33-64)
+    steps_logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()] \
+        if metrics.exists() else []
+    if steps_logged and max(steps_logged) >= 45:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait(timeout=60) == -signal.SIGKILL
+  committed = _committed(tmp_path)
+  assert committed and 30 <= max(committed) < 96  # the save at 40 may be in flight
+  out = _run_train(tmp_path, data_cache)
+  assert f"Resuming from the checkpoint at step {max(committed)}" in out
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted
+
+
+def test_sigkill_during_a_save_leaves_no_checkpoint_that_breaks_the_restart(
+    tmp_path, data_cache, uninterrupted):
+  proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *KILL_ARGS, f"--workdir={tmp_path}",
+                         f"--config.cache_dir={data_cache}"], cwd=REPO,
+                        env=_env(data_cache, KILL_AT_SAVE="4"), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  # Saves at steps 10, 20, 30 (epoch end 32 comes 4th): the 4th was being written when killed.
+  assert _committed(tmp_path) == [20, 30]  # keep=2
+  assert [p.name for p in (tmp_path / "checkpoints").glob("32.*tmp*")], "not killed mid-save"
+  out = _run_train(tmp_path, data_cache)
+  assert "Resuming from the checkpoint at step 30" in out
+  assert not list((tmp_path / "checkpoints").glob("*tmp*"))  # the leftover was cleaned up
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted

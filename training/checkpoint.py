@@ -3,13 +3,15 @@
 A checkpoint holds all that exact resumption needs: parameters, optimizer state, batch-norm
 statistics, the step (which fixes the data position: epoch = step // steps_per_epoch, offset =
 step % steps_per_epoch, as each epoch's order is a pure function of the seed and the epoch), the
-RNG key, and the config that produced it. Orbax writes each checkpoint to a temporary directory
-and renames it when complete, so a process killed mid-save leaves no checkpoint that a restart
-would read.
+RNG key, the config that produced it, and what inference needs to know of the data (image shape,
+class names). Orbax writes each checkpoint to a temporary directory and renames it when complete,
+so a process killed mid-save leaves no checkpoint that a restart would read; the restart deletes
+such leftovers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -23,6 +25,12 @@ from training.steps import TrainState
 
 BEST_METRIC = "validation/accuracy"
 
+# Orbax warns about what this module does on purpose: mid-epoch saves have no validation
+# accuracy, and evaluation opens the checkpoints read-only.
+_EXPECTED_WARNINGS = ("did not provide metrics", "read_only=True", "directory is read only")
+logging.getLogger("absl").addFilter(
+    lambda r: not any(w in r.getMessage() for w in _EXPECTED_WARNINGS))
+
 
 class CheckpointMismatchError(ConfigError):
   """The workdir's checkpoint was written by a model of other shapes."""
@@ -30,35 +38,57 @@ class CheckpointMismatchError(ConfigError):
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
   return {"params": state.params, "opt_state": state.opt_state,
-          "batch_stats": state.batch_stats, "step": state.step, "rng": state.rng}
+          "batch_stats": state.batch_stats, "step": state.step, "rng": state.rng, "ema": state.ema}
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey (namedtuples), SequenceKey
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
+  """{"params/Dense_0/kernel": shape, ...}; optax's namedtuples and orbax's metadata dicts of them
+  give the same names."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in flat}
 
 
 class Checkpointer:
   """Saves asynchronously (the step waits only for the device-to-host copy) and restores."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    c = config.checkpoint
-    policies = [ocp.checkpoint_managers.LatestN(n=c.keep)]
-    if c.keep_best:
-      policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[BEST_METRIC], n=c.keep_best,
-          keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=lambda m: m[BEST_METRIC], best_mode="max", enable_async_checkpointing=True,
-        create=True)
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
+               dataset_info: dict[str, Any] | None = None):
+    """`config` None opens the workdir read-only (for evaluation and prediction)."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.config, self.dataset_info = config, dataset_info
+    if config is None:
+      if not os.path.isdir(self.directory):
+        raise ConfigError(f"No checkpoints in {self.directory}: train first with "
+                          f"`python train.py --config=... --workdir={workdir}`.")
+      policy, keep_best = None, 0
+    else:
+      c = config.checkpoint
+      keep_best = c.keep_best
+      policies = [ocp.checkpoint_managers.LatestN(n=c.keep)]
+      if keep_best:
+        policies.append(ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
+            keep_checkpoints_without_metrics=False))
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+        enable_async_checkpointing=True, create=config is not None, read_only=config is None,
+        # Leftovers of a save that a kill interrupted: never read, deleted on the next start.
+        cleanup_tmp_directories=config is not None)
     # Handlers named up front, so a fresh process can read the metadata of what is on disk.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
-    self.config = config
+                       "config": ocp.JsonCheckpointHandler(),
+                       "dataset": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -75,8 +105,14 @@ class Checkpointer:
       return
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_state_tree(state)),
-        config=ocp.args.JsonSave(self.config.to_dict())),
+        config=ocp.args.JsonSave(self.config.to_dict()),
+        dataset=ocp.args.JsonSave(self.dataset_info or {})),
         metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
+
+  def read_json(self, step: int, item: str) -> dict[str, Any]:
+    """The `config` or `dataset` item saved with checkpoint `step`."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.JsonRestore()}))[item]
 
   def restore(self, state: TrainState, step: int | None = None) -> TrainState:
     """`state` (freshly initialized) gives the expected shapes and shardings."""
@@ -89,17 +125,25 @@ class Checkpointer:
             ocp.utils.to_shape_dtype_struct, target))))["state"]
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],
-                         rng=restored["rng"])
+                         rng=restored["rng"], ema=restored["ema"])
 
   def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
     have, want = _shapes(saved), _shapes(target)
     lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
              for k in sorted(set(have) | set(want))
-             if k.startswith("['params']") and have.get(k) != want.get(k)]
+             if k.startswith("params/") and have.get(k) != want.get(k)]
+    other = sorted(k for k in set(have) | set(want)
+                   if not k.startswith("params/") and have.get(k) != want.get(k))
+    if other and not lines:
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} holds a training state of another "
+          f"structure than the config's (the optimizer, its settings or ema_decay on/off "
+          f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
+          "wrote the checkpoint (saved beside it), or use another --workdir.")
     if lines:
       raise CheckpointMismatchError(
           f"The checkpoint at step {step} in {self.directory} was written by a model of other "
-          f"shapes than the config's {self.config.model.name!r}; mismatching parameters:\n"
+          f"shapes than the config's; mismatching parameters:\n"
           + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
           + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
           "(its config is saved beside it).")

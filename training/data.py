@@ -40,9 +40,12 @@ class Dataset:
   num_classes: int
   class_names: Sequence[str]
 
-  @property
-  def image_shape(self) -> tuple[int, ...]:
-    return tuple(self.train.images.shape[1:])
+  image_shape: tuple[int, ...]  # (H, W, C), from the tfds dataset info
+
+  def info(self) -> dict[str, object]:
+    """What inference needs to know of the data; saved with every checkpoint."""
+    return {"name": self.name, "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes, "class_names": list(self.class_names)}
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -171,5 +174,10 @@ def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | N
   test = Split(test_images[test_idx], test_labels[test_idx], test_idx)
 
   label = features["label"]
+  image_shape = tuple(features["image"].shape)
+  if None in image_shape or tuple(train.images.shape[1:]) != image_shape:
+    raise ConfigError(f"Dataset {name!r} has images of shape {image_shape} (tfds info), "
+                      f"decoded as {train.images.shape[1:]}; a fixed image size is needed.")
   return Dataset(name=name, train=train, validation=validation, test=test,
-                 num_classes=label.num_classes, class_names=list(label.names))
+                 num_classes=label.num_classes, class_names=list(label.names),
+                 image_shape=image_shape)

@@ -50,7 +50,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if config[field] < 1:
       raise ConfigError(f"{field} must be at least 1, got {config[field]}.")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
+  for field in ("shift", "rotate", ):
+    if config.augment[field] < 0:
+      raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
+                        f"{config.augment[field]}.")
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+
+
+def step_options(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The config's keyword arguments of `steps.train_step`."""
+  return {"label_smoothing": config.label_smoothing, "augment_shift": config.augment.shift,
+          "augment_rotate": config.augment.rotate, "ema_decay": config.ema_decay}
 
 
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
@@ -106,9 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
   driver = steps.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
-                             config.label_smoothing)
+                             **step_options(config))
   init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key)
+  state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
+                                   ema=config.ema_decay > 0)
   state = jax.device_put(state, driver.replicated)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None)
@@ -127,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 
   ckpt = None
   if workdir is not None and config.checkpoint.enabled:
-    ckpt = checkpoint.Checkpointer(workdir, config)
+    ckpt = checkpoint.Checkpointer(workdir, config, ds.info())
     if ckpt.latest_step() is not None:
       state = ckpt.restore(state)
       log(f"Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")

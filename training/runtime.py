@@ -43,13 +43,13 @@ def set_xla_cpu_flags() -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {_CPU_XLA_FLAGS}".strip()
 
 
-def setup(config: ml_collections.ConfigDict) -> None:
+def setup(config: ml_collections.ConfigDict | None = None) -> None:
   """Host allocator and XLA flags (before the backend starts), and the persistent compilation
   cache (unless `compilation_cache_dir` is "none")."""
   tune_host_allocator()
   set_xla_cpu_flags()
   import jax
-  cache = config.get("compilation_cache_dir") or DEFAULT_COMPILATION_CACHE
+  cache = (config or {}).get("compilation_cache_dir") or DEFAULT_COMPILATION_CACHE
   if cache.lower() != "none":
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
     # Cache every program: even sub-second compiles add up at start-up.

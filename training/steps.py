@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from training import augment
 from training.errors import ConfigError
 
 Batch = dict[str, jax.Array]
@@ -20,21 +21,33 @@ Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, optimizer state and step, plus BatchNorm statistics and the base RNG key."""
+  """Parameters, optimizer state and step, plus BatchNorm statistics, the base RNG key and,
+  when enabled, an exponential moving average of the weights."""
   batch_stats: Any
   rng: jax.Array  # base key; each step folds in its step number
+  ema: Any = flax.struct.field(default_factory=dict)  # {"params", "batch_stats"} or {} (off)
 
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
 
+  def eval_variables(self) -> dict[str, Any]:
+    """What evaluation uses: the moving average when it is kept, else the live weights."""
+    if not self.ema:
+      return self.variables()
+    return {"params": self.ema["params"],
+            **({"batch_stats": self.ema["batch_stats"]} if self.batch_stats else {})}
+
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
-                       image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array
-                       ) -> TrainState:
+                       image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array,
+                       ema: bool = False) -> TrainState:
   variables = jax.jit(functools.partial(model.init, train=False))(
       init_key, jnp.zeros((1, *image_shape), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}), rng=train_key)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  return TrainState.create(
+      apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=train_key,
+      ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+      if ema else {})
 
 
 def preprocess(images: jax.Array) -> jax.Array:
@@ -50,13 +63,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
-  """One optimizer step on `batch`; pure, with per-step randomness from fold_in(rng, step)."""
+               label_smoothing: float = 0.0, augment_shift: float = 0.0,
+               augment_rotate: float = 0.0, ema_decay: float = 0.0
+               ) -> tuple[TrainState, Metrics]:
+  """One optimizer step on `batch`; pure, with per-step randomness from fold_in(rng, step).
+
+  `augment_*`: random shift (pixels) and rotation (degrees) of each image; `ema_decay`: keep
+  an exponential moving average of the weights (needs a state made with `ema=True`).
+  """
   step_rng = jax.random.fold_in(rng, state.step)
+  images = augment.random_affine(preprocess(batch["image"]), jax.random.fold_in(step_rng, 1),
+                                 max_shift=augment_shift, max_rotate_deg=augment_rotate)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {**state.variables(), "params": params}, preprocess(batch["image"]), train=True,
+        {**state.variables(), "params": params}, images, train=True,
         rngs={"dropout": step_rng}, mutable=["batch_stats"])
     loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
     return loss, (logits, updates)
@@ -64,6 +85,13 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads,
                                     batch_stats=updates.get("batch_stats", state.batch_stats))
+  if ema_decay:
+    # The usual warm-up: early on the average follows the weights closely, so that a short run's
+    # average is not dominated by the random initialization.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    live = {"params": new_state.params, "batch_stats": new_state.batch_stats}
+    new_state = new_state.replace(ema=jax.tree_util.tree_map(
+        lambda e, p: decay * e + (1.0 - decay) * p, state.ema, live))
   metrics = {"loss": loss,
              "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              "grad_norm": optax.tree_utils.tree_norm(grads)}
@@ -72,7 +100,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
 
 def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
   """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly."""
-  logits = state.apply_fn(state.variables(), preprocess(batch["image"]), train=False)
+  logits = state.apply_fn(state.eval_variables(), preprocess(batch["image"]), train=False)
   mask = batch["mask"]
   preds = jnp.argmax(logits, -1)
   loss = cross_entropy(logits, batch["label"])
@@ -90,7 +118,7 @@ class DeviceSteps:
   """
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int,
-               label_smoothing: float = 0.0):
+               **step_options: float):
     n = mesh.shape["data"]
     for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
       if size % n:
@@ -99,7 +127,7 @@ class DeviceSteps:
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
-    step = functools.partial(train_step, label_smoothing=label_smoothing)
+    step = functools.partial(train_step, **step_options)
     evaluate = functools.partial(eval_step, num_classes=num_classes)
 
     @functools.partial(jax.jit, donate_argnums=0)
