@@ -3,6 +3,10 @@
     python train.py --config=configs/cnn.py [--workdir=runs/cnn] [--config.num_epochs=3 ...]
     python train.py --mode=evaluate --workdir=runs/cnn [--checkpoint=best|latest|STEP] [--split=test]
     python train.py --mode=predict --workdir=runs/cnn digit.png photo.jpg [--invert]
+
+Multi-host: run the same command on every host, adding --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I (or --distributed where the cluster is detected: TPU pod slices,
+SLURM, Open MPI).
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ flags.DEFINE_string("checkpoint", "best", "evaluate/predict: best (by validation
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
 flags.DEFINE_string("data_dir", None, "evaluate: the tfds data dir, if not the training run's.")
 flags.DEFINE_bool("invert", False, "predict: the images are dark ink on a light background.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes run together.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.")
+flags.DEFINE_bool("distributed", False, "Multi-process, with the processes detected from the "
+                  "cluster (TPU pod slice, SLURM, Open MPI); implied under SLURM/Open MPI with "
+                  "more than one task or when $JAX_COORDINATOR_ADDRESS is set.")
+flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all processes to connect.")
 flags.DEFINE_enum("fit", None, ["digit", "resize"], "predict: how images of another size are "
                   "fitted: digit (MNIST's box-and-centre; default for mnist) or resize.")
 
@@ -55,14 +66,15 @@ def main(argv: list[str]) -> None:
   if FLAGS.mode != "train" and not FLAGS.workdir:
     raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir, the trained run's directory.")
   import nets  # after flag parsing: --help stays instant
-  from training import USER_ERRORS, Preempted, inference, runtime, train_and_evaluate
+  from training import USER_ERRORS, Preempted, distributed, inference, runtime, train_and_evaluate
 
   try:
+    runtime.setup(FLAGS.config if FLAGS.mode == "train" else None)  # before JAX's backend starts
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout)
     if FLAGS.mode == "evaluate":
-      runtime.setup(None)
       inference.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir)
     elif FLAGS.mode == "predict":
-      runtime.setup(None)
       predictions = inference.predict(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
                                       FLAGS.fit)
       print(inference.format_predictions(predictions))
@@ -71,7 +83,6 @@ def main(argv: list[str]) -> None:
       config_path = config_flags.get_config_filename(FLAGS["config"])
       workdir = FLAGS.workdir or os.path.join(
           "runs", os.path.splitext(os.path.basename(config_path))[0])
-      runtime.setup(config)
       train_and_evaluate(config, workdir)
   except Preempted as e:
     print(str(e), file=sys.stderr)  # a clean stop: the checkpoint is complete

@@ -66,6 +66,12 @@ def base() -> ml_collections.ConfigDict:
   # with a time limit: each re-run continues where the last stopped.
   c.stop_after_steps = 0
 
+  # --- Devices ---
+  # The device mesh: the batch is split along "data", parameters are replicated. -1 = all the
+  # devices (of all processes); e.g. (4,) uses the first 4 of one host's devices.
+  c.mesh_shape = (-1,)
+  c.mesh_axes = ("data",)
+
   # --- Runtime ---
   # Persistent XLA compilation cache (unset: ~/.cache/mnist_flax/jax; "none": off).
   c.compilation_cache_dir = config_dict.placeholder(str)

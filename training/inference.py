@@ -90,7 +90,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
   n = mesh.shape["data"]
   driver = steps.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes)
-  state = jax.device_put(r.state, driver.replicated)
+  state = driver.put(r.state)
   result = metrics_lib.summarize(driver.evaluate(state, *driver.put_eval(part.images,
                                                                          part.labels)))
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)

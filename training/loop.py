@@ -16,14 +16,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import nets
-from training import checkpoint, data, metrics as metrics_lib, optim, steps
+from training import checkpoint, data, distributed, metrics as metrics_lib, optim, steps
 from training.errors import ConfigError, NonFiniteLossError, Preempted
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def log(msg: str) -> None:
-  tqdm.write(msg)  # prints above a live progress bar instead of through it
+  """Prints on process 0 only (of a multi-process run), above a live progress bar."""
+  if jax.process_index() == 0:
+    tqdm.write(msg)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -116,16 +118,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   schedule = optim.make_schedule(config, steps_per_epoch)
   tx = optim.make_optimizer(config, schedule)
   # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = distributed.make_mesh(config.mesh_shape, config.mesh_axes)
   driver = steps.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                              **step_options(config))
   init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
                                    ema=config.ema_decay > 0)
-  state = jax.device_put(state, driver.replicated)
+  state = driver.put(state)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None)
-  if workdir is not None:
+  # Every process computes the same metrics; process 0 alone writes them.
+  primary = jax.process_index() == 0
+  writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None and primary)
+  if workdir is not None and primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     writer.write_text("config", str(config))
@@ -135,7 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   test_arrays = driver.put_eval(ds.test.images, ds.test.labels)
   log(f"{config.model.name}: {param_count(state.params):,} parameters | {ds.name}: "
       f"{len(ds.train)} train, {len(ds.validation) if ds.validation else 0} validation, "
-      f"{len(ds.test)} test | {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+      f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s)"
+      f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, mesh "
+      f"{dict(mesh.shape)} | "
       f"{config.num_epochs} epochs of {steps_per_epoch} steps")
 
   ckpt = None
@@ -158,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     perm = driver.permutation(shuffle_key, epoch, len(ds.train))
     sums, count, pending = {"loss": 0.0, "accuracy": 0.0}, 0, []
     bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch}/{config.num_epochs}",
-               unit="step", leave=False, disable=not config.progress_bar, mininterval=0.5)
+               unit="step", leave=False, disable=not (config.progress_bar and primary),
+               mininterval=0.5)
     while i < steps_per_epoch:
       step = (epoch - 1) * steps_per_epoch + i
       # A call runs `chunk` steps but never past a log or save step, or the epoch's end.
@@ -169,7 +176,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       i, step = i + n, step + n
       if step == stop_at and step < config.num_epochs * steps_per_epoch:
         stop.request("stop_after_steps")
-      if step % config.log_every_steps == 0 or i == steps_per_epoch or stop.requested:
+      # Multi-process runs sync only at steps that every process knows in advance (a process
+      # that alone stopped to sync would wait forever); a single process stops at once.
+      if (step % config.log_every_steps == 0 or i == steps_per_epoch or step == stop_at
+          or (stop.requested and jax.process_count() == 1)):
         # The only host sync in the loop: fetch the metrics of the steps since the last log.
         fetched = jax.device_get(pending)
         stacked = {k: np.concatenate([np.atleast_1d(m[k]) for m in fetched]) for k in fetched[0]}
@@ -184,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         bar.set_postfix(loss=f"{means['train/loss']:.4f}", refresh=False)
         bar.update(n_fetched)
         pending = []
+        stop.sync(step, ckpt)
       if stop.requested:
         bar.close()
         return state, None
@@ -235,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     summary = {**(history[-1] if history else {}), "epochs": history, "test": test,
                "time/train_s": time.time() - t_train, "time/total_s": time.time() - t_start,
                "num_params": param_count(state.params)}
-    if workdir is not None:
+    if workdir is not None and primary:
       writer.write(config.num_epochs * steps_per_epoch,
                    {f"test/{k}": test[k] for k in ("loss", "accuracy", "macro_f1")})
       writer.write_text("test_report", report)
@@ -251,7 +262,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 
 
 class _StopOnSignal:
-  """Turns SIGTERM (what preemption sends) into a request to checkpoint and stop."""
+  """Turns SIGTERM (what preemption sends) into a request to checkpoint and stop.
+
+  In a multi-process run JAX's preemption service catches the signal instead, and every process
+  learns of it at the same step from orbax's `reached_preemption` (see `sync`).
+  """
 
   def __init__(self, enabled: bool = True):
     self.enabled, self.requested, self.signal_name, self._previous = enabled, False, "", None
@@ -259,11 +274,23 @@ class _StopOnSignal:
   def request(self, reason: str) -> None:
     self.requested, self.signal_name = True, reason
 
+  def sync(self, step: int, ckpt: checkpoint.Checkpointer | None) -> None:
+    """At a step where every process syncs: adopt a stop that any process has requested."""
+    if ckpt is None or self.requested and jax.process_count() == 1:
+      return
+    if ckpt.manager.reached_preemption(step):
+      self.request("preemption")
+    elif jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if np.asarray(multihost_utils.process_allgather(np.int32(self.requested))).any():
+        self.request(self.signal_name or "a stop on another process")
+
   def _handle(self, signum, frame):
     self.request(signal.Signals(signum).name)
 
   def __enter__(self) -> "_StopOnSignal":
-    if self.enabled and threading.current_thread() is threading.main_thread():
+    if (self.enabled and threading.current_thread() is threading.main_thread()
+        and jax.process_count() == 1):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 

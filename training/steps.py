@@ -114,7 +114,9 @@ class DeviceSteps:
 
   The dataset lives on the devices (MNIST is 47 MB); each epoch's shuffle is a permutation made on
   device, and a step gathers its batch by index. Batches are sharded over the mesh's `data` axis,
-  parameters replicated.
+  parameters replicated. Every device holds the whole dataset and gathers only its own slice of
+  each global batch, so in a multi-process run each process feeds its part and no example
+  crosses hosts.
   """
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int,
@@ -130,12 +132,15 @@ class DeviceSteps:
     step = functools.partial(train_step, **step_options)
     evaluate = functools.partial(eval_step, num_classes=num_classes)
 
+    def gather(images, labels, perm, i):
+      idx = jax.lax.with_sharding_constraint(
+          jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size), self.sharded)
+      return jax.lax.with_sharding_constraint({"image": images[idx], "label": labels[idx]},
+                                              self.sharded)
+
     @functools.partial(jax.jit, donate_argnums=0)
     def train(state, images, labels, perm, i):
-      idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-      batch = jax.lax.with_sharding_constraint({"image": images[idx], "label": labels[idx]},
-                                               self.sharded)
-      return step(state, batch, state.rng)
+      return step(state, gather(images, labels, perm, i), state.rng)
 
     @functools.partial(jax.jit, donate_argnums=5)
     def evaluate_batch(state, images, labels, mask, i, totals):
@@ -152,14 +157,22 @@ class DeviceSteps:
       return jax.lax.scan(body, state, start + jnp.arange(n))
 
     self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
+    self.gather = jax.jit(gather)  # the batch of step i, as the train step sees it
     self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
         jax.random.fold_in(key, epoch), n), static_argnums=2)
     # Host arrays: each evaluation gets fresh device buffers, as the batches donate them.
     self._zeros = {"loss_sum": np.zeros((), np.float32), "count": np.zeros((), np.float32),
                    "confusion": np.zeros((num_classes, num_classes), np.int32)}
 
+  def put(self, x: Any) -> Any:
+    """Host arrays (the same in every process) -> arrays replicated on the whole mesh."""
+    def one(a):
+      a = np.asarray(a)
+      return jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
+    return jax.tree_util.tree_map(one, x)
+
   def put_train(self, images, labels) -> tuple[jax.Array, jax.Array]:
-    return (jax.device_put(images, self.replicated), jax.device_put(labels, self.replicated))
+    return self.put(images), self.put(labels)
 
   def put_eval(self, images, labels) -> tuple[jax.Array, ...]:
     """Pads to whole eval batches (with mask 0), so every example is evaluated exactly once."""
@@ -168,7 +181,7 @@ class DeviceSteps:
     images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
     labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
     mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
-    return tuple(jax.device_put(a, self.replicated) for a in (images, labels, mask))
+    return tuple(self.put(a) for a in (images, labels, mask))
 
   def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
                   ) -> tuple[TrainState, Metrics]:
@@ -179,7 +192,7 @@ class DeviceSteps:
     return self._train_scan(state, images, labels, perm, start, n)
 
   def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
-    totals = jax.device_put(self._zeros, self.replicated)
+    totals = self.put(self._zeros)
     for i in range(len(labels) // self.eval_batch_size):
       totals = self._evaluate_batch(state, images, labels, mask, i, totals)
     return jax.device_get(totals)
