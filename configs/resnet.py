@@ -1,0 +1,27 @@
+"""ResNet on MNIST: a 3x3 stem and three stages of basic residual blocks, Adam, one-cycle.
+
+    python train.py --config=configs/resnet.py
+
+Reaches 99.23% test accuracy (macro F1 0.9922) in 5 epochs: 176 s for the whole process on a
+2-core CPU, about 32 s an epoch (measured while another job shared the CPU, load average 2-4).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.model.name = "resnet"
+  c.model.stem_features = 16  # channels of the 3x3 stem conv (at full resolution)
+  c.model.features = (16, 32, 64)  # channels of each stage
+  c.model.blocks = (1, 1, 1)  # basic residual blocks per stage
+  c.model.strides = (2, 2, 2)  # each stage halves the resolution: 28 -> 14 -> 7 -> 4
+  c.model.dropout = 0.0
+  c.schedule = "onecycle"
+  c.learning_rate = 3e-3
+  c.num_epochs = 5
+  return c

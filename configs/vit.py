@@ -1,0 +1,38 @@
+"""Vision Transformer on MNIST: 16 patches of 7x7, six pre-LN encoder blocks, AdamW with warm-up
+and cosine decay, random shifts and a moving average of the weights.
+
+    python train.py --config=configs/vit.py
+
+Reaches 98.73% test accuracy (macro F1 0.9872) in 8 epochs: 196 s for the whole process on a
+2-core CPU, 20-24 s an epoch (measured while another job shared the CPU, load average 2-4).
+Without the shifts and the average it stopped near 98.3% (6-7 epochs): with little inductive
+bias, a ViT overfits MNIST within a few epochs (dropout 0.1 instead: 98.0%).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.model.name = "vit"
+  c.model.patch_size = 7  # 28x28 -> 4x4 = 16 tokens (4x4 patches: 49, 3x the cost per block)
+  c.model.dim = 64  # token width
+  c.model.depth = 6  # encoder blocks
+  c.model.num_heads = 4  # attention heads of 16 dims each
+  c.model.mlp_dim = 128  # hidden width of each block's MLP
+  c.model.pool = "mean"  # classify the mean token (mean) or a class token (cls)
+  c.model.dropout = 0.0
+  c.optimizer = "adamw"
+  c.weight_decay = 0.05
+  c.schedule = "warmup_cosine"
+  c.warmup_epochs = 0.5
+  c.learning_rate = 2e-3
+  c.grad_clip_norm = 1.0
+  c.augment.shift = 2.0  # pixels: the shift invariance a conv net has built in
+  c.ema_decay = 0.999  # evaluate a moving average of the weights
+  c.num_epochs = 8
+  return c
