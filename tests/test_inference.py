@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,8 +85,14 @@ def test_predict_real_digits_written_as_png(trained, tmp_path):
                        for i, im in enumerate(x)], False),
   }
   for name, (paths, invert) in variants.items():
-    labels = [p["label"] for p in inference.predict(workdir, paths, "latest", invert=invert)]
-    assert np.mean(np.asarray(labels) == y) >= 0.85, name
+    predictions = inference.predict(workdir, paths, "latest", invert=invert)
+    assert np.mean(np.asarray([p["label"] for p in predictions]) == y) >= 0.85, name
+    assert not any(p["light_background"] for p in predictions), name
+  # Forgetting --invert on dark-on-light files is pointed out next to the (useless) prediction.
+  forgot = inference.predict(workdir, variants["inverted"][0][:2], "latest")
+  assert all(p["light_background"] for p in forgot)
+  assert "needs --invert" in inference.format_predictions(forgot)
+  assert "needs --invert" not in inference.format_predictions(exact)
 
 
 def test_fit_digit_boxes_and_centres_like_mnist(tmp_path):
@@ -110,6 +117,18 @@ def test_bad_prediction_inputs_fail_clearly(trained, tmp_path):
     inference.predict(workdir, [str(tmp_path / "text.png")])
   with pytest.raises(ConfigError, match="No checkpoints in"):
     inference.evaluate(str(tmp_path / "empty"))
+
+
+def test_checkpoint_without_its_dataset_item_fails_clearly(trained, tmp_path):
+  """A checkpoint from another version (or damaged) names itself and the fix, not a KeyError."""
+  workdir, _, _ = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  for step_dir in (copy / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      shutil.rmtree(step_dir / "dataset")
+  with pytest.raises(ConfigError, match="has no usable 'dataset' item.*new --workdir"):
+    inference.predict(str(copy), [_write(np.zeros((28, 28, 1), np.uint8), tmp_path / "x.png")])
 
 
 def test_evaluate_and_predict_commands(trained, tmp_path):

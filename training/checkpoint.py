@@ -111,8 +111,18 @@ class Checkpointer:
 
   def read_json(self, step: int, item: str) -> dict[str, Any]:
     """The `config` or `dataset` item saved with checkpoint `step`."""
-    return self.manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.JsonRestore()}))[item]
+    problem = (f"Checkpoint {step} in {self.directory} has no usable {item!r} item: it was not "
+               "written by this version of the trainer, or it is damaged. Train again into a new "
+               "--workdir (or pass --checkpoint=<another step>).")
+    try:
+      value = self.manager.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.JsonRestore()}))[item]
+    except (KeyError, FileNotFoundError, ValueError) as e:
+      # orbax's own error only lists the items present, without saying what to do.
+      raise CheckpointMismatchError(problem) from e
+    if not value:
+      raise CheckpointMismatchError(problem)
+    return value
 
   def restore(self, state: TrainState, step: int | None = None) -> TrainState:
     """`state` (freshly initialized) gives the expected shapes and shardings."""

@@ -48,6 +48,16 @@ def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
   return np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), np.uint8).reshape(shape)
 
 
+def light_background(path: str) -> bool:
+  """Whether the file's border is mostly light: dark ink on paper, which needs `invert`."""
+  with Image.open(path) as img:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+      return False  # a transparent background takes whatever colour `invert` implies
+    a = np.asarray(ImageOps.exif_transpose(img).convert("L"), np.float32)
+  border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+  return bool(np.median(border) > 127)
+
+
 def _fit_digit(a: np.ndarray, h: int, w: int) -> np.ndarray:
   """MNIST's normalization: ink bounding box into 20/28 of the frame, centred by mass."""
   a = a - np.median(a)  # the background (most of the image) becomes 0

@@ -127,7 +127,8 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: boo
     out.append({"file": path, "label": int(order[0]), "class_name": names[order[0]],
                 "probability": float(p[order[0]]),
                 "top": [(names[i], float(p[i])) for i in order],
-                "probabilities": p.tolist()})
+                "probabilities": p.tolist(),
+                "light_background": not invert and images.light_background(path)})
   return out
 
 
@@ -135,4 +136,10 @@ def format_predictions(predictions: Sequence[dict[str, Any]]) -> str:
   width = max(len(p["file"]) for p in predictions)
   return "\n".join(
       f"{p['file']:<{width}}  {p['class_name']:>6}  p={p['probability']:.4f}   top: "
-      + ", ".join(f"{name} {prob:.2%}" for name, prob in p["top"]) for p in predictions)
+      + ", ".join(f"{name} {_percent(prob)}" for name, prob in p["top"])
+      + ("   (light background: dark ink on paper needs --invert)"
+         if p.get("light_background") else "") for p in predictions)
+
+
+def _percent(p: float) -> str:
+  return f"{p:.2%}" if p >= 5e-5 else "<0.01%"
