@@ -11,6 +11,8 @@ import pytest
 
 from training import runtime
 
+# Two test workers on one GPU must not each grab most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The same CPU settings as train.py, before any test starts JAX's backend.
 runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()
