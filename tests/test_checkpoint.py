@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training import Preempted, train_and_evaluate
-from training.checkpoint import CheckpointMismatchError, Checkpointer
+from training.checkpoint import CheckpointMismatchError, Checkpointer, DamagedCheckpointError
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -74,6 +74,26 @@ def test_the_mlp_config_is_refused_on_a_cnn_workdir(mock_mnist, tmp_path):
   with pytest.raises(CheckpointMismatchError, match=r"Conv_0.*checkpoint \(3, 3, 1, 32\) vs "
                      r"config missing"):
     train_and_evaluate(mlp, str(tmp_path))
+
+
+# tensorstore's reads of the other files fail after orbax's event loop closes (quieted by the CLI).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_checkpoint_is_named_with_the_way_back_to_the_previous_one(mock_mnist,
+                                                                             tmp_path):
+  mlp = lambda epochs: shrink(load_config("mlp"), num_epochs=epochs)
+  train_and_evaluate(mlp(2), str(tmp_path))
+  latest = tmp_path / "checkpoints" / str(2 * STEPS_PER_EPOCH)
+  for f in (latest / "state").rglob("*"):
+    if f.is_file() and "d" in f.relative_to(latest / "state").parts[:-1]:
+      f.write_bytes(b"\0" * 7)  # the arrays' data files, as a disk fault would leave them
+  with pytest.raises(DamagedCheckpointError,
+                     match=rf"Checkpoint 6 .*damaged.*\n.*previous checkpoint \(step 3\).*mv "):
+    train_and_evaluate(mlp(3), str(tmp_path))
+  assert latest.is_dir()  # left for a look, not deleted
+  # Doing what the message says resumes from the previous checkpoint.
+  os.rename(latest, tmp_path / "damaged_checkpoint_6")
+  state, _ = train_and_evaluate(mlp(3), str(tmp_path))
+  assert int(state.step) == 3 * STEPS_PER_EPOCH
 
 
 def test_more_epochs_is_a_harmless_change(mock_mnist, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -34,6 +35,26 @@ logging.getLogger("absl").addFilter(
 
 class CheckpointMismatchError(ConfigError):
   """The workdir's checkpoint was written by a model of other shapes."""
+
+
+class DamagedCheckpointError(ConfigError):
+  """A committed checkpoint whose files cannot be read (a disk fault, a stray edit)."""
+
+# What orbax and tensorstore raise on unreadable files and metadata.
+_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
+
+
+def _quiet_orphaned_reads() -> None:
+  """After a failed restore, tensorstore's reads of the other files finish in its own threads and
+  each reports "Event loop is closed" (orbax's loop is gone) through sys.excepthook: a screen of
+  tracebacks under the real error. Drop just those."""
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+      previous(kind, value, tb)
+
+  sys.excepthook = hook
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -128,14 +149,35 @@ class Checkpointer:
     """`state` (freshly initialized) gives the expected shapes and shardings."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
-    saved = self.manager.item_metadata(step)["state"]
+    try:
+      saved = self.manager.item_metadata(step)["state"]
+    except _READ_ERRORS as e:
+      raise self._damaged(step, e) from e
     self._check_shapes(saved, target, step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.tree_util.tree_map(
-            ocp.utils.to_shape_dtype_struct, target))))["state"]
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(jax.tree_util.tree_map(
+              ocp.utils.to_shape_dtype_struct, target))))["state"]
+    except _READ_ERRORS as e:
+      if isinstance(e, ConfigError):
+        raise
+      raise self._damaged(step, e) from e
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],
                          rng=restored["rng"], ema=restored["ema"])
+
+  def _damaged(self, step: int, cause: Exception) -> DamagedCheckpointError:
+    """Names the step and the way out; the files are left as they are, for a look or a rescue."""
+    _quiet_orphaned_reads()
+    earlier = [s for s in self.all_steps() if s < step]
+    detail = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+    way_out = (f"To resume from the previous checkpoint (step {max(earlier)}), move this one "
+               f"out of the way: mv {self.directory}/{step} "
+               f"{os.path.dirname(self.directory)}/damaged_checkpoint_{step}"
+               if earlier else "There is no earlier checkpoint to fall back on")
+    return DamagedCheckpointError(
+        f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
+        f"{way_out}; or start afresh with another --workdir.")
 
   def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
     have, want = _shapes(saved), _shapes(target)
