@@ -23,11 +23,9 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the project's packages
 
-
-def config_names() -> list[str]:
-  return sorted(p.stem for p in (REPO / "configs").glob("*.py")
-                if "def get_config" in p.read_text())
+import configs  # noqa: E402
 
 
 def run(name: str, root: str, extra: list[str]) -> dict:
@@ -65,10 +63,10 @@ def main() -> None:
   ap.add_argument("--json", help="also write the rows to this file")
   # Anything else (e.g. --config.dtype=bfloat16) is passed to every run.
   args, overrides = ap.parse_known_args()
-  names = args.configs.split(",") if args.configs else config_names()
-  unknown = sorted(set(names) - set(config_names()))
+  names = args.configs.split(",") if args.configs else configs.names()
+  unknown = sorted(set(names) - set(configs.names()))
   if unknown:
-    raise SystemExit(f"Unknown config(s) {unknown}; known: {', '.join(config_names())}.")
+    raise SystemExit(f"Unknown config(s) {unknown}; known: {', '.join(configs.names())}.")
   import jax  # only to name the machine in the table
   machine = (f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind} "
              f"({jax.default_backend()}), jax {jax.__version__}, {platform.python_version()}")

@@ -9,6 +9,7 @@ import pathlib
 import ml_collections
 import pytest
 
+import configs
 from training import runtime
 
 # Two test workers on one GPU must not each grab most of its memory up front.
@@ -18,9 +19,7 @@ runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Runnable configs are the files that define get_config (configs/common.py only holds the base).
-CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py")
-                      if "def get_config" in p.read_text())
+CONFIG_NAMES = configs.names()
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:

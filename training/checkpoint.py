@@ -138,7 +138,7 @@ class Checkpointer:
     try:
       value = self.manager.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.JsonRestore()}))[item]
-    except (KeyError, FileNotFoundError, ValueError) as e:
+    except _READ_ERRORS as e:
       # orbax's own error only lists the items present, without saying what to do.
       raise CheckpointMismatchError(problem) from e
     if not value:
@@ -150,17 +150,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
     try:
-      saved = self.manager.item_metadata(step)["state"]
-    except _READ_ERRORS as e:
-      raise self._damaged(step, e) from e
-    self._check_shapes(saved, target, step)
-    try:
+      self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
+    except ConfigError:  # a mismatch, already explained
+      raise
     except _READ_ERRORS as e:
-      if isinstance(e, ConfigError):
-        raise
       raise self._damaged(step, e) from e
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],

@@ -24,13 +24,23 @@ def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
   `invert`: the file is dark ink on a light background (a scan, a drawing); the model expects
   light on dark. Images already of the model's size are used as they are (after `invert`).
   """
+  return read(path, shape, invert=invert, fit=fit)[0]
+
+
+def read(path: str, shape: tuple[int, int, int], *, invert: bool = False,
+         fit: str = "digit") -> tuple[np.ndarray, bool]:
+  """`load`'s array, and whether the file's border is mostly light: dark ink on paper, which
+  needs `invert` (a transparent background counts as dark: it takes the colour `invert` implies).
+  """
   if fit not in FITS:
     raise ConfigError(f"Unknown fit {fit!r}; choose one of {', '.join(FITS)}.")
   h, w, c = shape
   try:
     with Image.open(path) as img:
       img = ImageOps.exif_transpose(img)
-      if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+      transparent = img.mode in ("RGBA", "LA", "PA") or (
+          img.mode == "P" and "transparency" in img.info)
+      if transparent:
         # Transparent pixels are background: white under dark ink, black under light ink.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if invert else
@@ -39,23 +49,16 @@ def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
       img = img.convert("L" if c == 1 else "RGB")
   except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
     raise ConfigError(f"Cannot read {path!r} as an image ({e}); give PNG or JPEG files.") from e
+  grey = np.asarray(img if c == 1 else img.convert("L"), np.float32)
+  border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+  light = not transparent and bool(np.median(border) > 127)
   if invert:
     img = ImageOps.invert(img)
   if img.size == (w, h):
-    return np.asarray(img, np.uint8).reshape(shape)
+    return np.asarray(img, np.uint8).reshape(shape), light
   if fit == "digit" and c == 1:
-    return _fit_digit(np.asarray(img, np.float32), h, w).reshape(shape)
-  return np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), np.uint8).reshape(shape)
-
-
-def light_background(path: str) -> bool:
-  """Whether the file's border is mostly light: dark ink on paper, which needs `invert`."""
-  with Image.open(path) as img:
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-      return False  # a transparent background takes whatever colour `invert` implies
-    a = np.asarray(ImageOps.exif_transpose(img).convert("L"), np.float32)
-  border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-  return bool(np.median(border) > 127)
+    return _fit_digit(np.asarray(img, np.float32), h, w).reshape(shape), light
+  return np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), np.uint8).reshape(shape), light
 
 
 def _fit_digit(a: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from training import checkpoint, images, loop, metrics as metrics_lib, optim, steps
+from training import checkpoint, distributed, images, loop, metrics as metrics_lib, optim, steps
 from training.errors import ConfigError
 
 SPLITS = ("test", "validation", "train")
@@ -87,7 +87,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   if part is None:
     raise ConfigError("This run was trained without a validation split "
                       "(validation_fraction=0); evaluate --split=test or train.")
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = distributed.make_mesh((-1,), ("data",))
   n = mesh.shape["data"]
   driver = steps.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes)
   state = driver.put(r.state)
@@ -116,19 +116,20 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: boo
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
     fit = "digit" if info["name"] == "mnist" else "resize"
-  batch = np.stack([images.load(p, shape, invert=invert, fit=fit) for p in paths])
+  loaded = [images.read(p, shape, invert=invert, fit=fit) for p in paths]
+  batch = np.stack([array for array, _ in loaded])
   logits = jax.jit(lambda s, x: s.apply_fn(s.eval_variables(), steps.preprocess(x),
                                            train=False))(r.state, batch)
   probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
   names = [str(n) for n in info["class_names"]]
   out = []
-  for path, p in zip(paths, probs):
+  for path, p, (_, light) in zip(paths, probs, loaded):
     order = np.argsort(-p)[:top]
     out.append({"file": path, "label": int(order[0]), "class_name": names[order[0]],
                 "probability": float(p[order[0]]),
                 "top": [(names[i], float(p[i])) for i in order],
                 "probabilities": p.tolist(),
-                "light_background": not invert and images.light_background(path)})
+                "light_background": light and not invert})
   return out
 
 
@@ -138,7 +139,7 @@ def format_predictions(predictions: Sequence[dict[str, Any]]) -> str:
       f"{p['file']:<{width}}  {p['class_name']:>6}  p={p['probability']:.4f}   top: "
       + ", ".join(f"{name} {_percent(prob)}" for name, prob in p["top"])
       + ("   (light background: dark ink on paper needs --invert)"
-         if p.get("light_background") else "") for p in predictions)
+         if p["light_background"] else "") for p in predictions)
 
 
 def _percent(p: float) -> str:

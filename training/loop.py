@@ -54,7 +54,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{field} must be at least 1, got {config[field]}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
-  for field in ("shift", "rotate", ):
+  for field in ("shift", "rotate"):
     if config.augment[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
                         f"{config.augment[field]}.")
