@@ -2,7 +2,7 @@
 
     python train.py --config=configs/cnn.py
 
-Reaches 99.24% test accuracy (macro F1 0.9923) in 5 epochs: 88 s for the whole process on a
+Reaches 99.28% test accuracy (macro F1 0.9927) in 5 epochs: 79 s for the whole process on a
 2-core CPU (see README).
 """
 

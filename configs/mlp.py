@@ -2,7 +2,7 @@
 
     python train.py --config=configs/mlp.py
 
-Reaches 98.60% test accuracy (macro F1 0.9860) in 10 epochs: 26 s for the whole process on a
+Reaches 98.54% test accuracy (macro F1 0.9853) in 10 epochs: 27 s for the whole process on a
 2-core CPU (see README).
 """
 

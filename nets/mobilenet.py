@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nets import register
+from nets import layers, register
 
 
 class DepthwiseConv(nn.Module):
@@ -85,7 +85,7 @@ class MobileNet(nn.Module):
       x = norm_act(DepthwiseConv(3, stride, self.depthwise, dtype=self.dtype)(x))
       x = norm_act(nn.Conv(width, (1, 1), use_bias=False, dtype=self.dtype)(x))
     x = x.mean(axis=(1, 2))  # global average pool: any input size works
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 

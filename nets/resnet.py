@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nets import register
+from nets import layers, register
 
 
 class BasicBlock(nn.Module):
@@ -63,7 +63,7 @@ class ResNet(nn.Module):
         x = BasicBlock(width, stride if i == 0 else 1, dtype=self.dtype)(x, train=train)
     # Global average pooling: no dense layer tied to the input size, so any image shape works.
     x = x.mean(axis=(1, 2))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nets import register
+from nets import layers, register
 
 # OptimizedLSTMCell has LSTMCell's parameters but computes the four gates in one matmul.
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
@@ -42,7 +42,7 @@ class RNN(nn.Module):
     make = lambda name: nn.RNN(CELLS[self.cell](self.hidden, dtype=self.dtype, name=name))
     for i in range(self.layers):
       if i:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = layers.Dropout(self.dropout, deterministic=not train)(x)
       if self.bidirectional:
         x = nn.Bidirectional(make(f"layer{i}_forward"), make(f"layer{i}_backward"))(x)
       else:
@@ -55,7 +55,7 @@ class RNN(nn.Module):
       x = jnp.concatenate([x[:, -1, :self.hidden], x[:, 0, self.hidden:]], axis=-1)
     else:
       x = x[:, -1]
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 

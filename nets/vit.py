@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nets import register
+from nets import layers, register
 
 
 class EncoderBlock(nn.Module):
@@ -25,7 +25,7 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    drop = lambda y: nn.Dropout(self.dropout, deterministic=not train)(y)
+    drop = lambda y: layers.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(y, y)
     x = x + drop(y)
@@ -67,7 +67,7 @@ class ViT(nn.Module):
     # Learned and sized at init from the input: the model is tied to one image size, like any
     # ViT (changing it would need interpolating these).
     pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, *x.shape[1:]))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(x.dtype))
+    x = layers.Dropout(self.dropout, deterministic=not train)(x + pos.astype(x.dtype))
     for _ in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, dtype=self.dtype)(x,
                                                                                   train=train)

@@ -1,0 +1,57 @@
+"""Building blocks shared by several architectures (this file registers no model)."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dropout_bits(rate: float) -> int:
+  """Random bits per element that `Dropout` draws for `rate`: 8 where rounding the keep
+  probability to a multiple of 1/256 moves the rate by at most 2% of itself, else 16, else 32."""
+  for bits in (8, 16):
+    kept = round((1.0 - rate) * 2**bits) / 2**bits
+    if abs((1.0 - kept) - rate) <= 0.02 * rate:
+      return bits
+  return 32
+
+
+class Dropout(nn.Module):
+  """Inverted dropout, as `nn.Dropout`, from fewer random bits.
+
+  nn.Dropout draws a float32 uniform, 32 random bits, per element. Generating them (threefry) was
+  a sixth of the MLP's train step on CPU; 8 bits per element made that step 1.1x faster. The
+  keep probability becomes a multiple of 1/2**bits (see `dropout_bits`: rate 0.2 gives 0.19922),
+  and kept values are scaled by the inverse of that exact probability, so the expected output
+  still equals the input.
+  """
+  rate: float
+  deterministic: bool | None = None  # as in nn.Dropout: here or in the call
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, deterministic: bool | None = None) -> jnp.ndarray:
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if not 0.0 <= self.rate <= 1.0:
+      raise ValueError(f"Dropout rate must be in [0, 1], got {self.rate}.")
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    bits = dropout_bits(self.rate)
+    threshold = min(round((1.0 - self.rate) * 2**bits), 2**bits - 1)
+    per_word = 32 // bits
+    # Words along the last axis only, so that the leading (batch) axis keeps its sharding.
+    last = x.shape[-1] if x.ndim else 1
+    words = jax.random.bits(self.make_rng(self.rng_collection),
+                            (*x.shape[:-1], math.ceil(last / per_word)), jnp.uint32)
+    if bits < 32:
+      narrow = jnp.uint8 if bits == 8 else jnp.uint16
+      words = jax.lax.bitcast_convert_type(words, narrow)  # (..., words, per_word)
+      words = words.reshape((*x.shape[:-1], -1))[..., :last]
+    keep = words.reshape(x.shape) < jnp.asarray(threshold, words.dtype)
+    scale = jnp.asarray(2**bits / threshold, x.dtype)
+    return jnp.where(keep, x * scale, jnp.zeros_like(x))
