@@ -23,7 +23,7 @@ class Dropout(nn.Module):
   """Inverted dropout, as `nn.Dropout`, from fewer random bits.
 
   nn.Dropout draws a float32 uniform, 32 random bits, per element. Generating them (threefry) was
-  a sixth of the MLP's train step on CPU; 8 bits per element made that step 1.1x faster. The
+  a sixth of the MLP's train step on CPU; 8 bits per element made that step 1.05-1.1x faster. The
   keep probability becomes a multiple of 1/2**bits (see `dropout_bits`: rate 0.2 gives 0.19922),
   and kept values are scaled by the inverse of that exact probability, so the expected output
   still equals the input.
