@@ -11,10 +11,10 @@ import jax.numpy as jnp
 
 def dropout_bits(rate: float) -> int:
   """Random bits per element that `Dropout` draws for `rate`: 8 where rounding the keep
-  probability to a multiple of 1/256 moves the rate by at most 2% of itself, else 16, else 32."""
+  probability to a multiple of 1/256 moves both it and the rate by at most 2%, else 16, else 32."""
   for bits in (8, 16):
     kept = round((1.0 - rate) * 2**bits) / 2**bits
-    if abs((1.0 - kept) - rate) <= 0.02 * rate:
+    if abs(kept - (1.0 - rate)) <= 0.02 * min(rate, 1.0 - rate):
       return bits
   return 32
 
@@ -42,7 +42,7 @@ class Dropout(nn.Module):
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     bits = dropout_bits(self.rate)
-    threshold = min(round((1.0 - self.rate) * 2**bits), 2**bits - 1)
+    threshold = min(max(round((1.0 - self.rate) * 2**bits), 1), 2**bits - 1)
     per_word = 32 // bits
     # Words along the last axis only, so that the leading (batch) axis keeps its sharding.
     last = x.shape[-1] if x.ndim else 1

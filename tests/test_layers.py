@@ -39,7 +39,7 @@ def test_max_pool_gradient_goes_to_the_first_tied_maximum():
                                        [0., 0., 0., 0.]])
 
 
-@pytest.mark.parametrize("rate", [0.2, 0.5, 0.1, 0.01, 1e-4])
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.1, 0.01, 1e-4, 0.999])
 def test_dropout_drops_at_the_rate_and_keeps_the_mean(rate):
   x = jnp.ones((256, 4099))  # odd width: words of random bits are cut to the last axis
   y = layers.Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})
@@ -55,6 +55,7 @@ def test_dropout_uses_fewer_bits_only_where_the_rate_survives_rounding():
   assert layers.dropout_bits(0.2) == 8  # 205/256 kept: rate 0.1992
   assert layers.dropout_bits(0.01) == 16  # 1/256 steps would make it 0.0117
   assert layers.dropout_bits(1e-6) == 32
+  assert layers.dropout_bits(0.999) == 16  # 8 bits would keep nothing
 
 
 def test_dropout_is_identity_when_deterministic_and_seeded_otherwise():
