@@ -63,10 +63,11 @@ def main() -> None:
   ap.add_argument("--json", help="also write the rows to this file")
   # Anything else (e.g. --config.dtype=bfloat16) is passed to every run.
   args, overrides = ap.parse_known_args()
-  names = args.configs.split(",") if args.configs else configs.names()
-  unknown = sorted(set(names) - set(configs.names()))
+  known = configs.names()
+  names = args.configs.split(",") if args.configs else known
+  unknown = sorted(set(names) - set(known))
   if unknown:
-    raise SystemExit(f"Unknown config(s) {unknown}; known: {', '.join(configs.names())}.")
+    raise SystemExit(f"Unknown config(s) {unknown}; known: {', '.join(known)}.")
   import jax  # only to name the machine in the table
   machine = (f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind} "
              f"({jax.default_backend()}), jax {jax.__version__}, {platform.python_version()}")

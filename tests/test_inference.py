@@ -99,12 +99,12 @@ def test_fit_digit_boxes_and_centres_like_mnist(tmp_path):
   canvas = np.zeros((300, 200), np.uint8)
   canvas[20:140, 10:70] = 255  # a tall bar in a corner, 120x60
   Image.fromarray(canvas).save(tmp_path / "bar.png")
-  out = images.load(str(tmp_path / "bar.png"), (28, 28, 1))[:, :, 0]
+  out = images.load(str(tmp_path / "bar.png"), (28, 28, 1))[0][:, :, 0]
   rows, cols = np.nonzero(out > 128)
   assert rows.max() - rows.min() + 1 == 20 and cols.max() - cols.min() + 1 == 10
   assert abs((rows.min() + rows.max()) / 2 - 13.5) <= 1 and abs((cols.min() + cols.max()) / 2
                                                                  - 13.5) <= 1
-  resized = images.load(str(tmp_path / "bar.png"), (28, 28, 1), fit="resize")[:, :, 0]
+  resized = images.load(str(tmp_path / "bar.png"), (28, 28, 1), fit="resize")[0][:, :, 0]
   assert resized[:2].max() > 0  # the whole frame, corner included
 
 

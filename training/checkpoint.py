@@ -49,11 +49,14 @@ def _quiet_orphaned_reads() -> None:
   each reports "Event loop is closed" (orbax's loop is gone) through sys.excepthook: a screen of
   tracebacks under the real error. Drop just those."""
   previous = sys.excepthook
+  if getattr(previous, "quiets_orphaned_reads", False):
+    return  # installed by an earlier failed restore
 
   def hook(kind, value, tb):
     if not (kind is RuntimeError and str(value) == "Event loop is closed"):
       previous(kind, value, tb)
 
+  hook.quiets_orphaned_reads = True
   sys.excepthook = hook
 
 

@@ -18,19 +18,13 @@ FITS = ("digit", "resize")
 
 
 def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
-         fit: str = "digit") -> np.ndarray:
-  """uint8 array of `shape` (H, W, C) from an image file.
+         fit: str = "digit") -> tuple[np.ndarray, bool]:
+  """uint8 array of `shape` (H, W, C) from an image file, and whether the file's border is mostly
+  light: dark ink on paper, which needs `invert` (a transparent background counts as dark: it
+  takes the colour `invert` implies).
 
   `invert`: the file is dark ink on a light background (a scan, a drawing); the model expects
   light on dark. Images already of the model's size are used as they are (after `invert`).
-  """
-  return read(path, shape, invert=invert, fit=fit)[0]
-
-
-def read(path: str, shape: tuple[int, int, int], *, invert: bool = False,
-         fit: str = "digit") -> tuple[np.ndarray, bool]:
-  """`load`'s array, and whether the file's border is mostly light: dark ink on paper, which
-  needs `invert` (a transparent background counts as dark: it takes the colour `invert` implies).
   """
   if fit not in FITS:
     raise ConfigError(f"Unknown fit {fit!r}; choose one of {', '.join(FITS)}.")

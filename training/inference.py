@@ -116,7 +116,7 @@ def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: boo
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
     fit = "digit" if info["name"] == "mnist" else "resize"
-  loaded = [images.read(p, shape, invert=invert, fit=fit) for p in paths]
+  loaded = [images.load(p, shape, invert=invert, fit=fit) for p in paths]
   batch = np.stack([array for array, _ in loaded])
   logits = jax.jit(lambda s, x: s.apply_fn(s.eval_variables(), steps.preprocess(x),
                                            train=False))(r.state, batch)
