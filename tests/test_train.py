@@ -97,6 +97,18 @@ def test_same_seed_same_metrics_different_seed_different(mock_mnist, tmp_path):
   assert _jsonl(tmp_path / "a" / "metrics.jsonl") != _jsonl(tmp_path / "c" / "metrics.jsonl")
 
 
+def test_bfloat16_trains_with_float32_state(mock_mnist, tmp_path, capsys):
+  config = shrink(load_config("cnn"), dtype="bfloat16")
+  state, summary = train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(summary["train/loss"]) and summary["test"]["count"] == 48
+  leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
+  floats = {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert floats == {np.dtype("float32")}
+  # On CPU, where bf16 is the slower choice, the user is told so.
+  said = "bfloat16 compute is slower than float32 on CPU" in capsys.readouterr().out
+  assert said == (jax.default_backend() == "cpu")
+
+
 def test_non_finite_loss_stops_at_the_step(mock_mnist, tmp_path):
   # An infinite learning rate: step 1's loss is finite, the update makes step 2's NaN.
   config = shrink(load_config("mlp"), optimizer="sgd", schedule="constant",
