@@ -146,8 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       f"{config.num_epochs} epochs of {steps_per_epoch} steps")
   if config.dtype == "bfloat16" and jax.default_backend() == "cpu":
     # XLA:CPU runs matmuls with bf16 results off its fast path.
-    log("Note: bfloat16 compute is slower than float32 on CPU (train steps 1.2-1.3x slower "
-        "here, MLP and CNN); it is meant for GPU/TPU. On CPU use --config.dtype=float32.")
+    log("Note: bfloat16 compute is slower than float32 on CPU (MLP and CNN train steps were "
+        "1.2-1.3x slower on a 2-core AVX-512 EPYC); it is meant for GPU/TPU. On CPU use "
+        "--config.dtype=float32.")
 
   ckpt = None
   if workdir is not None and config.checkpoint.enabled:
