@@ -106,19 +106,16 @@ def _lr(config, step: int, total: int) -> float:
   raise SystemExit(f"bench: schedule {config.schedule} is not mirrored in PyTorch")
 
 
-def pytorch(config) -> dict:
-  """The same network and hyperparameters; data on the device; a plain loop."""
+def torch_setup(config, image_shape, num_classes: int, device: str):
+  """The config's network, optimizer and loss in PyTorch: (net, optimizer, loss_fn)."""
   import torch
   from torch import nn
-  torch.manual_seed(config.seed)
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  ds = load_data(config)
   m = config.model
   layers: list[nn.Module] = []
   if m.name in ("cnn", "cnn_flax_example"):
     if m.get("downsample", "max") != "max" or m.get("batch_norm") or m.get("convs_per_stage", 1) > 1:
       raise SystemExit("bench: only the plain max-pool CNN is mirrored in PyTorch")
-    c, side = ds.image_shape[-1], ds.image_shape[0]
+    c, side = image_shape[-1], image_shape[0]
     for f in m.features:
       layers += [nn.Conv2d(c, f, m.kernel_size, padding="same"), nn.ReLU(), nn.MaxPool2d(2)]
       c, side = f, side // 2
@@ -127,13 +124,13 @@ def pytorch(config) -> dict:
     hidden = m.dense
   elif m.name == "mlp":
     layers.append(nn.Flatten())
-    width, hidden = math.prod(ds.image_shape), m.hidden
+    width, hidden = math.prod(image_shape), m.hidden
   else:
     raise SystemExit(f"bench: model {m.name} is not mirrored in PyTorch")
   for h in hidden:
     layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(m.dropout)]
     width = h
-  layers.append(nn.Linear(width, ds.num_classes))
+  layers.append(nn.Linear(width, num_classes))
   net = nn.Sequential(*layers).to(device)
   if config.optimizer in ("adam", "adamw"):
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -141,12 +138,31 @@ def pytorch(config) -> dict:
   else:
     opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate,
                           momentum=config.momentum if config.optimizer == "momentum" else 0.0)
+  return net, opt, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def torch_step(net, opt, loss_fn, images, labels, lr: float) -> None:
+  """One training step on uint8 NCHW images, as a plain PyTorch loop does it."""
+  for g in opt.param_groups:
+    g["lr"] = lr
+  loss = loss_fn(net(images.float() / 255.0), labels)
+  opt.zero_grad(set_to_none=True)
+  loss.backward()
+  opt.step()
+
+
+def pytorch(config) -> dict:
+  """The same network and hyperparameters; data on the device; a plain loop."""
+  import torch
+  torch.manual_seed(config.seed)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  ds = load_data(config)
+  net, opt, loss_fn = torch_setup(config, ds.image_shape, ds.num_classes, device)
   to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(device)
   train_x, train_y = to_nchw(ds.train.images), torch.from_numpy(ds.train.labels).long().to(device)
   test_x, test_y = to_nchw(ds.test.images), torch.from_numpy(ds.test.labels).long().to(device)
   bs, spe = config.batch_size, len(ds.train) // config.batch_size
   total = spe * config.num_epochs
-  loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   epoch_s, evals, step = [], [], 0
   t_train = time.time()
@@ -155,13 +171,8 @@ def pytorch(config) -> dict:
     net.train()
     perm = torch.randperm(len(train_y), device=device)
     for i in range(spe):
-      for g in opt.param_groups:
-        g["lr"] = _lr(config, step, total)
       idx = perm[i * bs:(i + 1) * bs]
-      loss = loss_fn(net(train_x[idx].float() / 255.0), train_y[idx])
-      opt.zero_grad(set_to_none=True)
-      loss.backward()
-      opt.step()
+      torch_step(net, opt, loss_fn, train_x[idx], train_y[idx], _lr(config, step, total))
       step += 1
     sync()
     epoch_s.append(time.time() - t)
