@@ -8,8 +8,9 @@ framework this times, per step, the whole train step, those products alone, and 
 update alone, on the config's shapes, on whatever backend is present. Each framework runs in its
 own subprocess (so their thread pools do not meet), interleaved over the repeats; within one, the
 three alternate over the rounds. The products plus the update are a floor that no float32 step of
-this network goes below, so PyTorch's step over this project's floor bounds how much faster than
-PyTorch this project's MLP can be. Images and labels are random: timings do not depend on them.
+this network goes below with that framework's kernels, so PyTorch's step over this project's floor
+bounds how much faster than PyTorch this project's MLP can be. Images and labels are random:
+timings do not depend on them.
 """
 
 from __future__ import annotations
