@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trainers  # noqa: E402  (bench/trainers.py)
 
 PARTS = ("step", "matmuls", "update")
+IMAGE_SHAPE, NUM_CLASSES, N_TRAIN = (28, 28, 1), 10, 60_000  # MNIST-sized random data
 
 
 def matmuls(x, kernels):
@@ -61,7 +62,7 @@ def _rounds(fns: dict, rounds: int, calls: int, sync) -> dict[str, list[float]]:
 
 
 def _shapes(config) -> list[tuple[int, int]]:
-  widths = [28 * 28, *config.model.hidden, 10]
+  widths = [math.prod(IMAGE_SHAPE), *config.model.hidden, NUM_CLASSES]
   return list(zip(widths[:-1], widths[1:]))
 
 
@@ -71,22 +72,23 @@ def run_jax(config, rounds: int, calls: int) -> dict:
   import optax
   from training import distributed, loop, optim, runtime, steps
   runtime.setup(config)
-  n, rng = 60_000, np.random.default_rng(0)
-  model = loop.build_model(config, 10)
+  n, rng = N_TRAIN, np.random.default_rng(0)
+  model = loop.build_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config, optim.make_schedule(config, n // config.batch_size))
   d = steps.DeviceSteps(distributed.make_mesh(config.mesh_shape, config.mesh_axes),
-                        config.batch_size, config.eval_batch_size, 10, **loop.step_options(config))
+                        config.batch_size, config.eval_batch_size, NUM_CLASSES,
+                        **loop.step_options(config))
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-  box = [d.put(steps.create_train_state(model, tx, (28, 28, 1), k1, k2))]
-  images, labels = d.put_train(rng.integers(0, 256, (n, 28, 28, 1), np.uint8),
-                               rng.integers(0, 10, n).astype(np.int32))
+  box = [d.put(steps.create_train_state(model, tx, IMAGE_SHAPE, k1, k2))]
+  images, labels = d.put_train(rng.integers(0, 256, (n, *IMAGE_SHAPE), np.uint8),
+                               rng.integers(0, NUM_CLASSES, n).astype(np.int32))
   perm = d.permutation(k3, 0, n)
 
   def step(i):
     box[0], metrics = d.train_steps(box[0], images, labels, perm, i, 1)
     return metrics
 
-  x = jax.device_put(rng.random((config.batch_size, 28 * 28), np.float32))
+  x = jax.device_put(rng.random((config.batch_size, math.prod(IMAGE_SHAPE)), np.float32))
   ks = [jax.device_put(rng.standard_normal(s, np.float32) / math.sqrt(s[0]))
         for s in _shapes(config)]
   products = jax.jit(matmuls)
@@ -113,10 +115,11 @@ def run_torch(config, rounds: int, calls: int) -> dict:
   import torch
   torch.manual_seed(0)
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  net, opt, loss_fn = trainers.torch_setup(config, (28, 28, 1), 10, device)
-  n = 60_000
-  images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, device=device)
-  labels = torch.randint(0, 10, (n,), device=device)
+  net, opt, loss_fn = trainers.torch_setup(config, IMAGE_SHAPE, NUM_CLASSES, device)
+  n = N_TRAIN
+  images = torch.randint(0, 256, (n, IMAGE_SHAPE[2], *IMAGE_SHAPE[:2]), dtype=torch.uint8,
+                         device=device)
+  labels = torch.randint(0, NUM_CLASSES, (n,), device=device)
   perm = torch.randperm(n, device=device)
   bs = config.batch_size
 
@@ -124,7 +127,7 @@ def run_torch(config, rounds: int, calls: int) -> dict:
     idx = perm[(i * bs) % (n - bs):][:bs]
     trainers.torch_step(net, opt, loss_fn, images[idx], labels[idx], config.learning_rate)
 
-  x = torch.rand(bs, 28 * 28, device=device)
+  x = torch.rand(bs, math.prod(IMAGE_SHAPE), device=device)
   ks = [torch.randn(s, device=device) / math.sqrt(s[0]) for s in _shapes(config)]
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   fns = {"step": step, "matmuls": lambda i: matmuls(x, ks), "update": lambda i: opt.step()}
@@ -163,7 +166,8 @@ def main() -> None:
       for p in PARTS:
         ms[f][p] += r["ms"][p]
   med = {f: {p: statistics.median(v) for p, v in parts.items()} for f, parts in ms.items()}
-  print(f"\n{args.config}, {device}, ms per step, medians of {args.repeats} x {args.rounds} rounds\n")
+  print(f"\n{args.config}, {device}, ms per step, "
+        f"medians of {args.repeats} x {args.rounds} rounds\n")
   print("| | train step | matmuls alone | optimizer update alone | floor (sum) | step / floor |")
   print("|---|---|---|---|---|---|")
   for f, m in med.items():

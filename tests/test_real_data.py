@@ -12,6 +12,8 @@ import pytest
 
 from training import data, train_and_evaluate
 
+_decode = data._decode  # the real one, for tests that count calls
+
 from conftest import REPO, load_config, real_data_dir, shrink
 
 
@@ -50,6 +52,25 @@ def test_cache_matches_a_fresh_decode_and_survives_corruption(mnist, data_cache,
   path.write_bytes(path.read_bytes()[:1000])
   images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
   np.testing.assert_array_equal(images, mnist.test.images)
+
+
+def test_cache_is_rebuilt_in_place_when_the_source_files_change(mnist, monkeypatch, tmp_path):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder("mnist", data_dir=real_data_dir())
+  cache = tmp_path / "cache"
+  data.load_split(builder, "test", str(cache), real_data_dir())
+  decoded = []
+  monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
+  data.load_split(builder, "test", str(cache), real_data_dir())
+  assert not decoded  # unchanged files: read from the cache
+  # Re-prepared files (new sizes or times) change the fingerprint: decode again, and overwrite
+  # the one cache file of this split rather than add another beside it.
+  monkeypatch.setattr(data, "_fingerprint", lambda builder, split: "re-prepared")
+  images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
+  assert decoded == [1] and len(list(cache.glob("*.npz"))) == 1
+  np.testing.assert_array_equal(images, mnist.test.images)
+  data.load_split(builder, "test", str(cache), real_data_dir())
+  assert decoded == [1]
 
 
 def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):

@@ -1,8 +1,9 @@
 """Input data: tfds array_record splits -> cached uint8 arrays -> train/validation/test.
 
 Reads the prepared data with `tfds` data sources (no TensorFlow). Decoding the PNGs takes seconds,
-so the decoded arrays are cached as .npz files keyed by the source files, and later starts load them
-in well under a second.
+so the decoded arrays are cached as .npz files, one per split and source directory, and later starts
+load them in well under a second. Each holds the fingerprint of the files it came from, and is
+decoded again and overwritten when they change, so re-prepared data never piles up copies.
 """
 
 from __future__ import annotations
@@ -105,13 +106,15 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
   """Decoded (images, labels) of one tfds split, through the on-disk cache when enabled."""
   path = None
   if cache_dir:
+    source_dir = hashlib.sha256(os.path.abspath(builder.data_dir).encode()).hexdigest()[:16]
     path = os.path.join(os.path.expanduser(cache_dir),
-                        f"{builder.info.full_name.replace('/', '-')}-{split}-"
-                        f"{_fingerprint(builder, split)}.npz")
+                        f"{builder.info.full_name.replace('/', '-')}-{split}-{source_dir}.npz")
+    fingerprint = _fingerprint(builder, split)
     if os.path.exists(path):
       try:
         with np.load(path) as f:
-          return f["images"], f["labels"]
+          if str(f["fingerprint"]) == fingerprint:
+            return f["images"], f["labels"]
       except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # corrupt or partial cache file: decode again and overwrite it
   try:
@@ -126,7 +129,7 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
     # Write then rename, so a killed process never leaves a truncated cache behind.
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, images=images, labels=labels)
+      np.savez(f, images=images, labels=labels, fingerprint=np.asarray(fingerprint))
     os.replace(tmp, path)
   return images, labels
 
