@@ -63,14 +63,44 @@ def test_cache_is_rebuilt_in_place_when_the_source_files_change(mnist, monkeypat
   monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
   data.load_split(builder, "test", str(cache), real_data_dir())
   assert not decoded  # unchanged files: read from the cache
-  # Re-prepared files (new sizes or times) change the fingerprint: decode again, and overwrite
-  # the one cache file of this split rather than add another beside it.
+  # Re-prepared files with new content change the fingerprint: decode again, and overwrite the
+  # one cache file of this split rather than add another beside it.
   monkeypatch.setattr(data, "_fingerprint", lambda builder, split: "re-prepared")
   images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
   assert decoded == [1] and len(list(cache.glob("*.npz"))) == 1
   np.testing.assert_array_equal(images, mnist.test.images)
   data.load_split(builder, "test", str(cache), real_data_dir())
   assert decoded == [1]
+
+
+def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path):
+  import shutil
+
+  import tensorflow_datasets as tfds
+  source = os.path.join(real_data_dir(), "mnist", "3.0.1")
+  copy = tmp_path / "tfds" / "mnist" / "3.0.1"
+  copy.mkdir(parents=True)
+  for f in os.listdir(source):
+    if not f.startswith("mnist-train."):  # the test split is enough, and 6x smaller
+      shutil.copy(os.path.join(source, f), copy / f)
+  builder = tfds.builder("mnist", data_dir=str(tmp_path / "tfds"))
+  cache = tmp_path / "cache"
+  data.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
+  decoded = []
+  monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
+  # A copy or a re-provisioned dataset gets new file times: that alone is no reason to decode.
+  for f in copy.iterdir():
+    os.utime(f, (1e9, 1e9))
+  images, _ = data.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
+  assert not decoded
+  np.testing.assert_array_equal(images, mnist.test.images)
+  # One changed byte in the split's records changes the fingerprint.
+  before = data._fingerprint(builder, "test")
+  (record,) = copy.glob("mnist-test.*")
+  content = bytearray(record.read_bytes())
+  content[len(content) // 2] ^= 1
+  record.write_bytes(bytes(content))
+  assert data._fingerprint(builder, "test") != before
 
 
 def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):

@@ -2,8 +2,8 @@
 
 Reads the prepared data with `tfds` data sources (no TensorFlow). Decoding the PNGs takes seconds,
 so the decoded arrays are cached as .npz files, one per split and source directory, and later starts
-load them in well under a second. Each holds the fingerprint of the files it came from, and is
-decoded again and overwritten when they change, so re-prepared data never piles up copies.
+load them in well under a second. Each holds a digest of the files it came from, and is decoded
+again and overwritten when their content changes, so re-prepared data never piles up copies.
 """
 
 from __future__ import annotations
@@ -79,13 +79,22 @@ def _builder(name: str, data_dir: str):
 
 
 def _fingerprint(builder, split: str) -> str:
-  """Identifies the prepared files, so the cache is rebuilt when they change."""
-  parts = [builder.info.full_name, split, os.path.abspath(builder.data_dir)]
+  """A digest of the split's prepared files (and the dataset's json metadata), so the cache is
+  rebuilt when their content changes. File times are left out: copies and re-provisioned
+  datasets get new ones, and decoding again costs seconds where hashing costs ~20 ms."""
+  h = hashlib.sha256(f"{builder.info.full_name}|{split}".encode())
   if os.path.isdir(builder.data_dir):
-    for f in sorted(os.listdir(builder.data_dir)):
-      st = os.stat(os.path.join(builder.data_dir, f))
-      parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
-  return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    names = sorted(f for f in os.listdir(builder.data_dir)
+                   if os.path.isfile(os.path.join(builder.data_dir, f)))
+    # tfds names a split's files "<dataset>-<split>.<format>-<shard>-of-<n>"; under any other
+    # naming, hash every file rather than miss a change.
+    records = [f for f in names if f.startswith(f"{builder.name}-{split}.")]
+    for f in (records + [f for f in names if f.endswith(".json")]) if records else names:
+      h.update(f"|{f}|".encode())
+      with open(os.path.join(builder.data_dir, f), "rb") as fh:
+        while chunk := fh.read(1 << 20):
+          h.update(chunk)
+  return h.hexdigest()[:16]
 
 
 def _decode(source) -> tuple[np.ndarray, np.ndarray]:
