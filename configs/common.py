@@ -16,8 +16,8 @@ def base() -> ml_collections.ConfigDict:
   c.dataset = "mnist"  # any tfds image-classification dataset prepared in array_record format
   # Where the prepared tfds data lives; unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   c.data_dir = config_dict.placeholder(str)
-  # Decoded arrays are cached here after the first load (""/unset: ~/.cache/mnist_jax/datasets;
-  # "none": no cache).
+  # Decoded arrays are cached here after the first load (unset: ~/.cache/mnist_flax/datasets;
+  # "none" or "": no cache).
   c.cache_dir = config_dict.placeholder(str)
   c.validation_fraction = 0.1  # share of train held out for validation (0 disables validation)
   c.split_seed = 0  # seed of the train/validation carve, independent of `seed`
@@ -63,6 +63,9 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 0  # also save every N steps within epochs (0: off)
   c.checkpoint.keep = 2  # the latest N checkpoints are kept ...
   c.checkpoint.keep_best = 1  # ... plus the best N by validation accuracy
+  # Resuming with other settings than the checkpoint's (learning rate, seed, model, ...) is
+  # refused unless this is True; the run's length, paths, logging and devices may always change.
+  c.checkpoint.allow_config_changes = False
 
   # Stop with a checkpoint after this many steps in this process (0: run to the end); for jobs
   # with a time limit: each re-run continues where the last stopped.

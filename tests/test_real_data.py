@@ -83,16 +83,17 @@ def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path)
   for f in os.listdir(source):
     if not f.startswith("mnist-train."):  # the test split is enough, and 6x smaller
       shutil.copy(os.path.join(source, f), copy / f)
-  builder = tfds.builder("mnist", data_dir=str(tmp_path / "tfds"))
   cache = tmp_path / "cache"
-  data.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
+  data.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test", str(cache),
+                  real_data_dir())
   decoded = []
   monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
-  # A copy or a re-provisioned dataset gets new file times: that alone is no reason to decode.
+  # A copy elsewhere, or a re-provisioned dataset, gets new file times: no reason to decode.
   for f in copy.iterdir():
     os.utime(f, (1e9, 1e9))
+  builder = tfds.builder("mnist", data_dir=str(tmp_path / "tfds"))
   images, _ = data.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
-  assert not decoded
+  assert not decoded and len(list(cache.glob("*.npz"))) == 1
   np.testing.assert_array_equal(images, mnist.test.images)
   # One changed byte in the split's records changes the fingerprint.
   before = data._fingerprint(builder, "test")
@@ -101,6 +102,16 @@ def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path)
   content[len(content) // 2] ^= 1
   record.write_bytes(bytes(content))
   assert data._fingerprint(builder, "test") != before
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(mnist, tmp_path, caplog):
+  import tensorflow_datasets as tfds
+  not_a_dir = tmp_path / "a_file"
+  not_a_dir.write_text("")
+  images, _ = data.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test",
+                              str(not_a_dir), real_data_dir())
+  np.testing.assert_array_equal(images, mnist.test.images)
+  assert "Could not write the decoded-data cache" in caplog.text
 
 
 def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):

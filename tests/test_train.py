@@ -15,7 +15,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from training import DataNotFoundError, NonFiniteLossError, loop, optim, steps, train_and_evaluate
+from training import (ConfigError, DataNotFoundError, NonFiniteLossError, loop, optim, steps,
+                      train_and_evaluate)
 
 from conftest import CONFIG_NAMES, REPO, load_config, shrink
 
@@ -117,6 +118,30 @@ def test_non_finite_loss_stops_at_the_step(mock_mnist, tmp_path):
     train_and_evaluate(config, str(tmp_path))
 
 
+def test_no_checkpoint_is_saved_past_a_non_finite_loss(mock_mnist, tmp_path):
+  # Step 2 is both the first NaN and a save step, between two log steps: saving it would make
+  # every resume fail the same way.
+  config = shrink(load_config("mlp"), optimizer="sgd", schedule="constant",
+                  learning_rate=float("inf"), log_every_steps=4,
+                  **{"checkpoint.every_steps": 2})
+  with pytest.raises(NonFiniteLossError, match=r"became nan at step 2\b"):
+    train_and_evaluate(config, str(tmp_path))
+  assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+
+
+def test_an_infinite_gradient_norm_stops_too():
+  with pytest.raises(NonFiniteLossError, match=r"gradient norm became inf at step 6\b"):
+    loop._check_finite({"loss": np.array([0.5, 0.4]), "grad_norm": np.array([3.0, np.inf])}, 5)
+  loop._check_finite({"loss": np.array([0.5]), "grad_norm": np.array([3.0])}, 5)
+
+
+def test_an_unwritable_workdir_fails_before_the_data_is_loaded(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ConfigError, match=r"Cannot write to the workdir .*a_file"):
+    train_and_evaluate(shrink(load_config("mlp"), data_dir=str(tmp_path / "no_data")),
+                       str(tmp_path / "a_file"))
+
+
 def test_missing_data_names_the_dir_and_the_fixes(tmp_path):
   config = shrink(load_config("mlp"), data_dir=str(tmp_path / "empty"))
   with pytest.raises(DataNotFoundError) as e:
@@ -133,6 +158,15 @@ def test_missing_data_names_the_dir_and_the_fixes(tmp_path):
     ("batch_size", 100_000, r"batch_size=100000 exceeds the \d+ training examples"),
     ("validation_fraction", 1.0, r"validation_fraction must be in \[0, 1\)"),
     ("dataset", "no_such_dataset", "Unknown tfds dataset 'no_such_dataset'"),
+    # Each of these ran on before: for ever (-5), to a crash after an epoch (0), or silently
+    # on other data (-100 dropped the last 100 examples) or a meaningless loss.
+    ("checkpoint.every_steps", -5, "checkpoint.every_steps must be at least 0, got -5"),
+    ("checkpoint.every_epochs", 0, "checkpoint.every_epochs must be at least 1, got 0"),
+    ("checkpoint.keep", 0, "checkpoint.keep must be at least 1, got 0"),
+    ("stop_after_steps", -3, "stop_after_steps must be at least 0"),
+    ("max_train_examples", -100, "max_train_examples must be at least 0, got -100"),
+    ("learning_rate", -1.0, "learning_rate must be positive, got -1.0"),
+    ("label_smoothing", 2.0, r"label_smoothing must be in \[0, 1\), got 2.0"),
 ])
 def test_bad_config_values_fail_clearly(field, value, match, mock_mnist):
   with pytest.raises(ValueError, match=match):

@@ -11,9 +11,11 @@ such leftovers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -37,27 +39,74 @@ class CheckpointMismatchError(ConfigError):
   """The workdir's checkpoint was written by a model of other shapes."""
 
 
+class ConfigChangedError(CheckpointMismatchError):
+  """The workdir's checkpoint was trained with other settings than the config's."""
+
+
 class DamagedCheckpointError(ConfigError):
   """A committed checkpoint whose files cannot be read (a disk fault, a stray edit)."""
+
+# Config fields that may differ when a run resumes: where things are and how often they are
+# logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
+# other change would continue one run with another's settings, or hand back a finished run's
+# result for a config that never trained (a seed sweep into the default workdir).
+RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
+                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
+                     "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
+                     "progress_bar", "test_every_epoch")  # and every checkpoint.* field
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
 
 # What orbax and tensorstore raise on unreadable files and metadata.
 _READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
 
 
+def _read_error(e: BaseException) -> BaseException | None:
+  """The read error behind `e`, the innermost one: orbax re-raises tensorstore's failed reads of
+  array chunks as a bare `Exception` whose cause is the real error."""
+  found = None
+  while e is not None:
+    if isinstance(e, _READ_ERRORS):
+      found = e
+    e = e.__cause__ or e.__context__
+  return found
+
+
 def _quiet_orphaned_reads() -> None:
-  """After a failed restore, tensorstore's reads of the other files finish in its own threads and
-  each reports "Event loop is closed" (orbax's loop is gone) through sys.excepthook: a screen of
-  tracebacks under the real error. Drop just those."""
+  """When a restore fails, tensorstore's reads of the other files finish in its own threads and
+  each reports "Event loop is closed" (orbax's loop is gone), through sys.excepthook,
+  threading.excepthook or sys.unraisablehook: a screen of tracebacks under the real error. Drop
+  just those."""
+  orphaned = lambda kind, value: kind is RuntimeError and str(value) == "Event loop is closed"
   previous = sys.excepthook
   if getattr(previous, "quiets_orphaned_reads", False):
     return  # installed by an earlier failed restore
 
   def hook(kind, value, tb):
-    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+    if not orphaned(kind, value):
       previous(kind, value, tb)
 
+  previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
+
+  def thread_hook(args):
+    if not orphaned(args.exc_type, args.exc_value):
+      previous_thread_hook(args)
+
+  def unraisable_hook(args):
+    if not orphaned(args.exc_type, args.exc_value):
+      previous_unraisable_hook(args)
+
   hook.quiets_orphaned_reads = True
-  sys.excepthook = hook
+  sys.excepthook, threading.excepthook, sys.unraisablehook = hook, thread_hook, unraisable_hook
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -141,7 +190,9 @@ class Checkpointer:
     try:
       value = self.manager.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.JsonRestore()}))[item]
-    except _READ_ERRORS as e:
+    except Exception as e:
+      if _read_error(e) is None:
+        raise
       # orbax's own error only lists the items present, without saying what to do.
       raise CheckpointMismatchError(problem) from e
     if not value:
@@ -152,6 +203,7 @@ class Checkpointer:
     """`state` (freshly initialized) gives the expected shapes and shardings."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
+    _quiet_orphaned_reads()  # before the reads: a failed one's orphans report at once
     try:
       self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
       restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -159,15 +211,19 @@ class Checkpointer:
               ocp.utils.to_shape_dtype_struct, target))))["state"]
     except ConfigError:  # a mismatch, already explained
       raise
-    except _READ_ERRORS as e:
-      raise self._damaged(step, e) from e
+    except Exception as e:
+      cause = _read_error(e)
+      if cause is None:
+        raise
+      raise self._damaged(step, cause) from e
+    if self.config is not None:
+      self._check_config(step)
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],
                          rng=restored["rng"], ema=restored["ema"])
 
   def _damaged(self, step: int, cause: Exception) -> DamagedCheckpointError:
     """Names the step and the way out; the files are left as they are, for a look or a rescue."""
-    _quiet_orphaned_reads()
     earlier = [s for s in self.all_steps() if s < step]
     detail = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
     way_out = (f"To resume from the previous checkpoint (step {max(earlier)}), move this one "
@@ -177,6 +233,26 @@ class Checkpointer:
     return DamagedCheckpointError(
         f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
         f"{way_out}; or start afresh with another --workdir.")
+
+  def changed_fields(self, step: int, *, resumable: bool = True) -> list[str]:
+    """'field: saved -> now' for each config field that differs from checkpoint `step`'s
+    (`resumable=False`: only those outside RESUMABLE_CHANGES)."""
+    saved = _flat(self.read_json(step, "config"))
+    now = _flat(json.loads(json.dumps(self.config.to_dict())))  # tuples as JSON has them
+    keys = [k for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k) and k != "checkpoint.allow_config_changes"
+            and (resumable or not (k in RESUMABLE_CHANGES or k.startswith("checkpoint.")))]
+    return [f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in keys]
+
+  def _check_config(self, step: int) -> None:
+    changed = self.changed_fields(step, resumable=False)
+    if changed and not self.config.checkpoint.get("allow_config_changes", False):
+      raise ConfigChangedError(
+          f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
+          f"changed (checkpoint -> now):\n  " + "\n  ".join(changed) + "\n"
+          f"Resuming would continue that run with these settings. Start a new run with another "
+          f"--workdir, or run again with the checkpoint's values, or pass "
+          f"--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
 
   def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
     have, want = _shapes(saved), _shapes(target)

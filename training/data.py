@@ -1,15 +1,16 @@
 """Input data: tfds array_record splits -> cached uint8 arrays -> train/validation/test.
 
 Reads the prepared data with `tfds` data sources (no TensorFlow). Decoding the PNGs takes seconds,
-so the decoded arrays are cached as .npz files, one per split and source directory, and later starts
-load them in well under a second. Each holds a digest of the files it came from, and is decoded
-again and overwritten when their content changes, so re-prepared data never piles up copies.
+so the decoded arrays are cached as .npz files, one per dataset split, and later starts load them
+in well under a second. Each holds a digest of the files it came from, and is decoded again and
+overwritten when their content changes, so re-prepared data never piles up copies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import tempfile
 import zipfile
@@ -57,11 +58,10 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
 
 
-def _missing_data_error(name: str, data_dir: str, cause: Exception | None) -> DataNotFoundError:
+def _missing_data_error(name: str, data_dir: str) -> DataNotFoundError:
   return DataNotFoundError(
       f"Dataset {name!r} is not prepared in {data_dir!r} (looked for "
-      f"{os.path.join(data_dir, name)}/<version>/ with array_record files"
-      + (f"; tfds said: {cause}" if cause else "") + ").\nTo fix it, either:\n"
+      f"{os.path.join(data_dir, name)}/<version>/ with array_record files).\nTo fix it, either:\n"
       f"  * point to prepared data: --config.data_dir=/path/to/tensorflow_datasets or "
       f"export TFDS_DATA_DIR=/path/to/tensorflow_datasets (the folder that holds {name}/), or\n"
       f"  * prepare it once (needs network and TensorFlow, which training itself never imports):\n"
@@ -115,9 +115,9 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
   """Decoded (images, labels) of one tfds split, through the on-disk cache when enabled."""
   path = None
   if cache_dir:
-    source_dir = hashlib.sha256(os.path.abspath(builder.data_dir).encode()).hexdigest()[:16]
+    # One file per split wherever the data lies: a copy elsewhere is the same data.
     path = os.path.join(os.path.expanduser(cache_dir),
-                        f"{builder.info.full_name.replace('/', '-')}-{split}-{source_dir}.npz")
+                        f"{builder.info.full_name.replace('/', '-')}-{split}.npz")
     fingerprint = _fingerprint(builder, split)
     if os.path.exists(path):
       try:
@@ -129,18 +129,34 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
   try:
     source = builder.as_data_source(split=split)
   except Exception as e:  # tfds raises several types (NotImplementedError, AssertionError, ...)
-    if not builder.is_prepared():
-      raise _missing_data_error(builder.name, data_dir, e) from e
-    raise
+    if not builder.is_prepared():  # tfds' own message is then about another file format
+      raise _missing_data_error(builder.name, data_dir) from e
+    raise DataNotFoundError(
+        f"Dataset {builder.name!r} in {builder.data_dir} cannot be read without TensorFlow (tfds "
+        f"said: {e}).\nIt must be prepared in the array_record format: tfds build "
+        f"{builder.name} --file_format=array_record --data_dir=<another folder>") from e
   images, labels = _decode(source)
   if path:
+    _write_cache(path, images, labels, fingerprint)
+  return images, labels
+
+
+def _write_cache(path: str, images: np.ndarray, labels: np.ndarray, fingerprint: str) -> None:
+  """Writes then renames, so a killed process never leaves a truncated cache behind. A cache that
+  cannot be written costs the next start a decode, not this run: it is a warning."""
+  tmp = None
+  try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Write then rename, so a killed process never leaves a truncated cache behind.
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
     with os.fdopen(fd, "wb") as f:
       np.savez(f, images=images, labels=labels, fingerprint=np.asarray(fingerprint))
     os.replace(tmp, path)
-  return images, labels
+  except OSError as e:
+    logging.warning("Could not write the decoded-data cache %s (%s); later runs will decode the "
+                    "data again. Set --config.cache_dir to a writable directory, or to none.",
+                    path, e.strerror or e)
+    if tmp and os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

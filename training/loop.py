@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
@@ -49,9 +50,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.schedule not in optim.SCHEDULES:
     raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of "
                       f"{', '.join(optim.SCHEDULES)}.")
-  for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
-    if config[field] < 1:
-      raise ConfigError(f"{field} must be at least 1, got {config[field]}.")
+  at_least = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_steps": 1,
+              "checkpoint.every_epochs": 1, "checkpoint.keep": 1, "checkpoint.every_steps": 0,
+              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
+              "max_train_examples": 0, "max_eval_examples": 0, "weight_decay": 0.0,
+              "grad_clip_norm": 0.0}
+  for field, low in at_least.items():
+    value = config[field] if "." not in field else config.checkpoint[field.split(".")[1]]
+    if value < low:
+      raise ConfigError(f"{field} must be at least {low}, got {value}.")
+  if not config.learning_rate > 0:
+    raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
   for field in ("shift", "rotate"):
@@ -79,6 +90,17 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
   return 1 if jax.default_backend() == "cpu" else config.log_every_steps
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and fails fast, before the data is loaded, if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}); pass a "
+                      "writable directory with --workdir=...") from e
+
+
 def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
   return data.load(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                    validation_fraction=config.validation_fraction, split_seed=config.split_seed,
@@ -90,14 +112,22 @@ def param_count(params: Any) -> int:
   return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
 
 
-def _check_finite(losses: np.ndarray, first_step: int) -> None:
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    step = first_step + int(bad[0])
+def _check_finite(metrics: dict[str, np.ndarray], first_step: int) -> None:
+  """Stops on a NaN or infinite loss or gradient norm (an overflowing norm is divergence too),
+  naming the first step where either went."""
+  bad = []
+  for name, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
+    if name in metrics:
+      where = np.flatnonzero(~np.isfinite(metrics[name]))
+      if where.size:
+        bad.append((int(where[0]), what, metrics[name][where[0]]))
+  if bad:
+    index, what, value = min(bad, key=lambda b: b[0])
     raise NonFiniteLossError(
-        f"The training loss became {losses[bad[0]]} at step {step}. Training stopped there. "
-        "Try a lower --config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), "
-        "or --config.dtype=float32 if you use bfloat16.")
+        f"The training {what} became {value} at step {first_step + index}. Training stopped "
+        "there, and no checkpoint from that step on was saved. Try a lower "
+        "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
+        "--config.dtype=float32 if you use bfloat16.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
@@ -110,6 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   """
   t_start = time.time()
   validate(config)
+  if workdir is not None:
+    check_workdir(workdir)
   ds = load_data(config)
   model = build_model(config, ds.num_classes)
   steps_per_epoch = len(ds.train) // config.batch_size
@@ -126,6 +158,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
                                    ema=config.ema_decay > 0)
   state = driver.put(state)
+  # Restored (or refused) before anything in the workdir is written: a refused run leaves the
+  # workdir as it was.
+  ckpt, resumed_from = None, None
+  total_steps = config.num_epochs * steps_per_epoch
+  if workdir is not None and config.checkpoint.enabled:
+    ckpt = checkpoint.Checkpointer(workdir, config, ds.info())
+    try:
+      if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        resumed_from = int(state.step)
+        if resumed_from > total_steps:
+          raise ConfigError(
+              f"The checkpoint in {ckpt.directory} is at step {resumed_from}, past the "
+              f"{config.num_epochs} epochs ({total_steps} steps) of this config. Raise "
+              f"--config.num_epochs to at least {-(-resumed_from // steps_per_epoch)}, "
+              f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or "
+              "use another --workdir.")
+    except BaseException:
+      ckpt.close()
+      raise
 
   # Every process computes the same metrics; process 0 alone writes them.
   primary = jax.process_index() == 0
@@ -150,23 +202,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         "1.2-1.3x slower on a 2-core AVX-512 EPYC); it is meant for GPU/TPU. On CPU use "
         "--config.dtype=float32.")
 
-  ckpt = None
-  if workdir is not None and config.checkpoint.enabled:
-    ckpt = checkpoint.Checkpointer(workdir, config, ds.info())
-    if ckpt.latest_step() is not None:
-      state = ckpt.restore(state)
-      log(f"Resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}")
+  if resumed_from is not None:
+    changes = ckpt.changed_fields(resumed_from)
+    log(f"Resuming from the checkpoint at step {resumed_from} in {ckpt.directory}"
+        + (f" (config changed: {'; '.join(changes)})" if changes else ""))
+    if any(c.startswith("num_epochs:") for c in changes) and config.schedule != "constant":
+      log(f"Note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
+          f"epochs, so the rate at step {resumed_from} is {float(schedule(resumed_from)):.3g}.")
+    if resumed_from == total_steps:
+      log(f"This run is complete ({config.num_epochs} epochs): evaluating only. Raise "
+          "--config.num_epochs to train on, or pass another --workdir for a new run.")
   start_step = int(state.step)
   save_every = config.checkpoint.every_steps if ckpt else 0
   stop_at = start_step + config.stop_after_steps if config.stop_after_steps else 0
   boundaries = [config.log_every_steps] + ([save_every] if save_every else [])
   chunk = steps_per_call(config)
-  history: list[dict[str, float]] = []
+  # A resumed run's summary keeps the epochs trained before the resume.
+  history: list[dict[str, Any]] = (metrics_lib.read_epochs(workdir, start_step)
+                                   if resumed_from and primary else [])
   t_train = time.time()
 
   def run_epoch(state, epoch: int, i: int, stop: "_StopOnSignal"):
     """Trains steps i.. of `epoch`; returns (state, epoch metrics), or (state, None) if stopped."""
-    t_epoch = time.time()
+    t_epoch, first = time.time(), i
     perm = driver.permutation(shuffle_key, epoch, len(ds.train))
     sums, count, pending = {"loss": 0.0, "accuracy": 0.0}, 0, []
     bar = tqdm(total=steps_per_epoch, initial=i, desc=f"epoch {epoch}/{config.num_epochs}",
@@ -184,13 +242,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         stop.request("stop_after_steps")
       # Multi-process runs sync only at steps that every process knows in advance (a process
       # that alone stopped to sync would wait forever); a single process stops at once.
+      # Save steps too: a checkpoint is written only after its steps' losses were checked.
       if (step % config.log_every_steps == 0 or i == steps_per_epoch or step == stop_at
+          or (save_every and step % save_every == 0)
           or (stop.requested and jax.process_count() == 1)):
         # The only host sync in the loop: fetch the metrics of the steps since the last log.
         fetched = jax.device_get(pending)
         stacked = {k: np.concatenate([np.atleast_1d(m[k]) for m in fetched]) for k in fetched[0]}
         n_fetched = len(stacked["loss"])
-        _check_finite(stacked["loss"], step - n_fetched + 1)
+        _check_finite(stacked, step - n_fetched + 1)
         for k in sums:
           sums[k] += float(stacked[k].sum())
         count += n_fetched
@@ -210,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     train_time = time.time() - t_epoch
     epoch_metrics = {f"train/{k}": v / count for k, v in sums.items()}
     line = (f"epoch {epoch:>3}/{config.num_epochs}  train loss {epoch_metrics['train/loss']:.4f} "
-            f"acc {epoch_metrics['train/accuracy']:.2%}")
+            f"acc {epoch_metrics['train/accuracy']:.2%}"
+            + (f" (steps {first + 1}-{steps_per_epoch}, after the resume)" if first else ""))
     if val_arrays is not None:
       val = metrics_lib.summarize(driver.evaluate(state, *val_arrays))
       epoch_metrics.update({"validation/loss": val["loss"], "validation/accuracy": val["accuracy"]})
@@ -268,7 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 
 
 class _StopOnSignal:
-  """Turns SIGTERM (what preemption sends) into a request to checkpoint and stop.
+  """Turns SIGTERM (what preemption sends) and a first Ctrl-C (SIGINT) into a request to
+  checkpoint and stop; a second Ctrl-C interrupts at once.
 
   In a multi-process run JAX's preemption service catches the signal instead, and every process
   learns of it at the same step from orbax's `reached_preemption` (see `sync`).
@@ -292,14 +354,17 @@ class _StopOnSignal:
         self.request(self.signal_name or "a stop on another process")
 
   def _handle(self, signum, frame):
+    if signum == signal.SIGINT:  # no print here: the handler may interrupt one
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
     self.request(signal.Signals(signum).name)
 
   def __enter__(self) -> "_StopOnSignal":
     if (self.enabled and threading.current_thread() is threading.main_thread()
         and jax.process_count() == 1):
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle)
+                        for sig in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, handler in (self._previous or {}).items():
+      signal.signal(s, handler)

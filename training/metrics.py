@@ -43,6 +43,25 @@ def format_report(m: Mapping[str, Any], class_names: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
+def read_epochs(workdir: str, up_to_step: int) -> list[dict[str, Any]]:
+  """The per-epoch records that `MetricWriter` wrote to `workdir` up to `up_to_step`, the last
+  one of each epoch (a run killed after logging an epoch logs it again when it resumes)."""
+  epochs: dict[int, dict[str, Any]] = {}
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue  # a line cut short by a kill
+        if "epoch" in record and record["step"] <= up_to_step:
+          epochs[record["epoch"]] = record
+  except FileNotFoundError:
+    return []
+  return [{k: v for k, v in epochs[e].items() if k not in ("step", "epoch")}
+          for e in sorted(epochs)]
+
+
 class MetricWriter:
   """Writes scalars to `metrics.jsonl` and TensorBoard event files in the workdir."""
 
