@@ -8,6 +8,7 @@ import signal
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -90,6 +91,19 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
   return 1 if jax.default_backend() == "cpu" else config.log_every_steps
 
 
+def _model_error(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                 e: Exception) -> str:
+  """Why the model could not be built, and where (the innermost frame in nets/, for whoever is
+  writing a new architecture: the command line shows no traceback)."""
+  frames = traceback.extract_tb(e.__traceback__)
+  ours = [f for f in frames if f"{os.sep}nets{os.sep}" in f.filename] or frames[-1:]
+  where = f" (raised at {os.path.relpath(ours[-1].filename)}:{ours[-1].lineno})" if ours else ""
+  fields = ", ".join(f"{k}={v!r}" for k, v in config.model.items())
+  return (f"Model {config.model.name!r} cannot be built for {image_shape} images with "
+          f"{fields}: {type(e).__name__}: {str(e).rstrip('.')}{where}. Check the "
+          "--config.model.* values.")
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` and fails fast, before the data is loaded, if it cannot be written."""
   try:
@@ -127,7 +141,8 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int) -> None:
         f"The training {what} became {value} at step {first_step + index}. Training stopped "
         "there, and no checkpoint from that step on was saved. Try a lower "
         "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
-        "--config.dtype=float32 if you use bfloat16.")
+        "--config.dtype=float32 if you use bfloat16; to continue this run's last checkpoint "
+        "with such changes, add --config.checkpoint.allow_config_changes=True.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
@@ -155,8 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   driver = steps.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                              **step_options(config))
   init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
-                                   ema=config.ema_decay > 0)
+  try:
+    state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
+                                     ema=config.ema_decay > 0)
+  except (ValueError, TypeError, ZeroDivisionError) as e:
+    raise ConfigError(_model_error(config, ds.image_shape, e)) from e
   state = driver.put(state)
   # Restored (or refused) before anything in the workdir is written: a refused run leaves the
   # workdir as it was.
