@@ -98,6 +98,10 @@ def test_other_settings_are_refused_and_leave_the_workdir_as_it_was(mock_mnist, 
                      rf"  learning_rate: {lr!r} -> 0.01\n  seed: 0 -> 1\n.*allow_config_changes"):
     train_and_evaluate(_config(num_epochs=2, seed=1, learning_rate=0.01), str(tmp_path))
   assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+  # A field that a newer version of the code added is no change of settings.
+  newer = _config(num_epochs=1)
+  newer.field_of_a_newer_version = 1
+  train_and_evaluate(newer, str(tmp_path))
   # Asked for, the run continues with the new settings.
   state, _ = train_and_evaluate(_config(num_epochs=2, seed=1, learning_rate=0.01,
                                         **{"checkpoint.allow_config_changes": True}),

@@ -239,9 +239,12 @@ class Checkpointer:
     (`resumable=False`: only those outside RESUMABLE_CHANGES)."""
     saved = _flat(self.read_json(step, "config"))
     now = _flat(json.loads(json.dumps(self.config.to_dict())))  # tuples as JSON has them
+    # Resumable: the listed fields, and those that only one side has (a field added or removed by
+    # a newer version of this code is no change of settings).
     keys = [k for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k) and k != "checkpoint.allow_config_changes"
-            and (resumable or not (k in RESUMABLE_CHANGES or k.startswith("checkpoint.")))]
+            and (resumable or not (k in RESUMABLE_CHANGES or k.startswith("checkpoint.")
+                                   or k not in saved or k not in now))]
     return [f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in keys]
 
   def _check_config(self, step: int) -> None:
