@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from training.errors import ConfigError
 from training.steps import TrainState
@@ -56,16 +57,6 @@ RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
                      "progress_bar", "test_every_epoch")  # and every checkpoint.* field
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 # What orbax and tensorstore raise on unreadable files and metadata.
 _READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
 
@@ -82,31 +73,31 @@ def _read_error(e: BaseException) -> BaseException | None:
 
 
 def _quiet_orphaned_reads() -> None:
-  """When a restore fails, tensorstore's reads of the other files finish in its own threads and
-  each reports "Event loop is closed" (orbax's loop is gone), through sys.excepthook,
-  threading.excepthook or sys.unraisablehook: a screen of tracebacks under the real error. Drop
-  just those."""
-  orphaned = lambda kind, value: kind is RuntimeError and str(value) == "Event loop is closed"
-  previous = sys.excepthook
-  if getattr(previous, "quiets_orphaned_reads", False):
-    return  # installed by an earlier failed restore
+  """When a restore fails, tensorstore's reads of the other arrays finish on their own, and each
+  reports its failure ("Event loop is closed" once orbax's loop is gone, or the read error
+  itself) through sys.excepthook, threading.excepthook, sys.unraisablehook or asyncio's "exception
+  was never retrieved" log: screens of tracebacks under the one clear error. Drop just those."""
+  if getattr(sys.excepthook, "quiets_orphaned_reads", False):
+    return  # installed by an earlier restore
+  loop_closed = lambda e: isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+  # Read errors are dropped only where nobody could have caught them. Orbax's wrapper of a
+  # failed chunk read does not always keep its cause: it is known by its message.
+  orphaned = lambda e: (loop_closed(e) or _read_error(e) is not None
+                        or str(e).startswith("Encountered error while reading array"))
 
-  def hook(kind, value, tb):
-    if not orphaned(kind, value):
-      previous(kind, value, tb)
+  def unless(drop, previous, exception_of):
+    def hook(*args):
+      if not drop(exception_of(*args)):
+        previous(*args)
+    hook.quiets_orphaned_reads = True
+    return hook
 
-  previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
-
-  def thread_hook(args):
-    if not orphaned(args.exc_type, args.exc_value):
-      previous_thread_hook(args)
-
-  def unraisable_hook(args):
-    if not orphaned(args.exc_type, args.exc_value):
-      previous_unraisable_hook(args)
-
-  hook.quiets_orphaned_reads = True
-  sys.excepthook, threading.excepthook, sys.unraisablehook = hook, thread_hook, unraisable_hook
+  sys.excepthook = unless(loop_closed, sys.excepthook, lambda kind, value, tb: value)
+  threading.excepthook = unless(loop_closed, threading.excepthook, lambda a: a.exc_value)
+  sys.unraisablehook = unless(orphaned, sys.unraisablehook, lambda a: a.exc_value)
+  logging.getLogger("asyncio").addFilter(
+      lambda r: not (r.exc_info and "never retrieved" in r.getMessage()
+                     and orphaned(r.exc_info[1])))
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -216,8 +207,6 @@ class Checkpointer:
       if cause is None:
         raise
       raise self._damaged(step, cause) from e
-    if self.config is not None:
-      self._check_config(step)
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],
                          rng=restored["rng"], ema=restored["ema"])
@@ -234,28 +223,29 @@ class Checkpointer:
         f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
         f"{way_out}; or start afresh with another --workdir.")
 
-  def changed_fields(self, step: int, *, resumable: bool = True) -> list[str]:
-    """'field: saved -> now' for each config field that differs from checkpoint `step`'s
-    (`resumable=False`: only those outside RESUMABLE_CHANGES)."""
-    saved = _flat(self.read_json(step, "config"))
-    now = _flat(json.loads(json.dumps(self.config.to_dict())))  # tuples as JSON has them
-    # Resumable: the listed fields, and those that only one side has (a field added or removed by
-    # a newer version of this code is no change of settings).
-    keys = [k for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k) and k != "checkpoint.allow_config_changes"
-            and (resumable or not (k in RESUMABLE_CHANGES or k.startswith("checkpoint.")
-                                   or k not in saved or k not in now))]
-    return [f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in keys]
-
-  def _check_config(self, step: int) -> None:
-    changed = self.changed_fields(step, resumable=False)
-    if changed and not self.config.checkpoint.get("allow_config_changes", False):
+  def resume(self, state: TrainState) -> tuple[TrainState, dict[str, str]]:
+    """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
+    each config field that differs from the checkpoint's). Refuses changes of settings."""
+    step = self.latest_step()
+    state = self.restore(state, step)
+    saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
+    # Through JSON, so that tuples compare as the saved lists.
+    now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
+    for side in (saved, now):
+      side.pop("checkpoint.allow_config_changes", None)
+    changes = {k: f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+               for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+    # A field that only one side has was added or removed by a newer version of this code.
+    refused = [line for k, line in changes.items() if k in saved and k in now
+               and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
+    if refused and not self.config.checkpoint.get("allow_config_changes", False):
       raise ConfigChangedError(
           f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
-          f"changed (checkpoint -> now):\n  " + "\n  ".join(changed) + "\n"
+          f"changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
           f"Resuming would continue that run with these settings. Start a new run with another "
           f"--workdir, or run again with the checkpoint's values, or pass "
           f"--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
+    return state, changes
 
   def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
     have, want = _shapes(saved), _shapes(target)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 from tqdm.auto import tqdm
 
 import nets
@@ -56,9 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
               "max_train_examples": 0, "max_eval_examples": 0, "weight_decay": 0.0,
               "grad_clip_norm": 0.0}
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, low in at_least.items():
-    value = config[field] if "." not in field else config.checkpoint[field.split(".")[1]]
-    if value < low:
+    if (value := flat[field]) < low:
       raise ConfigError(f"{field} must be at least {low}, got {value}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
@@ -178,19 +179,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   state = driver.put(state)
   # Restored (or refused) before anything in the workdir is written: a refused run leaves the
   # workdir as it was.
-  ckpt, resumed_from = None, None
+  ckpt, changes = None, None  # changes: of the config since the checkpoint, when resuming
   total_steps = config.num_epochs * steps_per_epoch
   if workdir is not None and config.checkpoint.enabled:
     ckpt = checkpoint.Checkpointer(workdir, config, ds.info())
     try:
       if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        resumed_from = int(state.step)
-        if resumed_from > total_steps:
+        state, changes = ckpt.resume(state)
+        if int(state.step) > total_steps:
           raise ConfigError(
-              f"The checkpoint in {ckpt.directory} is at step {resumed_from}, past the "
+              f"The checkpoint in {ckpt.directory} is at step {int(state.step)}, past the "
               f"{config.num_epochs} epochs ({total_steps} steps) of this config. Raise "
-              f"--config.num_epochs to at least {-(-resumed_from // steps_per_epoch)}, "
+              f"--config.num_epochs to at least {-(-int(state.step) // steps_per_epoch)}, "
               f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or "
               "use another --workdir.")
     except BaseException:
@@ -220,24 +220,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
         "1.2-1.3x slower on a 2-core AVX-512 EPYC); it is meant for GPU/TPU. On CPU use "
         "--config.dtype=float32.")
 
-  if resumed_from is not None:
-    changes = ckpt.changed_fields(resumed_from)
-    log(f"Resuming from the checkpoint at step {resumed_from} in {ckpt.directory}"
-        + (f" (config changed: {'; '.join(changes)})" if changes else ""))
-    if any(c.startswith("num_epochs:") for c in changes) and config.schedule != "constant":
+  start_step = int(state.step)
+  if changes is not None:
+    log(f"Resuming from the checkpoint at step {start_step} in {ckpt.directory}"
+        + (f" (config changed: {'; '.join(changes.values())})" if changes else ""))
+    if "num_epochs" in changes and config.schedule != "constant":
       log(f"Note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
-          f"epochs, so the rate at step {resumed_from} is {float(schedule(resumed_from)):.3g}.")
-    if resumed_from == total_steps:
+          f"epochs, so the rate at step {start_step} is {float(schedule(start_step)):.3g}.")
+    if start_step == total_steps:
       log(f"This run is complete ({config.num_epochs} epochs): evaluating only. Raise "
           "--config.num_epochs to train on, or pass another --workdir for a new run.")
-  start_step = int(state.step)
   save_every = config.checkpoint.every_steps if ckpt else 0
   stop_at = start_step + config.stop_after_steps if config.stop_after_steps else 0
   boundaries = [config.log_every_steps] + ([save_every] if save_every else [])
   chunk = steps_per_call(config)
   # A resumed run's summary keeps the epochs trained before the resume.
   history: list[dict[str, Any]] = (metrics_lib.read_epochs(workdir, start_step)
-                                   if resumed_from and primary else [])
+                                   if changes is not None and primary else [])
   t_train = time.time()
 
   def run_epoch(state, epoch: int, i: int, stop: "_StopOnSignal"):
