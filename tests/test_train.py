@@ -76,8 +76,10 @@ def test_one_step_golden_loss(config_name):
   step = jax.jit(functools.partial(steps.train_step, **loop.step_options(config)))
   state, m1 = step(state, batch, state.rng)
   state, m2 = step(state, batch, state.rng)
+  # XLA releases round differently: jax 0.7.1 is up to 1.5e-4 relative off these pins (made
+  # with 0.10.2; 0.12 is within 2e-6).
   np.testing.assert_allclose((float(m1["loss"]), float(m2["loss"])), GOLDEN_LOSSES[config_name],
-                             atol=2e-4)
+                             rtol=3e-4)
   assert float(m1["grad_norm"]) > 0
 
 
