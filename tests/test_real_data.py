@@ -155,6 +155,26 @@ def test_cli_trains_and_evaluates_the_whole_test_split(tmp_path, data_cache):
   assert result["test"]["accuracy"] > 0.8
 
 
+def test_cli_names_a_damaged_checkpoint_without_tracebacks(tmp_path, data_cache):
+  args = (f"--config.cache_dir={data_cache}", "--config.max_train_examples=2000")
+  first = _train_cli(tmp_path, *args, "--config.num_epochs=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  checkpoints = tmp_path / "w" / "checkpoints"
+  latest = max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  # The arrays' chunks (state/ocdbt.process_0/d/*), as a disk fault would leave them: the index
+  # still reads, so orbax starts reading every array before the first failure stops it.
+  for f in (latest / "state").rglob("*"):
+    if f.is_file() and f.parent.name == "d" and f.parent.parent.name != "state":
+      f.write_bytes(b"\0" * 7)
+  again = _train_cli(tmp_path, *args, "--config.num_epochs=3")
+  assert again.returncode != 0
+  assert f"error: Checkpoint {latest.name} in {checkpoints} cannot be read" in again.stderr
+  # The other arrays' reads fail on their own after that; their reports must not bury the error.
+  noise = [s for s in ("Traceback", "Exception ignored", "never retrieved", "unhandled exception")
+           if s in again.stderr]
+  assert not noise, again.stderr[-3000:]
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.model.name=resnet9000", "error: Unknown model 'resnet9000'. Known models:"),
     ("--config.num_epoch=3", "num_epoch"),

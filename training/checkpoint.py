@@ -11,12 +11,14 @@ such leftovers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
-from typing import Any
+import traceback
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -72,18 +74,48 @@ def _read_error(e: BaseException) -> BaseException | None:
   return found
 
 
+@contextlib.contextmanager
+def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[None]:
+  """Re-raises a failed read of checkpoint files as `explain(the read error)`; our own
+  ConfigErrors, already explained, and unrelated errors pass unchanged."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except Exception as e:
+    cause = _read_error(e)
+    if cause is None:
+      raise
+    raise explain(cause) from e
+
+
+def _from_orbax(e: BaseException | None) -> bool:
+  """Whether `e` came from orbax or tensorstore: it, or an exception it wraps, was raised in
+  their Python code, or it was set on a future by tensorstore's native code (it has no frames)."""
+  dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in (
+      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
+  if e is not None and e.__traceback__ is None:
+    return True
+  while e is not None:
+    if any(f.filename.startswith(dirs) for f in traceback.extract_tb(e.__traceback__)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
 def _quiet_orphaned_reads() -> None:
   """When a restore fails, tensorstore's reads of the other arrays finish on their own, and each
   reports its failure ("Event loop is closed" once orbax's loop is gone, or the read error
-  itself) through sys.excepthook, threading.excepthook, sys.unraisablehook or asyncio's "exception
-  was never retrieved" log: screens of tracebacks under the one clear error. Drop just those."""
+  itself) through sys.excepthook, threading.excepthook, sys.unraisablehook or asyncio's log:
+  screens of tracebacks under the one clear error. Drop just those."""
   if getattr(sys.excepthook, "quiets_orphaned_reads", False):
     return  # installed by an earlier restore
   loop_closed = lambda e: isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-  # Read errors are dropped only where nobody could have caught them. Orbax's wrapper of a
-  # failed chunk read does not always keep its cause: it is known by its message.
-  orphaned = lambda e: (loop_closed(e) or _read_error(e) is not None
-                        or str(e).startswith("Encountered error while reading array"))
+  # Read errors are dropped only where nobody could have caught them, and only orbax's own: an
+  # unrelated error reported the same way (a __del__ that fails) still shows. Orbax's wrapper of
+  # a failed chunk read does not always keep its cause: it is known by its message.
+  orphaned = lambda e: loop_closed(e) or (_from_orbax(e) and (
+      _read_error(e) is not None or str(e).startswith("Encountered error while reading array")))
 
   def unless(drop, previous, exception_of):
     def hook(*args):
@@ -95,9 +127,10 @@ def _quiet_orphaned_reads() -> None:
   sys.excepthook = unless(loop_closed, sys.excepthook, lambda kind, value, tb: value)
   threading.excepthook = unless(loop_closed, threading.excepthook, lambda a: a.exc_value)
   sys.unraisablehook = unless(orphaned, sys.unraisablehook, lambda a: a.exc_value)
+  # Whatever asyncio logs of them ("exception was never retrieved", or "unhandled exception
+  # during asyncio.run() shutdown" with orbax 0.11.17) was caught by nobody.
   logging.getLogger("asyncio").addFilter(
-      lambda r: not (r.exc_info and "never retrieved" in r.getMessage()
-                     and orphaned(r.exc_info[1])))
+      lambda r: not (r.exc_info and orphaned(r.exc_info[1])))
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -178,14 +211,10 @@ class Checkpointer:
     problem = (f"Checkpoint {step} in {self.directory} has no usable {item!r} item: it was not "
                "written by this version of the trainer, or it is damaged. Train again into a new "
                "--workdir (or pass --checkpoint=<another step>).")
-    try:
+    # orbax's own error only lists the items present, without saying what to do.
+    with _read_errors_as(lambda _: CheckpointMismatchError(problem)):
       value = self.manager.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.JsonRestore()}))[item]
-    except Exception as e:
-      if _read_error(e) is None:
-        raise
-      # orbax's own error only lists the items present, without saying what to do.
-      raise CheckpointMismatchError(problem) from e
     if not value:
       raise CheckpointMismatchError(problem)
     return value
@@ -195,23 +224,16 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
     _quiet_orphaned_reads()  # before the reads: a failed one's orphans report at once
-    try:
+    with _read_errors_as(lambda cause: self._damaged(step, cause)):
       self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
-    except ConfigError:  # a mismatch, already explained
-      raise
-    except Exception as e:
-      cause = _read_error(e)
-      if cause is None:
-        raise
-      raise self._damaged(step, cause) from e
     return state.replace(params=restored["params"], opt_state=restored["opt_state"],
                          batch_stats=restored["batch_stats"], step=restored["step"],
                          rng=restored["rng"], ema=restored["ema"])
 
-  def _damaged(self, step: int, cause: Exception) -> DamagedCheckpointError:
+  def _damaged(self, step: int, cause: BaseException) -> DamagedCheckpointError:
     """Names the step and the way out; the files are left as they are, for a look or a rescue."""
     earlier = [s for s in self.all_steps() if s < step]
     detail = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
