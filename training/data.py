@@ -22,6 +22,10 @@ from training.errors import ConfigError, DataNotFoundError
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
 
+# tfds recommends OpenCV for faster PNG decoding on every uncached load; the images are decoded
+# once and then read from the cache, so its PIL fallback is fine.
+logging.getLogger("absl").addFilter(lambda r: "OpenCV is not installed" not in r.getMessage())
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
