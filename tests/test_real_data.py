@@ -186,4 +186,5 @@ def test_cli_errors_are_clear(tmp_path, override, message):
   run = _train_cli(tmp_path, "--config.cache_dir=none", override)
   assert run.returncode != 0
   assert message in run.stderr, run.stderr[-3000:]
-  assert "Traceback" not in run.stderr
+  # The error is the first thing said: no library's warnings above it, and no traceback.
+  assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr, run.stderr[-3000:]
