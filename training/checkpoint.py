@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from training import runtime
 from training.errors import ConfigError
 from training.steps import TrainState
 
@@ -33,9 +34,8 @@ BEST_METRIC = "validation/accuracy"
 
 # Orbax warns about what this module does on purpose: mid-epoch saves have no validation
 # accuracy, and evaluation opens the checkpoints read-only.
-_EXPECTED_WARNINGS = ("did not provide metrics", "read_only=True", "directory is read only")
-logging.getLogger("absl").addFilter(
-    lambda r: not any(w in r.getMessage() for w in _EXPECTED_WARNINGS))
+runtime.drop_library_warnings("did not provide metrics", "read_only=True",
+                              "directory is read only")
 
 
 class CheckpointMismatchError(ConfigError):
@@ -92,10 +92,10 @@ def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[N
 def _from_orbax(e: BaseException | None) -> bool:
   """Whether `e` came from orbax or tensorstore: it, or an exception it wraps, was raised in
   their Python code, or it was set on a future by tensorstore's native code (it has no frames)."""
-  dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in (
-      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
   if e is not None and e.__traceback__ is None:
     return True
+  dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in (
+      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
   while e is not None:
     if any(f.filename.startswith(dirs) for f in traceback.extract_tb(e.__traceback__)):
       return True

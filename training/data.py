@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from training import runtime
 from training.errors import ConfigError, DataNotFoundError
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
@@ -25,8 +26,7 @@ DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
 # tfds recommends OpenCV for faster PNG decoding on every uncached load, though the images are
 # decoded once and then cached; and it warns of a missing dataset_info.json (in a version folder
 # that may not exist) above our own error, which says what is missing and how to get it.
-_TFDS_NOISE = ("OpenCV is not installed", "has no dataset_info.json")
-logging.getLogger("absl").addFilter(lambda r: not any(n in r.getMessage() for n in _TFDS_NOISE))
+runtime.drop_library_warnings("OpenCV is not installed", "has no dataset_info.json")
 
 
 @dataclasses.dataclass(frozen=True)

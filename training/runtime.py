@@ -1,8 +1,10 @@
-"""Process-wide JAX settings that a run needs before its first compilation."""
+"""Process-wide settings: JAX's, which a run needs before its first compilation, and which
+library warnings are dropped."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 
@@ -18,6 +20,13 @@ _MALLOPT = ((-8, 1), (-4, 0), (-1, 2**31 - 1))  # M_ARENA_MAX, M_MMAP_MAX, M_TRI
 # YNNPACK's convolutions (the weight gradient above all) were slower than Eigen's on CPU here:
 # keep its other fusions, take convolutions off its list (conv nets' steps 1.3x faster).
 _CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def drop_library_warnings(*fragments: str) -> None:
+  """Drops the absl log records (what tfds and orbax warn through) that contain any of
+  `fragments`: warnings about what this code does on purpose, or that its own error explains."""
+  logging.getLogger("absl").addFilter(
+      lambda r: not any(f in r.getMessage() for f in fragments))
 
 
 def tune_host_allocator() -> None:
