@@ -113,6 +113,37 @@ def test_mesh_and_batch_errors_come_before_compiling(eight):
   assert "needs 16 devices; there are 8" in eight["error16_16"]
 
 
+# The tests above log (so the host waits) every step; a real run dispatches a whole log interval
+# of steps before it waits, and on jaxlib 0.7-0.11 overlapping calls on several CPU devices
+# deadlocked in their all-reduce (this failed in 3 of 3 runs before DeviceSteps waited per call).
+MANY_STEPS = r"""
+import json, sys
+sys.path.insert(0, "tests")
+import conftest
+import jax, numpy as np, tensorflow_datasets as tfds
+from conftest import load_config, shrink
+from training import train_and_evaluate
+with tfds.testing.mock_data(num_examples=3200):
+  state, summary = train_and_evaluate(shrink(
+      load_config("mlp"), max_train_examples=3200, log_every_steps=1000, mesh_shape=(8,)))
+print("RESULT " + json.dumps({"devices": jax.device_count(), "steps": int(state.step),
+                              "loss": summary["epochs"][-1]["train/loss"]}))
+"""
+
+
+def test_eight_cpu_devices_run_a_log_interval_of_steps_without_waiting_between_them():
+  env = _child_env(XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                              + " --xla_force_host_platform_device_count=8").strip())
+  proc = subprocess.run([sys.executable, "-c", MANY_STEPS], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(next(l for l in proc.stdout.splitlines()
+                           if l.startswith("RESULT "))[len("RESULT "):])
+  assert result["devices"] == 8
+  assert result["steps"] == 180  # 90% of 3200 examples for training, batches of 16
+  assert np.isfinite(result["loss"])
+
+
 WORKER = r"""
 import json, sys
 sys.path.insert(0, "tests")
