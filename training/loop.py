@@ -213,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s)"
       f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, mesh "
       f"{dict(mesh.shape)} | "
-      f"{config.num_epochs} epochs of {steps_per_epoch} steps")
+      f"{config.num_epochs} epoch{'s' * (config.num_epochs != 1)} of {steps_per_epoch} steps")
   if config.dtype == "bfloat16" and jax.default_backend() == "cpu":
     # XLA:CPU runs matmuls with bf16 results off its fast path.
     log("Note: bfloat16 compute is slower than float32 on CPU (MLP and CNN train steps were "
