@@ -74,10 +74,14 @@ def _child_env(**extra):
   return {**os.environ, "TFDS_DATA_DIR": real_data_dir(), "PYTHONUNBUFFERED": "1", **extra}
 
 
+def _eight_devices_env():
+  return _child_env(XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip())
+
+
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory):
-  env = _child_env(XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                              + " --xla_force_host_platform_device_count=8").strip())
+  env = _eight_devices_env()
   proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES,
                          str(tmp_path_factory.mktemp("eight"))], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
@@ -114,8 +118,9 @@ def test_mesh_and_batch_errors_come_before_compiling(eight):
 
 
 # The tests above log (so the host waits) every step; a real run dispatches a whole log interval
-# of steps before it waits, and on jaxlib 0.7-0.11 overlapping calls on several CPU devices
-# deadlocked in their all-reduce (this failed in 3 of 3 runs before DeviceSteps waited per call).
+# of steps before it reads anything back, and on jaxlib 0.7.1-0.11.2 overlapping calls on several
+# CPU devices deadlocked in their all-reduce (this test failed before the fix in DeviceSteps, and
+# 3 of 3 runs like it aborted).
 MANY_STEPS = r"""
 import json, sys
 sys.path.insert(0, "tests")
@@ -131,9 +136,8 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "steps": int(state.
 """
 
 
-def test_eight_cpu_devices_run_a_log_interval_of_steps_without_waiting_between_them():
-  env = _child_env(XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                              + " --xla_force_host_platform_device_count=8").strip())
+def test_eight_cpu_devices_train_through_a_log_interval_without_deadlock():
+  env = _eight_devices_env()
   proc = subprocess.run([sys.executable, "-c", MANY_STEPS], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
