@@ -127,15 +127,6 @@ class DeviceSteps:
         raise ConfigError(f"{what}={size} does not divide over the {n} devices of the data axis; "
                          f"set --config.{what} to a multiple of {n}.")
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
-    # Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=N):
-    # on jaxlib 0.7.1-0.11.2, calls with collectives that overlapped deadlocked, one device's
-    # part waiting in its all-reduce while the others' were stuck behind the next call's launch
-    # on the host thread pool (a 200-step run aborted after XLA's 40 s rendezvous timeout, 3 of 3
-    # times). So there, each call finishes before the next starts. jaxlib 0.12.0.1 did not
-    # deadlock in 12 runs, but the wait stays rather than trust a version: it cost about 8% of
-    # a 2-device MLP step there (one A/B), and CPU devices in one process are for testing.
-    self.one_call_at_a_time = mesh.devices.flat[0].platform == "cpu" and len(
-        mesh.local_devices) > 1
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
     step = functools.partial(train_step, **step_options)
@@ -165,6 +156,15 @@ class DeviceSteps:
         return train(state, images, labels, perm, i)
       return jax.lax.scan(body, state, start + jnp.arange(n))
 
+    # Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=N):
+    # on jaxlib 0.7.1-0.11.2, calls with collectives that overlapped deadlocked (one device's part
+    # waited in its all-reduce while the others' were stuck behind the next call's launch on the
+    # host thread pool; 200-step runs aborted after XLA's 40 s rendezvous timeout, 3 of 3). There,
+    # each call finishes before the next starts. jaxlib 0.12.0.1 did not deadlock in 12 runs, but
+    # the wait stays rather than trust a version: it cost about 8% of a 2-device MLP step there.
+    if mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1:
+      one_at_a_time = lambda f: lambda *args: jax.block_until_ready(f(*args))
+      train, train_scan, evaluate_batch = map(one_at_a_time, (train, train_scan, evaluate_batch))
     self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
     self.gather = jax.jit(gather)  # the batch of step i, as the train step sees it
     self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
@@ -196,14 +196,12 @@ class DeviceSteps:
                   ) -> tuple[TrainState, Metrics]:
     """Steps start .. start+n-1 of the epoch's order; one step's metrics are scalars, n steps'
     (one `lax.scan` in one call) have a leading axis of n."""
-    out = (self._train(state, images, labels, perm, start) if n == 1
-           else self._train_scan(state, images, labels, perm, start, n))
-    return jax.block_until_ready(out) if self.one_call_at_a_time else out
+    if n == 1:
+      return self._train(state, images, labels, perm, start)
+    return self._train_scan(state, images, labels, perm, start, n)
 
   def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
     totals = self.put(self._zeros)
     for i in range(len(labels) // self.eval_batch_size):
       totals = self._evaluate_batch(state, images, labels, mask, i, totals)
-      if self.one_call_at_a_time:
-        jax.block_until_ready(totals)
     return jax.device_get(totals)
