@@ -124,7 +124,7 @@ def test_a_damaged_checkpoint_is_named_with_the_way_back_to_the_previous_one(moc
     if f.is_file() and "d" in parts and (damaged != "arrays_only" or len(parts) > 1):
       f.write_bytes(b"\0" * 7)
   with pytest.raises(DamagedCheckpointError,
-                     match=rf"Checkpoint 6 .*damaged.*\n.*previous checkpoint \(step 3\).*mv "):
+                     match=r"Checkpoint 6 .*damaged.*\n.*previous checkpoint \(step 3\).*mv "):
     train_and_evaluate(mlp(3), str(tmp_path))
   assert latest.is_dir()  # left for a look, not deleted
   # Doing what the message says resumes from the previous checkpoint.

@@ -125,7 +125,7 @@ MANY_STEPS = r"""
 import json, sys
 sys.path.insert(0, "tests")
 import conftest
-import jax, numpy as np, tensorflow_datasets as tfds
+import jax, tensorflow_datasets as tfds
 from conftest import load_config, shrink
 from training import train_and_evaluate
 with tfds.testing.mock_data(num_examples=3200):

@@ -14,7 +14,7 @@ from training import data, train_and_evaluate
 
 _decode = data._decode  # the real one, for tests that count calls
 
-from conftest import REPO, load_config, real_data_dir, shrink
+from conftest import REPO, load_config, real_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
@@ -263,10 +262,10 @@ class Checkpointer:
     if refused and not self.config.checkpoint.get("allow_config_changes", False):
       raise ConfigChangedError(
           f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
-          f"changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
-          f"Resuming would continue that run with these settings. Start a new run with another "
-          f"--workdir, or run again with the checkpoint's values, or pass "
-          f"--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
+          "changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
+          "Resuming would continue that run with these settings. Start a new run with another "
+          "--workdir, or run again with the checkpoint's values, or pass "
+          "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
     return state, changes
 
   def _check_shapes(self, saved: Any, target: Any, step: int) -> None:

@@ -70,7 +70,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return False
 
   import jax
-  print(f"Joining a multi-process run"
+  print("Joining a multi-process run"
         + (f" as process {process_id} of {num_processes} (coordinator {coordinator_address})"
            if given else "") + f"; waiting up to {timeout_s}s for all processes. If this "
         "process aborts with DEADLINE_EXCEEDED, not every process started or they disagree on "
