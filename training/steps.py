@@ -119,8 +119,8 @@ class DeviceSteps:
   crosses hosts.
   """
 
-  def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int,
-               **step_options: float):
+  def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
+               chunk: int = 1, steps_per_epoch: int = 0, **step_options: float):
     n = mesh.shape["data"]
     for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
       if size % n:
@@ -150,11 +150,16 @@ class DeviceSteps:
           {"image": sl(images), "label": sl(labels), "mask": sl(mask)}, self.sharded)
       return jax.tree_util.tree_map(jnp.add, totals, evaluate(state, batch))
 
-    @functools.partial(jax.jit, donate_argnums=0, static_argnums=5)
-    def train_scan(state, images, labels, perm, start, n):
-      def body(state, i):
-        return train(state, images, labels, perm, i)
-      return jax.lax.scan(body, state, start + jnp.arange(n))
+    @functools.partial(jax.jit, donate_argnums=0, static_argnums=6)
+    def train_scan(state, images, labels, perm, start, count, length):
+      # A fixed number of steps, of which the first `count` count: one program serves every call
+      # of this length, wherever it starts. A select, not lax.cond, keeps the rest from updating
+      # the state (a cond's predicate goes to the host every step on GPU).
+      def body(state, j):
+        new, metrics = train(state, images, labels, perm, start + j)
+        keep = j < count
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, state), metrics
+      return jax.lax.scan(body, state, jnp.arange(length))
 
     # Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=N):
     # on jaxlib 0.7.1-0.11.2, calls with collectives that overlapped deadlocked (one device's part
@@ -166,6 +171,8 @@ class DeviceSteps:
       one_at_a_time = lambda f: lambda *args: jax.block_until_ready(f(*args))
       train, train_scan, evaluate_batch = map(one_at_a_time, (train, train_scan, evaluate_batch))
     self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
+    self.chunk = chunk
+    self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
     self.gather = jax.jit(gather)  # the batch of step i, as the train step sees it
     self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
         jax.random.fold_in(key, epoch), n), static_argnums=2)
@@ -194,11 +201,24 @@ class DeviceSteps:
 
   def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
                   ) -> tuple[TrainState, Metrics]:
-    """Steps start .. start+n-1 of the epoch's order; one step's metrics are scalars, n steps'
-    (one `lax.scan` in one call) have a leading axis of n."""
-    if n == 1:
+    """Steps start .. start+n-1 (n <= chunk) of the epoch's order. One step's metrics are
+    scalars; a scan's have a leading axis of its length, of which the first n are real.
+
+    Two scan lengths at most, so that a run compiles the same programs however long it is, where
+    it resumed and how often it logs or saves: `chunk`, and the epoch's last call when `chunk`
+    does not divide the epoch. Shorter calls (after a resume, or at a stop) run the `chunk`
+    program with its tail masked.
+    """
+    if self.chunk == 1:
       return self._train(state, images, labels, perm, start)
-    return self._train_scan(state, images, labels, perm, start, n)
+    length = n if n == self.tail and start % self.chunk == 0 else self.chunk
+    return self._train_scan(state, images, labels, perm, start, n, length)
+
+  def call_length(self, i: int, steps_per_epoch: int, stop: int | None = None) -> int:
+    """How many steps the call at step i of an epoch runs: up to the next multiple of `chunk`
+    (counted from the epoch's start), the epoch's end or `stop`, whichever comes first."""
+    end = min((i // self.chunk + 1) * self.chunk, steps_per_epoch)
+    return (min(end, stop) if stop is not None and stop > i else end) - i
 
   def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
     totals = self.put(self._zeros)
