@@ -15,12 +15,11 @@ from nets import layers, register
 def pool2x2(x: jnp.ndarray, how: str) -> jnp.ndarray:
   """2x2 max/avg pooling, stride 2 (VALID), as a reshape and a reduction.
 
-  Same result as nn.max_pool/nn.avg_pool, but cheaper to differentiate on CPU. nn.max_pool's
-  gradient (XLA's select-and-scatter) made the CNN's train step 1.8x slower. JAX's gradient of a
-  max reduction shares each window's gradient among tied maxima, in several passes over the
-  activations; the custom gradient here gives it to the window's first maximum (PyTorch's rule)
-  in one pass, which made the step 1.1x faster. Being a `jax.custom_vjp` (a custom_jvp, which
-  forward mode needs, made the step 1.26x slower), it supports `jax.grad` but not `jax.jvp`.
+  The same result as nn.max_pool/nn.avg_pool, cheaper to differentiate: XLA's gradient of
+  nn.max_pool (select-and-scatter), and JAX's of a max reduction (which shares a window's
+  gradient among tied maxima, in several passes), were the CNN step's largest costs on CPU
+  (docs/performance.md). The custom gradient gives each window's gradient to its first maximum,
+  PyTorch's rule, in one pass. A `jax.custom_vjp`, it supports `jax.grad` but not `jax.jvp`.
   """
   _, h, w, _ = x.shape
   x = x[:, :h // 2 * 2, :w // 2 * 2]
@@ -65,7 +64,7 @@ class CNN(nn.Module):
   """Stages of Conv -> [BatchNorm] -> ReLU that halve the resolution, then Dense layers.
 
   `downsample` halves each stage's output: "stride" makes the stage's last conv stride 2 (the
-  cheapest: 4x less conv work, 3-5x faster steps on CPU), "max"/"avg" add a 2x2 pool.
+  cheapest: 4x less conv work), "max"/"avg" add a 2x2 pool.
   """
   num_classes: int = 10
   features: Sequence[int] = (32, 64)
@@ -102,6 +101,6 @@ class CNN(nn.Module):
 
 
 register("cnn", CNN)
-# The network of the official Flax MNIST example, for side-by-side comparisons.
-register("cnn_flax_example",
-         functools.partial(CNN, features=(32, 64), dense=(256,), downsample="avg"))
+# Halves the resolution with strided convolutions instead of pooling: the same parameters,
+# a quarter of the convolution work.
+register("cnn_strided", functools.partial(CNN, downsample="stride"))

@@ -22,8 +22,8 @@ def dropout_bits(rate: float) -> int:
 class Dropout(nn.Module):
   """Inverted dropout, as `nn.Dropout`, from fewer random bits.
 
-  nn.Dropout draws a float32 uniform, 32 random bits, per element. Generating them (threefry) was
-  a sixth of the MLP's train step on CPU; 8 bits per element made that step 1.05-1.1x faster. The
+  nn.Dropout draws 32 random bits per element, and generating them (threefry) is a noticeable
+  part of a small network's step; this draws 8 where it can (docs/performance.md). The
   keep probability becomes a multiple of 1/2**bits (see `dropout_bits`: rate 0.2 gives 0.19922),
   and kept values are scaled by the inverse of that exact probability, so the expected output
   still equals the input.

@@ -5,11 +5,10 @@ A 3x3 conv from C to F channels costs 9*C*F multiply-adds per pixel; split into 
 about 8-9x less for the same receptive field, at a small cost in accuracy.
 
 The depthwise conv is an `nn.Conv(feature_group_count=channels)` kernel, (k, k, 1, channels).
-XLA:CPU is slow at grouped convolutions, though: on 2 cores a 3x3 depthwise layer on 14x14x64
-took 219 ms per batch of 128 (forward and both gradients), and the default network's train step
-1.06 s. So by default (`depthwise="shifted"`) the same kernel is applied as k*k shifted
-multiply-adds over the padded input: the same result and parameters, 15 ms for that layer and
-0.24 s for the step. `depthwise="conv"` uses the grouped convolution (for GPU/TPU).
+XLA:CPU is slow at grouped convolutions, so by default (`depthwise="shifted"`) the same kernel is
+applied as k*k shifted multiply-adds over the padded input: the same result and parameters, and
+a train step several times faster on CPU (docs/performance.md). `depthwise="conv"` uses the
+grouped convolution (for GPU/TPU).
 """
 
 from __future__ import annotations

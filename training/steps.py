@@ -162,11 +162,8 @@ class DeviceSteps:
       return jax.lax.scan(body, state, jnp.arange(length))
 
     # Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=N):
-    # on jaxlib 0.7.1-0.11.2, calls with collectives that overlapped deadlocked (one device's part
-    # waited in its all-reduce while the others' were stuck behind the next call's launch on the
-    # host thread pool; 200-step runs aborted after XLA's 40 s rendezvous timeout, 3 of 3). There,
-    # each call finishes before the next starts. jaxlib 0.12.0.1 did not deadlock in 12 runs, but
-    # the wait stays rather than trust a version: it cost about 8% of a 2-device MLP step there.
+    # calls with collectives that overlapped deadlocked on jaxlib 0.7.1-0.11.2, so there each
+    # call finishes before the next starts (docs/performance.md).
     if mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1:
       one_at_a_time = lambda f: lambda *args: jax.block_until_ready(f(*args))
       train, train_scan, evaluate_batch = map(one_at_a_time, (train, train_scan, evaluate_batch))
