@@ -120,6 +120,35 @@ def test_non_finite_loss_stops_at_the_step(mock_mnist, tmp_path):
     train_and_evaluate(config, str(tmp_path))
 
 
+def test_the_non_finite_error_offers_a_resume_only_when_there_is_a_checkpoint(mock_mnist,
+                                                                              tmp_path):
+  config = shrink(load_config("mlp"), optimizer="sgd", schedule="constant",
+                  learning_rate=float("inf"), log_every_steps=4)
+  with pytest.raises(NonFiniteLossError) as fresh:
+    train_and_evaluate(config, str(tmp_path / "fresh"))
+  assert "allow_config_changes" not in str(fresh.value)
+  # A run that saved a checkpoint before it diverged can continue it with other settings.
+  train_and_evaluate(shrink(config, learning_rate=0.01), str(tmp_path / "saved"))
+  with pytest.raises(NonFiniteLossError) as resumed:
+    train_and_evaluate(shrink(config, num_epochs=2, **{"checkpoint.allow_config_changes": True}),
+                       str(tmp_path / "saved"))
+  assert "--config.checkpoint.allow_config_changes=True" in str(resumed.value)
+
+
+@pytest.mark.parametrize("override", [{"dataset": "no_such_dataset"}, {"batch_size": 100_000}])
+def test_a_refused_run_leaves_no_workdir_behind(override, mock_mnist, tmp_path):
+  with pytest.raises(ConfigError):
+    train_and_evaluate(shrink(load_config("mlp"), **override), str(tmp_path / "new" / "run"))
+  assert not (tmp_path / "new").exists()
+
+
+def test_missing_data_leaves_no_workdir_behind(tmp_path):
+  with pytest.raises(DataNotFoundError):
+    train_and_evaluate(shrink(load_config("mlp"), data_dir=str(tmp_path / "no_data")),
+                       str(tmp_path / "new" / "run"))
+  assert not (tmp_path / "new").exists()
+
+
 def test_no_checkpoint_is_saved_past_a_non_finite_loss(mock_mnist, tmp_path):
   # Step 2 is both the first NaN and a save step, between two log steps: saving it would make
   # every resume fail the same way.
