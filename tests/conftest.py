@@ -30,7 +30,8 @@ def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Con
   """The same config on a few examples: one epoch of a few steps, no cache, no progress bar."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.update(num_epochs=1, batch_size=16, eval_batch_size=32, max_train_examples=64,
-           max_eval_examples=48, progress_bar=False, cache_dir="none", log_every_steps=2)
+           max_eval_examples=48, progress_bar=False, cache_dir="none", log_every_steps=2,
+           report=False)
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

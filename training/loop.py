@@ -335,6 +335,15 @@ def _finish(run: _Run, state: steps.TrainState, history: list[dict[str, Any]],
   return summary
 
 
+def _write_report(workdir: str, ds: data.Dataset) -> None:
+  """The run's figures and report.html; a failure costs the report only, never the run."""
+  from training import report as report_lib  # matplotlib is imported only here
+  try:
+    report_lib.write_report(workdir, dataset=ds)
+  except report_lib.ReportError as e:
+    log(f"Warning: no report was written: {e}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
                        ) -> tuple[steps.TrainState, dict[str, Any]]:
   """Trains `config` and evaluates it on the test split.
@@ -354,5 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     summary = _finish(run, state, history, t_start)
   finally:
     run.close()
+  if config.report and run.ckpt is not None and run.primary and jax.process_count() == 1:
+    _write_report(workdir, run.ds)
   log(f"done in {summary['time/total_s']:.1f}s: test accuracy {summary['test']['accuracy']:.2%}")
   return state, summary
