@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nets
-from training import loop
+from training import builders
 
 from conftest import CONFIG_NAMES, load_config
 
@@ -31,7 +31,7 @@ def test_every_model_outputs_logits(name):
   logits_train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
                                 rngs={"dropout": jax.random.PRNGKey(1)})
   assert logits_train.shape == (3, 7)
-  assert loop.param_count(variables["params"]) > 0
+  assert builders.param_count(variables["params"]) > 0
 
 
 @pytest.mark.parametrize("name", nets.names())
@@ -58,19 +58,19 @@ def _cnn_params(features, dense, classes, k=3, side=28, channels=1):
 def test_param_counts_match_the_architecture():
   """Counted by hand from the layer shapes, independently of flax."""
   mlp = nets.create("mlp", hidden=(512, 512), num_classes=10)
-  assert loop.param_count(_init(mlp)[1]["params"]) == _mlp_params(784, (512, 512), 10) == 669_706
+  assert builders.param_count(_init(mlp)[1]["params"]) == _mlp_params(784, (512, 512), 10) == 669_706
   cnn = nets.create("cnn", features=(32, 64), dense=(128,), num_classes=10)
-  assert loop.param_count(_init(cnn)[1]["params"]) == _cnn_params((32, 64), (128,), 10) == 421_642
+  assert builders.param_count(_init(cnn)[1]["params"]) == _cnn_params((32, 64), (128,), 10) == 421_642
   strided = nets.create("cnn_strided")  # the same shapes, halved by strides instead of pools
-  assert loop.param_count(_init(strided)[1]["params"]) == _cnn_params((32, 64), (128,), 10)
+  assert builders.param_count(_init(strided)[1]["params"]) == _cnn_params((32, 64), (128,), 10)
 
 
 @pytest.mark.parametrize("config_name", CONFIG_NAMES)
 def test_config_builds_its_model(config_name):
   config = load_config(config_name)
-  model = loop.build_model(config, num_classes=10)
+  model = builders.build_model(config, num_classes=10)
   _, variables = _init(model)
-  assert loop.param_count(variables["params"]) > 0
+  assert builders.param_count(variables["params"]) > 0
 
 
 def test_batch_norm_adds_statistics():

@@ -3,11 +3,10 @@ training."""
 
 from __future__ import annotations
 
-import re
-
-import nets
 import pytest
 from flax import traverse_util
+
+import nets
 from training import builders, show
 
 from conftest import CONFIG_NAMES, REPO, load_config

@@ -15,8 +15,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from training import (ConfigError, DataNotFoundError, NonFiniteLossError, loop, optim, steps,
-                      train_and_evaluate)
+from training import (ConfigError, DataNotFoundError, NonFiniteLossError, builders, loop, optim,
+                      steps, train_and_evaluate)
 
 from conftest import CONFIG_NAMES, REPO, load_config, shrink
 
@@ -62,10 +62,8 @@ def importlib_doc(config_name: str) -> str:
 
 @pytest.mark.parametrize("config_name", CONFIG_NAMES)
 def test_one_step_golden_loss(config_name):
-  if config_name not in GOLDEN_LOSSES:
-    pytest.fail(f"Pin the first two losses of configs/{config_name}.py in GOLDEN_LOSSES.")
   config = load_config(config_name)
-  model = loop.build_model(config, num_classes=10)
+  model = builders.build_model(config, num_classes=10)
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=100))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(0))
   state = steps.create_train_state(model, tx, (28, 28, 1), init_key, train_key,
@@ -73,13 +71,17 @@ def test_one_step_golden_loss(config_name):
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, (32,), dtype=np.int32)}
-  step = jax.jit(functools.partial(steps.train_step, **loop.step_options(config)))
+  step = jax.jit(functools.partial(steps.train_step, **builders.step_options(config)))
   state, m1 = step(state, batch, state.rng)
   state, m2 = step(state, batch, state.rng)
+  losses = (float(m1["loss"]), float(m2["loss"]))
+  if config_name not in GOLDEN_LOSSES:
+    pytest.fail(f"A new config: pin its first two losses in tests/test_train.py's GOLDEN_LOSSES, "
+                f"after checking they are what you expect: \"{config_name}\": "
+                f"({losses[0]:.5f}, {losses[1]:.5f}),")
   # XLA releases round differently: jax 0.7.1 is up to 1.5e-4 relative off these pins (made
   # with 0.10.2; 0.12 is within 2e-6).
-  np.testing.assert_allclose((float(m1["loss"]), float(m2["loss"])), GOLDEN_LOSSES[config_name],
-                             rtol=3e-4)
+  np.testing.assert_allclose(losses, GOLDEN_LOSSES[config_name], rtol=3e-4)
   assert float(m1["grad_norm"]) > 0
 
 
