@@ -1,0 +1,283 @@
+"""--mode=export (training/export.py): the jax.export and ONNX models of every architecture against
+the in-process model on real MNIST, the command and its errors, and the examples that use them.
+
+The ONNX half needs jax2onnx and onnxruntime, which cannot share the main venv (jax2onnx 0.17
+requires orbax-checkpoint < 0.11.37): `.ci/export-venv` runs this file in a venv of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import configs
+import nets
+from training import ConfigError, checkpoint, data, export, inference, optim, steps
+from training import train_and_evaluate
+
+from conftest import REPO, load_config, real_data_dir, shrink
+
+HAVE_ONNX = export.onnx_available()
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason=(
+    "jax2onnx/onnxruntime not installed here; .ci/export-venv runs these tests in a venv of their "
+    "own (jax2onnx 0.17 requires orbax-checkpoint<0.11.37)"))
+N_IMAGES = 1000
+
+
+def _config(name: str) -> tuple[str, ml_collections.ConfigDict]:
+  """The runnable config of architecture `name`, else the CNN's with the model's own defaults."""
+  for config_name in configs.names():
+    if load_config(config_name).model.name == name:
+      return config_name, load_config(config_name)
+  config = load_config("cnn")
+  config.model = ml_collections.ConfigDict({"name": name})
+  return "cnn", config
+
+
+# Every registered architecture with its config's settings; configs/best.py for the CNN with
+# batch norm and a moving average of the weights.
+CASES = {name: _config(name) for name in nets.names()}
+CASES["cnn (configs/best.py)"] = ("best", load_config("best"))
+
+
+@pytest.fixture(scope="module")
+def mnist(data_cache):
+  return data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache)
+
+
+def _initialized_workdir(workdir: str, config: ml_collections.ConfigDict,
+                         info: dict) -> steps.TrainState:
+  """A model with random weights saved through the training's checkpoints, as step 7.
+
+  The state has the structure that training makes (create_train_state, traced abstractly: no
+  compilation) and random values: weights scaled by their fan-in, batch-norm statistics away
+  from 0 and 1, a moving average unlike the live weights, so that using the wrong ones shows."""
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  model = nets.create(config.model.name, num_classes=info["num_classes"], **fields)
+  tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=1))
+  key = jax.random.PRNGKey(0)
+  abstract = jax.eval_shape(lambda: steps.create_train_state(
+      model, tx, tuple(info["image_shape"]), key, key, ema=config.ema_decay > 0))
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    if not np.issubdtype(leaf.dtype, np.floating):
+      return np.zeros(leaf.shape, leaf.dtype)  # step, counts, the RNG key
+    if name == "var":
+      values = rng.uniform(0.5, 2.0, leaf.shape)
+    elif name == "scale":
+      values = 1 + rng.normal(0, 0.1, leaf.shape)
+    else:
+      values = rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])) if leaf.ndim > 1 else 0.1,
+                          leaf.shape)
+    return values.astype(leaf.dtype)
+  state = jax.tree_util.tree_map_with_path(fill, abstract).replace(step=np.int32(7))
+  ckpt = checkpoint.Checkpointer(workdir, config, info)
+  ckpt.save(state, {checkpoint.BEST_METRIC: 0.5})
+  ckpt.wait()
+  ckpt.close()
+  return state
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory, mnist):
+  """(case, workdir, model.json, the in-process model's probabilities of the first test images)."""
+  _, config = CASES[request.param]
+  workdir = str(tmp_path_factory.mktemp("export"))
+  state = _initialized_workdir(workdir, config, mnist.info())
+  meta = export.export(workdir)
+  # What --mode=evaluate and --mode=predict use (the moving average, if kept); and the live
+  # weights, which must give other probabilities when they are not those.
+  both = jax.jit(lambda s, x: [jax.nn.softmax(s.apply_fn(v, steps.preprocess(x), train=False))
+                               for v in (s.eval_variables(), s.variables())])
+  expected, live = map(np.asarray, both(state, mnist.test.images[:N_IMAGES]))
+  assert np.abs(live - expected).max() > 1e-3 if state.ema else np.array_equal(live, expected)
+  return request.param, workdir, meta, expected
+
+
+def _in_batches(run, images: np.ndarray, batch_size: int) -> np.ndarray:
+  return np.concatenate([run(images[i:i + batch_size])
+                         for i in range(0, len(images), batch_size)])
+
+
+def _assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+  """Probabilities within 1e-5, and the same labels wherever the top two are not a tie to that
+  precision (an initialized model is unsure: its top two can be 1e-7 apart)."""
+  np.testing.assert_allclose(got, expected, rtol=0, atol=export.TOLERANCE)
+  top2 = np.sort(expected, axis=-1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > 2 * export.TOLERANCE
+  assert clear.mean() > 0.97
+  np.testing.assert_array_equal(got.argmax(-1)[clear], expected.argmax(-1)[clear])
+
+
+def test_jax_export_artifact_matches_the_trained_model(exported, mnist):
+  case, workdir, meta, expected = exported
+  with open(os.path.join(workdir, "export", "model.jax"), "rb") as f:
+    model = jax.export.deserialize(bytearray(f.read()))
+  assert str(model.in_avals[0]) == "uint8[batch,28,28,1]", model.in_avals
+  assert set(model.platforms) == {"cpu", "cuda", "rocm", "tpu"}
+  call = jax.jit(model.call)
+  images = mnist.test.images[:N_IMAGES]
+  for batch_size in (1, 37):  # 37: 27 full batches and one of 1
+    _assert_same(_in_batches(lambda x: np.asarray(call(x)), images, batch_size), expected)
+  assert meta["source"]["weights"] == ("ema" if CASES[case][1].ema_decay > 0 else "params")
+  assert meta["max_abs_difference"]["jax"] <= export.TOLERANCE
+
+
+@needs_onnx
+def test_onnx_model_matches_the_trained_model(exported, mnist):
+  import onnxruntime
+  case, workdir, meta, expected = exported
+  assert meta["files"]["onnx"] == "model.onnx" and meta["onnx_opset"] == export.ONNX_OPSET
+  session = onnxruntime.InferenceSession(os.path.join(workdir, "export", "model.onnx"),
+                                         providers=["CPUExecutionProvider"])
+  (inp,), (out,) = session.get_inputs(), session.get_outputs()
+  assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)", [28, 28, 1])
+  assert isinstance(inp.shape[0], str) and out.name == "probabilities"  # a symbolic batch size
+  images = mnist.test.images[:N_IMAGES]
+  for batch_size in (1, 37):
+    _assert_same(_in_batches(lambda x: session.run(None, {"images": x})[0], images, batch_size),
+                 expected)
+
+
+@needs_onnx
+def test_an_operation_onnx_cannot_express_fails_in_one_line(tmp_path, mnist):
+  """Flax's LSTM cells split a random key to make their (zero) initial state: jax2onnx has no
+  conversion for that, so the LSTM variant of the RNN has no ONNX model (its jax.export model
+  is made as the GRU's is)."""
+  config = load_config("rnn")
+  config.model.cell = "lstm"
+  _initialized_workdir(str(tmp_path), config, mnist.info())
+  with pytest.raises(export.UnsupportedOperationError) as e:
+    export.export(str(tmp_path), onnx=True)
+  message = str(e.value)
+  assert "\n" not in message and "'random_split'" in message and "'rnn' to ONNX" in message
+  assert "recurrent.py" in message  # where: flax's initialize_carry
+  assert not os.path.exists(tmp_path / "export")  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache, mnist):
+  """A real MLP run (100 steps, with a moving average of the weights) and its export."""
+  workdir = str(tmp_path_factory.mktemp("mlp_run"))
+  config = shrink(load_config("mlp"), num_epochs=1, max_train_examples=12800, batch_size=128,
+                  max_eval_examples=0, eval_batch_size=1000, ema_decay=0.9, log_every_steps=50,
+                  data_dir=real_data_dir(), cache_dir=data_cache)
+  _, summary = train_and_evaluate(config, workdir)
+  return workdir, summary, export.export(workdir)
+
+
+def test_model_json_describes_the_input_and_the_source(trained):
+  workdir, summary, meta = trained
+  with open(os.path.join(workdir, "export", "model.json")) as f:
+    saved = json.load(f)
+  assert saved == {k: v for k, v in meta.items() if k != "directory"}
+  assert saved["input"]["shape"] == [None, 28, 28, 1] and saved["input"]["dtype"] == "uint8"
+  assert saved["output"]["shape"] == [None, 10] and saved["class_names"] == list("0123456789")
+  assert saved["background"] == "light_on_dark" and saved["fit"] == "digit"
+  assert saved["source"] == {"workdir": os.path.abspath(workdir), "checkpoint": "best",
+                             "step": 100, "weights": "ema"}
+  assert saved["test_accuracy"] == summary["test"]["accuracy"] > 0.85
+  assert saved["files"]["onnx"] == ("model.onnx" if HAVE_ONNX else None)
+  assert ("onnx_missing" in saved) == (not HAVE_ONNX)
+
+
+def test_bad_inputs_fail_with_one_clear_line(trained, tmp_path):
+  workdir, _, _ = trained
+  with pytest.raises(ConfigError, match="No checkpoints in"):
+    export.export(str(tmp_path / "empty"))
+  with pytest.raises(ConfigError, match=r"No checkpoint 'newest'.*best, latest or one of the "
+                                        r"steps \[100\]"):
+    export.export(workdir, "newest", output=str(tmp_path / "out"))
+  with pytest.raises(export.OutputExistsError, match="already holds an export.*--overwrite"):
+    export.export(workdir)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(export.ExportError, match="is a file"):
+    export.export(workdir, output=str(tmp_path / "file"))
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "TFDS_DATA_DIR": real_data_dir()}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_export_command(trained, tmp_path):
+  workdir, _, _ = trained
+  refused = _run("train.py", "--mode=export", f"--workdir={workdir}")
+  assert refused.returncode == 1
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      f"error: {os.path.abspath(workdir)}/export already holds an export")
+  done = _run("train.py", "--mode=export", f"--workdir={workdir}", "--checkpoint=latest",
+              f"--output={tmp_path / 'out'}", "--overwrite")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "mlp from the latest checkpoint (step 100, EMA weights, test accuracy" in done.stdout
+  assert ("model.onnx" in done.stdout) and "checked: jax within" in done.stdout
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(
+      ["model.jax", "model.json"] + (["model.onnx"] if HAVE_ONNX else []))
+
+
+def _write_digits(mnist, tmp_path, workdir: str) -> tuple[list[str], list[str], list[int]]:
+  """Test digits that the trained model gets right, as 28x28 PNGs and as 84x84 dark-on-light
+  JPEGs (what a scan looks like); their true labels."""
+  labels = [p["label"] for p in inference.predict(workdir, [
+      _save(mnist.test.images[i], tmp_path / f"probe{i}.png") for i in range(20)])]
+  right = [i for i in range(20) if labels[i] == mnist.test.labels[i]][:6]
+  assert len(right) == 6
+  plain = [_save(mnist.test.images[i], tmp_path / f"digit{i}.png") for i in right]
+  scans = [_save(mnist.test.images[i], tmp_path / f"scan{i}.jpg", scan=True) for i in right]
+  return plain, scans, [int(mnist.test.labels[i]) for i in right]
+
+
+def _save(image: np.ndarray, path, scan: bool = False) -> str:
+  img = Image.fromarray(image[:, :, 0])
+  if scan:
+    img = Image.fromarray(255 - np.asarray(img.resize((84, 84), Image.Resampling.BICUBIC)))
+  img.save(path)
+  return str(path)
+
+
+def _labels(stdout: str) -> list[int]:
+  return [int(line.split()[1]) for line in stdout.strip().splitlines()]
+
+
+def test_examples_classify_image_files_as_predict_does(trained, mnist, tmp_path):
+  workdir, _, _ = trained
+  plain, scans, truth = _write_digits(mnist, tmp_path, workdir)
+  predicted = [p["label"] for p in inference.predict(workdir, scans, invert=True)]
+  export_dir = os.path.join(workdir, "export")
+  examples = ["classify_jax.py"] + (["classify_onnx.py"] if HAVE_ONNX else [])
+  for example in examples:
+    script = os.path.join("examples", example)
+    result = _run("-X", "importtime", script, export_dir, *plain)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _labels(result.stdout) == truth, (example, result.stdout)
+    assert all(line.startswith(f) for f, line in zip(plain, result.stdout.splitlines()))
+    # Dark-on-light scans of another size: fitted and inverted as --mode=predict does them.
+    inverted = _run(script, export_dir, "--invert", *scans)
+    assert inverted.returncode == 0 and _labels(inverted.stdout) == predicted, inverted.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "training" in imported and "numpy" in imported
+    if example == "classify_onnx.py":  # onnxruntime alone: no JAX, no Flax
+      assert not imported & {"jax", "jaxlib", "flax", "optax", "orbax"}, imported
+    else:
+      assert not imported & {"flax", "optax", "orbax", "nets"}, imported
+  if not HAVE_ONNX:
+    pytest.skip("classify_onnx.py not run: no onnxruntime here (.ci/export-venv runs it)")
+
+
+def test_importing_training_images_imports_no_jax():
+  code = ("import sys, training.images; "
+          "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax'}))")
+  result = _run("-c", code)
+  assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
