@@ -70,14 +70,14 @@ def run_jax(config, rounds: int, calls: int) -> dict:
   import jax
   import numpy as np
   import optax
-  from training import distributed, loop, optim, runtime, steps
+  from training import builders, distributed, optim, runtime, steps
   runtime.setup(config)
   n, rng = N_TRAIN, np.random.default_rng(0)
-  model = loop.build_model(config, NUM_CLASSES)
+  model = builders.build_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config, optim.make_schedule(config, n // config.batch_size))
   d = steps.DeviceSteps(distributed.make_mesh(config.mesh_shape, config.mesh_axes),
                         config.batch_size, config.eval_batch_size, NUM_CLASSES,
-                        **loop.step_options(config))
+                        **builders.step_options(config))
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   box = [d.put(steps.create_train_state(model, tx, IMAGE_SHAPE, k1, k2))]
   images, labels = d.put_train(rng.integers(0, 256, (n, *IMAGE_SHAPE), np.uint8),

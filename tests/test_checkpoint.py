@@ -175,7 +175,7 @@ def test_a_signal_saves_and_exits_cleanly_then_resumes(tmp_path, data_cache, sig
       break
   proc.send_signal(sig)
   out = proc.stdout.read()
-  assert proc.wait(timeout=120) == 0, out
+  assert proc.wait(timeout=120) == 75, out  # EX_TEMPFAIL: saved, re-run to continue
   assert f"Stopped by {sig.name} at step" in out and "Traceback" not in out
   step = int(out.split(f"Stopped by {sig.name} at step ")[1].split(";")[0])
   assert step >= 64  # past epoch 2's 32 steps
@@ -212,7 +212,14 @@ runpy.run_path("train.py", run_name="__main__")
 def uninterrupted(tmp_path_factory, data_cache):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   _run_train(workdir, data_cache)
-  return json.loads((workdir / "test_metrics.json").read_text())["test"]
+  return {"test": json.loads((workdir / "test_metrics.json").read_text())["test"],
+          "metrics": _history(workdir)}
+
+
+def _history(workdir) -> list[dict]:
+  """metrics.jsonl without its timings: what an interrupted run must reproduce line for line."""
+  return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _env(data_cache, **extra):
@@ -253,7 +260,9 @@ def test_sigkill_during_training_resumes_from_the_last_commit(tmp_path, data_cac
   assert committed and 30 <= max(committed) < 96  # the save at 40 may be in flight
   out = _run_train(tmp_path, data_cache)
   assert f"Resuming from the checkpoint at step {max(committed)}" in out
-  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
+  # The steps logged after the last checkpoint and again by the resumed run appear once.
+  assert _history(tmp_path) == uninterrupted["metrics"]
 
 
 def test_sigkill_during_a_save_leaves_no_checkpoint_that_breaks_the_restart(
@@ -269,4 +278,32 @@ def test_sigkill_during_a_save_leaves_no_checkpoint_that_breaks_the_restart(
   out = _run_train(tmp_path, data_cache)
   assert "Resuming from the checkpoint at step 30" in out
   assert not list((tmp_path / "checkpoints").glob("*tmp*"))  # the leftover was cleaned up
-  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
+  assert _history(tmp_path) == uninterrupted["metrics"]
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(
+    tmp_path, data_cache, uninterrupted):
+  cmd = [sys.executable, "train.py", *KILL_ARGS, f"--workdir={tmp_path}",
+         f"--config.cache_dir={data_cache}"]
+  first = subprocess.Popen(cmd, cwd=REPO, env=_env(data_cache), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+    time.sleep(0.05)
+  # The same workdir with other settings: a second terminal, a job submitted twice.
+  second = subprocess.run([*cmd, "--config.learning_rate=0.01"], cwd=REPO, env=_env(data_cache),
+                          capture_output=True, text=True, timeout=300)
+  assert first.poll() is None, "the first run ended before the second started"
+  assert second.returncode == 1
+  assert second.stderr.startswith(f"error: The workdir {tmp_path} is in use by another run"), \
+      second.stderr[-3000:]
+  assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+  _, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err[-3000:]
+  # The first run's files are its own, as if it had run alone.
+  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == load_config(
+      "mlp").learning_rate
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
+  assert _history(tmp_path) == uninterrupted["metrics"]
+  assert not (tmp_path / ".lock").exists()  # released at the end

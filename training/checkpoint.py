@@ -7,17 +7,26 @@ RNG key, the config that produced it, and what inference needs to know of the da
 class names). Orbax writes each checkpoint to a temporary directory and renames it when complete,
 so a process killed mid-save leaves no checkpoint that a restart would read; the restart deletes
 such leftovers.
+
+A save that cannot be written (a full disk, a lost mount) surfaces wherever orbax reports it: at
+the `save` that starts it, at the next `save`, at `wait` or at `close`. Each of them raises the
+same `CheckpointWriteError` (a ConfigError: one `error:` line on the command line) that says what
+failed, the free space, and the last committed checkpoint, which is left intact; the partial
+temporary directory is removed, and orbax's and tensorstore's reports of the failure (logged
+tracebacks from their threads, "Event loop is closed") are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
-import traceback
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -26,7 +35,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from training import runtime
-from training.errors import ConfigError
+from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
 from training.steps import TrainState
 
 BEST_METRIC = "validation/accuracy"
@@ -48,6 +57,15 @@ class ConfigChangedError(CheckpointMismatchError):
 class DamagedCheckpointError(ConfigError):
   """A committed checkpoint whose files cannot be read (a disk fault, a stray edit)."""
 
+
+class CheckpointWriteError(WorkdirWriteError):
+  """A checkpoint could not be written (a full disk, a lost mount); the committed ones are intact
+  and the partial one was removed."""
+
+
+# Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
 # Config fields that may differ when a run resumes: where things are and how often they are
 # logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
 # other change would continue one run with another's settings, or hand back a finished run's
@@ -55,7 +73,7 @@ class DamagedCheckpointError(ConfigError):
 RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
-                     "progress_bar", "test_every_epoch")  # and every checkpoint.* field
+                     "progress_bar", "test_every_epoch", "report")  # and checkpoint.*
 
 
 # What orbax and tensorstore raise on unreadable files and metadata.
@@ -88,48 +106,79 @@ def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[N
     raise explain(cause) from e
 
 
+def _library_dirs() -> tuple[str, ...]:
+  return tuple(os.path.dirname(m.__file__) + os.sep for m in (
+      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
+
+
 def _from_orbax(e: BaseException | None) -> bool:
   """Whether `e` came from orbax or tensorstore: it, or an exception it wraps, was raised in
-  their Python code, or it was set on a future by tensorstore's native code (it has no frames)."""
+  their Python code, or it was set on a future by tensorstore's native code (it has no frames).
+  Walks the frames without reading source files: it also runs while Python shuts down."""
   if e is not None and e.__traceback__ is None:
     return True
-  dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in (
-      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
-  while e is not None:
-    if any(f.filename.startswith(dirs) for f in traceback.extract_tb(e.__traceback__)):
-      return True
-    e = e.__cause__ or e.__context__
+  dirs = _library_dirs()
+  seen = 0
+  while e is not None and seen < 20:
+    tb = e.__traceback__
+    while tb is not None:
+      if tb.tb_frame.f_code.co_filename.startswith(dirs):
+        return True
+      tb = tb.tb_next
+    e, seen = e.__cause__ or e.__context__, seen + 1
   return False
 
 
 def _quiet_orphaned_reads() -> None:
-  """When a restore fails, tensorstore's reads of the other arrays finish on their own, and each
-  reports its failure ("Event loop is closed" once orbax's loop is gone, or the read error
-  itself) through sys.excepthook, threading.excepthook, sys.unraisablehook or asyncio's log:
-  screens of tracebacks under the one clear error. Drop just those."""
+  """When a restore or a save fails, tensorstore's reads or writes of the other arrays finish on
+  their own, and each reports its failure ("Event loop is closed" once orbax's loop is gone, or
+  the read or write error itself) through sys.excepthook, threading.excepthook,
+  sys.unraisablehook or asyncio's log, and orbax's threads log it with a traceback: screens of
+  tracebacks under the one clear error that `restore` or `save`/`wait`/`close` raise. Drop just
+  those."""
   if getattr(sys.excepthook, "quiets_orphaned_reads", False):
-    return  # installed by an earlier restore
+    return  # installed by an earlier Checkpointer
   loop_closed = lambda e: isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-  # Read errors are dropped only where nobody could have caught them, and only orbax's own: an
-  # unrelated error reported the same way (a __del__ that fails) still shows. Orbax's wrapper of
-  # a failed chunk read does not always keep its cause: it is known by its message.
-  orphaned = lambda e: loop_closed(e) or (_from_orbax(e) and (
-      _read_error(e) is not None or str(e).startswith("Encountered error while reading array")))
+  # Dropped only where nobody could have caught them, and only orbax's own: an unrelated error
+  # reported the same way (a __del__ that fails) still shows. What matters of a failed read or
+  # write reaches the caller through `restore`, or `wait` (which every save goes through).
+  orphaned = lambda e: loop_closed(e) or _from_orbax(e)
 
   def unless(drop, previous, exception_of):
     def hook(*args):
-      if not drop(exception_of(*args)):
+      try:
+        dropped = drop(exception_of(*args))
+      except Exception:  # never let the filter itself fail (it may run at shutdown)
+        dropped = False
+      if not dropped:
         previous(*args)
     hook.quiets_orphaned_reads = True
     return hook
 
   sys.excepthook = unless(loop_closed, sys.excepthook, lambda kind, value, tb: value)
-  threading.excepthook = unless(loop_closed, threading.excepthook, lambda a: a.exc_value)
+  threading.excepthook = unless(orphaned, threading.excepthook, lambda a: a.exc_value)
   sys.unraisablehook = unless(orphaned, sys.unraisablehook, lambda a: a.exc_value)
   # Whatever asyncio logs of them ("exception was never retrieved", or "unhandled exception
   # during asyncio.run() shutdown" with orbax 0.11.17) was caught by nobody.
   logging.getLogger("asyncio").addFilter(
       lambda r: not (r.exc_info and orphaned(r.exc_info[1])))
+  # Orbax's threads log the failure of a save (each thread it went through, with a traceback)
+  # before `wait` raises it; that raise is what the user sees, as one CheckpointWriteError.
+  dirs = _library_dirs()
+  logging.getLogger("absl").addFilter(
+      lambda r: not (r.levelno >= logging.ERROR and r.pathname.startswith(dirs)
+                     and r.exc_info and r.exc_info[1] is not None
+                     and _from_orbax(r.exc_info[1])))
+
+
+def _join_orbax_threads(timeout_s: float) -> None:
+  """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
+  would recreate files of the partial checkpoint after it was removed)."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread() and not thread.daemon
+        and type(thread).__module__.startswith("orbax.")):
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -160,6 +209,9 @@ class Checkpointer:
     """`config` None opens the workdir read-only (for evaluation and prediction)."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.config, self.dataset_info = config, dataset_info
+    self._saving: int | None = None  # the step of the last save started, until waited for
+    self._failed: CheckpointWriteError | None = None  # a failed save, once raised
+    self._state_bytes = 0  # the size of a checkpoint's arrays
     if config is None:
       if not os.path.isdir(self.directory):
         raise ConfigError(f"No checkpoints in {self.directory}: train first with "
@@ -185,6 +237,7 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "dataset": ocp.JsonCheckpointHandler()})
+    _quiet_orphaned_reads()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -196,14 +249,82 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
+    """Starts writing a checkpoint of `state` (asynchronously, after the previous one is
+    complete). Raises CheckpointWriteError if this one or the previous one cannot be written."""
+    if self._failed:
+      raise self._failed
+    self._wait()  # orbax's save would wait for it too; this tells which step failed
     step = int(state.step)
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)),
-        config=ocp.args.JsonSave(self.config.to_dict()),
-        dataset=ocp.args.JsonSave(self.dataset_info or {})),
-        metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
+    tree = _state_tree(state)
+    self._state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree))
+    self._saving = step
+    with self._write_errors():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree),
+          config=ocp.args.JsonSave(self.config.to_dict()),
+          dataset=ocp.args.JsonSave(self.dataset_info or {})),
+          metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
+
+  def _wait(self) -> None:
+    if self._saving is not None:
+      with self._write_errors():
+        self.manager.wait_until_finished()
+      self._saving = None
+
+  @contextlib.contextmanager
+  def _write_errors(self) -> Iterator[None]:
+    """Re-raises a failure of the save in flight as one CheckpointWriteError."""
+    try:
+      yield
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except BaseException as e:
+      if isinstance(e, CheckpointWriteError):
+        raise
+      raise self._write_failed(e) from e
+
+  def _write_failed(self, e: BaseException) -> CheckpointWriteError:
+    """Removes the partial checkpoint; the error names the cause, the free space and the way on."""
+    step, self._saving = self._saving, None
+    _join_orbax_threads(timeout_s=60)  # its other writes of the failed save are still under way
+    removed = self._remove_partial()
+    committed = [s for s in self._committed() if s != step]
+    size = (f"; a checkpoint of this run takes about {mib(self._state_bytes)}"
+            if self._state_bytes else "")
+    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    way_on = (f"The last committed checkpoint (step {max(committed)}) is intact: free some space "
+              "or fix the file system, then re-run the same command to resume from it."
+              if committed else
+              "No checkpoint was committed yet: free some space or fix the file system (or pass "
+              "another --workdir), then re-run the same command; it starts from the beginning.")
+    self._failed = CheckpointWriteError(
+        f"Could not write {what} to {self.directory}: {os_reason(e)} "
+        f"({free_space(self.directory)} on that file system{size})."
+        f"{' The partial checkpoint was removed.' if removed else ''}\n{way_on}")
+    return self._failed
+
+  def _remove_partial(self) -> bool:
+    """Deletes the temporary directories of unfinished saves (process 0 of several: they are
+    shared). Whether any was there."""
+    if jax.process_index() != 0:
+      return False
+    found = glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN))
+    for attempt in range(3):  # a write still in flight may add a file as the tree goes
+      for path in glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
+        shutil.rmtree(path, ignore_errors=True)
+      if not glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
+        break
+      time.sleep(0.1 * (attempt + 1))
+    return bool(found)
+
+  def _committed(self) -> list[int]:
+    """The steps of the committed checkpoints on disk."""
+    try:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    except OSError:
+      return []
 
   def read_json(self, step: int, item: str) -> dict[str, Any]:
     """The `config` or `dataset` item saved with checkpoint `step`."""
@@ -290,7 +411,21 @@ class Checkpointer:
           "(its config is saved beside it).")
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; raises CheckpointWriteError if it failed (once: after that,
+    a failure already raised is not raised again)."""
+    if not self._failed:
+      self._wait()
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the save in flight (raising its failure, if not raised yet) and closes."""
+    try:
+      self.wait()
+    finally:
+      if self._failed:
+        with contextlib.suppress(Exception):  # orbax re-raises the failure already reported
+          self.manager.close()
+      elif self.config is None:  # read-only: nothing was written
+        self.manager.close()
+      else:
+        with self._write_errors():
+          self.manager.close()

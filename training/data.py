@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from training import runtime
-from training.errors import ConfigError, DataNotFoundError
+from training.errors import ConfigError, DataCorruptError, DataNotFoundError
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
 
@@ -73,6 +73,28 @@ def _missing_data_error(name: str, data_dir: str) -> DataNotFoundError:
       f"  * prepare it once (needs network and TensorFlow, which training itself never imports):\n"
       f"      pip install tensorflow-cpu && tfds build {name} --file_format=array_record "
       f"--data_dir={data_dir}")
+
+
+def _split_files(builder, split: str) -> list[str]:
+  try:
+    return sorted(os.path.join(builder.data_dir, f) for f in os.listdir(builder.data_dir)
+                  if f.startswith(f"{builder.name}-{split}."))
+  except OSError:
+    return []
+
+
+def _damaged_data_error(builder, split: str, data_dir: str, e: BaseException) -> DataCorruptError:
+  """Names the split's file(s) and how to prepare them again."""
+  files = _split_files(builder, split)
+  what = (files[0] if len(files) == 1 else f"one of {', '.join(files)}" if files else
+          f"the {split} split in {builder.data_dir}")
+  reason = (str(e).splitlines() or [""])[0][:300] or type(e).__name__
+  return DataCorruptError(
+      f"The prepared {builder.name!r} data cannot be read: {what} is damaged or incomplete "
+      f"({reason}).\nPrepare it again (needs network and TensorFlow, which training itself never "
+      f"imports): pip install tensorflow-cpu && tfds build {builder.name} "
+      f"--file_format=array_record --data_dir={data_dir} --overwrite\nor copy an intact "
+      f"prepared {builder.name}/ folder into {data_dir}.")
 
 
 def _builder(name: str, data_dir: str):
@@ -137,11 +159,21 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
   except Exception as e:  # tfds raises several types (NotImplementedError, AssertionError, ...)
     if not builder.is_prepared():  # tfds' own message is then about another file format
       raise _missing_data_error(builder.name, data_dir) from e
+    # array_record's reader fails on a damaged file with a RuntimeError (tfds' NotImplementedError,
+    # a RuntimeError too, is about the file format).
+    if (isinstance(e, (OSError, RuntimeError)) and not isinstance(e, NotImplementedError)
+        and _split_files(builder, split)):
+      raise _damaged_data_error(builder, split, data_dir, e) from e
     raise DataNotFoundError(
         f"Dataset {builder.name!r} in {builder.data_dir} cannot be read without TensorFlow (tfds "
         f"said: {e}).\nIt must be prepared in the array_record format: tfds build "
         f"{builder.name} --file_format=array_record --data_dir=<another folder>") from e
-  images, labels = _decode(source)
+  try:
+    images, labels = _decode(source)
+  except (RuntimeError, OSError, ValueError) as e:
+    # array_record (riegeli) raises RuntimeError for a damaged, truncated or missing file;
+    # decoding a damaged image raises the others.
+    raise _damaged_data_error(builder, split, data_dir, e) from e
   if path:
     _write_cache(path, images, labels, fingerprint)
   return images, labels

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Iterator, Sequence, TextIO
 
 import jax
 import ml_collections
 import numpy as np
 
-from training import checkpoint, distributed, images, loop, metrics as metrics_lib, optim, steps
+from training import builders, checkpoint, distributed, images, metrics as metrics_lib, optim, steps
 from training.errors import ConfigError
 
 SPLITS = ("test", "validation", "train")
@@ -60,7 +61,7 @@ def restore(workdir: str, which: str = "best") -> Restored:
                         f"of the steps {sorted(available)}.")
     config = ml_collections.ConfigDict(_tuples(ckpt.read_json(step, "config")))
     info = ckpt.read_json(step, "dataset")
-    model = loop.build_model(config, info["num_classes"])
+    model = builders.build_model(config, info["num_classes"])
     tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=1))
     key = jax.random.PRNGKey(0)
     state = steps.create_train_state(model, tx, tuple(info["image_shape"]), key, key,
@@ -82,7 +83,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   config.max_train_examples = 0
   if data_dir:
     config.data_dir = data_dir
-  ds = loop.load_data(config)
+  ds = builders.load_data(config)
   part = {"test": ds.test, "validation": ds.validation, "train": ds.train}[split]
   if part is None:
     raise ConfigError("This run was trained without a validation split "
@@ -94,52 +95,103 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   result = metrics_lib.summarize(driver.evaluate(state, *driver.put_eval(part.images,
                                                                          part.labels)))
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)
-  loop.log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}, "
+  builders.log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}, "
            f"on {ds.name}/{split}:")
-  loop.log(metrics_lib.format_report(result, ds.class_names).replace("test:", f"{split}:", 1))
+  builders.log(metrics_lib.format_report(result, ds.class_names).replace("test:", f"{split}:", 1))
   with open(os.path.join(workdir, f"eval_{split}_step{r.step}.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
 
 
-def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: bool = False,
-            fit: str | None = None, top: int = 3) -> list[dict[str, Any]]:
-  """Label and class probabilities for each image file."""
+PREDICT_BATCH = 256  # files read and scored at a time: memory does not grow with their number
+
+
+def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
+                     invert: bool = False, fit: str | None = None, top: int = 3,
+                     batch_size: int = PREDICT_BATCH) -> Iterator[dict[str, Any]]:
+  """For each image file, in order, as soon as its batch is scored: its label and class
+  probabilities, or {"file", "error"} for a file that cannot be used (missing, unreadable, over
+  PIL's size limit); the others go on. "warnings" lists why a label may mean nothing (a blank
+  or tiny image, dark ink on a light background without `invert`)."""
   if not paths:
     raise ConfigError("Give the image files to classify, e.g. `python train.py --mode=predict "
                       "--workdir=runs/cnn digit.png`.")
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise ConfigError(f"No such file(s): {', '.join(missing)}.")
   r = restore(workdir, which)
   info = r.dataset_info
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
     fit = "digit" if info["name"] == "mnist" else "resize"
-  loaded = [images.load(p, shape, invert=invert, fit=fit) for p in paths]
-  batch = np.stack([array for array, _ in loaded])
-  logits = jax.jit(lambda s, x: s.apply_fn(s.eval_variables(), steps.preprocess(x),
-                                           train=False))(r.state, batch)
-  probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+  if fit not in images.FITS:
+    raise ConfigError(f"Unknown fit {fit!r}; choose one of {', '.join(images.FITS)}.")
   names = [str(n) for n in info["class_names"]]
-  out = []
-  for path, p, (_, light) in zip(paths, probs, loaded):
-    order = np.argsort(-p)[:top]
-    out.append({"file": path, "label": int(order[0]), "class_name": names[order[0]],
-                "probability": float(p[order[0]]),
-                "top": [(names[i], float(p[i])) for i in order],
-                "probabilities": p.tolist(),
-                "light_background": light and not invert})
-  return out
+  apply = jax.jit(lambda s, x: jax.nn.softmax(
+      s.apply_fn(s.eval_variables(), steps.preprocess(x), train=False), axis=-1))
+  batch = np.zeros((batch_size, *shape), np.uint8)  # one shape: compiled once
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    loaded: list[images.Loaded | images.ImageError] = []
+    for i, path in enumerate(chunk):
+      try:
+        loaded.append(images.read(path, shape, invert=invert, fit=fit))
+        batch[i] = loaded[-1].array
+      except images.ImageError as e:
+        loaded.append(e)
+    probs = np.asarray(apply(r.state, batch), np.float64)
+    for path, item, p in zip(chunk, loaded, probs):
+      if isinstance(item, images.ImageError):
+        yield {"file": path, "error": str(item)}
+        continue
+      order = np.argsort(-p)[:top]
+      notes = list(item.warnings)
+      if item.light and not invert:
+        notes.append("light background: dark ink on paper needs --invert")
+      yield {"file": path, "label": int(order[0]), "class_name": names[order[0]],
+             "probability": float(p[order[0]]),
+             "top": [(names[i], float(p[i])) for i in order],
+             "probabilities": p.tolist(),
+             "light_background": item.light and not invert,
+             "warnings": notes}
+
+
+def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: bool = False,
+            fit: str | None = None, top: int = 3) -> list[dict[str, Any]]:
+  """`iter_predictions` as a list: one entry per file, failures ({"file", "error"}) included."""
+  return list(iter_predictions(workdir, paths, which, invert, fit, top))
+
+
+def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
+                    invert: bool = False, fit: str | None = None, out: TextIO | None = None,
+                    err: TextIO | None = None) -> list[dict[str, Any]]:
+  """--mode=predict: prints each file's prediction as its batch is scored (stdout), and each file
+  that cannot be used as an `error:` line (stderr), then goes on; returns those failures."""
+  out, err = out or sys.stdout, err or sys.stderr
+  width = max(len(p) for p in paths) if paths else 0
+  failures = []
+  for p in iter_predictions(workdir, paths, which, invert, fit):
+    if "error" in p:
+      failures.append(p)
+      out.flush()
+      print(f"error: {p['error']}", file=err, flush=True)
+    else:
+      print(format_prediction(p, width), file=out)
+  return failures
+
+
+def format_prediction(p: dict[str, Any], width: int = 0) -> str:
+  if "error" in p:
+    return f"{p['file']:<{width}}  error: {p['error']}"
+  notes = p.get("warnings")
+  if notes is None:  # a prediction made before warnings were listed
+    notes = ["light background: dark ink on paper needs --invert"] if p.get(
+        "light_background") else []
+  return (f"{p['file']:<{width}}  {p['class_name']:>6}  p={p['probability']:.4f}   top: "
+          + ", ".join(f"{name} {_percent(prob)}" for name, prob in p["top"])
+          + (f"   ({'; '.join(notes)})" if notes else ""))
 
 
 def format_predictions(predictions: Sequence[dict[str, Any]]) -> str:
   width = max(len(p["file"]) for p in predictions)
-  return "\n".join(
-      f"{p['file']:<{width}}  {p['class_name']:>6}  p={p['probability']:.4f}   top: "
-      + ", ".join(f"{name} {_percent(prob)}" for name, prob in p["top"])
-      + ("   (light background: dark ink on paper needs --invert)"
-         if p["light_background"] else "") for p in predictions)
+  return "\n".join(format_prediction(p, width) for p in predictions)
 
 
 def _percent(p: float) -> str:

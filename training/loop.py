@@ -19,11 +19,12 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from training import builders, checkpoint, data, distributed, metrics as metrics_lib, optim, steps
-from training.builders import (build_model, load_data, log, param_count, step_options,  # noqa: F401
-                               validate)
+from training import (builders, checkpoint, data, distributed, errors, metrics as metrics_lib,
+                      optim, steps)
+from training.builders import log, param_count
 from training.errors import ConfigError, NonFiniteLossError, Preempted
 from training.signals import StopOnSignal
+from training.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class _Run:
   steps_per_epoch: int
   shuffle_key: jax.Array
   ckpt: checkpoint.Checkpointer | None = None
+  lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
   writer: metrics_lib.MetricWriter | None = None
   arrays: dict[str, Any] = dataclasses.field(default_factory=dict)  # device-resident splits
   start_step: int = 0
@@ -52,11 +54,17 @@ class _Run:
     return jax.process_index() == 0
 
   def close(self) -> None:
-    if self.writer:
-      self.writer.close()
-    if self.ckpt:
-      self.ckpt.wait()  # a save in flight completes even when training stops with an error
-      self.ckpt.close()
+    try:
+      try:
+        if self.writer:
+          self.writer.close()
+      finally:
+        if self.ckpt:
+          self.ckpt.wait()  # a save in flight completes even when training stops with an error
+          self.ckpt.close()
+    finally:
+      if self.lock:
+        self.lock.release()
 
 
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
@@ -78,6 +86,14 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
         "there, and no checkpoint from that step on was saved. Try a lower "
         "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
         f"--config.dtype=float32 if you use bfloat16.{resume}")
+
+
+def _write_file(workdir: str, name: str, text: str) -> None:
+  try:
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text)
+  except OSError as e:  # a full disk: one clear line, as for checkpoints and metrics
+    raise errors.workdir_write_error(name, workdir, e) from e
 
 
 def _learning_rates(schedule, total_steps: int) -> np.ndarray:
@@ -117,7 +133,6 @@ def _resume(run: _Run, state: steps.TrainState, workdir: str
   """Opens the workdir's checkpoints and restores the latest: (state, the config's changes since
   it, or None for a fresh run). Refusals leave the workdir as it was."""
   config = run.config
-  os.makedirs(workdir, exist_ok=True)
   run.ckpt = checkpoint.Checkpointer(workdir, config, run.ds.info())
   if run.ckpt.latest_step() is None:
     return state, None
@@ -135,10 +150,11 @@ def _resume(run: _Run, state: steps.TrainState, workdir: str
 def _open_outputs(run: _Run, state: steps.TrainState, changes: dict[str, str] | None) -> None:
   """The metric writer, config.json, the data on the devices, and the run's opening lines."""
   config, ds, workdir = run.config, run.ds, run.workdir
-  run.writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None and run.primary)
+  # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
+  run.writer = metrics_lib.MetricWriter(workdir, enabled=workdir is not None and run.primary,
+                                        resume_step=None if changes is None else run.start_step)
   if workdir is not None and run.primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
     run.writer.write_text("config", str(config))
   run.arrays["train"] = run.driver.put_train(ds.train.images, ds.train.labels)
   if ds.validation:
@@ -183,6 +199,10 @@ def _setup(config: ml_collections.ConfigDict, workdir: str | None
   state, run = _build(config, builders.load_data(config))
   changes = None
   try:
+    if workdir is not None:  # taken before anything in the workdir is read or written
+      run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
+      if run.lock.note:
+        log(run.lock.note)
     if workdir is not None and config.checkpoint.enabled:
       state, changes = _resume(run, state, workdir)
     run.workdir, run.start_step = workdir, int(state.step)
@@ -201,7 +221,10 @@ class _Progress:
   def __init__(self, run: _Run, epoch: int, first: int):
     self.run = run
     self.pending: list[tuple[steps.Metrics, int]] = []  # (a call's metrics, its real steps)
-    self.sums, self.count = {"loss": 0.0, "accuracy": 0.0}, 0
+    self.count = 0  # steps trained in this process
+    # (steps, means) of each log record of the epoch, those before a resume read back from
+    # metrics.jsonl: the epoch's means come out as an uninterrupted run's, to the bit.
+    self.logged = _logged_before(run, epoch, first) if first else []
     self.bar = tqdm(total=run.steps_per_epoch, initial=first,
                     desc=f"epoch {epoch}/{run.config.num_epochs}", unit="step", leave=False,
                     disable=not (run.config.progress_bar and run.primary), mininterval=0.5)
@@ -215,10 +238,9 @@ class _Progress:
     n = len(stacked["loss"])
     ckpt = self.run.ckpt
     _check_finite(stacked, step - n + 1, ckpt is not None and ckpt.latest_step() is not None)
-    for k in self.sums:
-      self.sums[k] += float(stacked[k].sum())
     self.count += n
     means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
+    self.logged.append((n, means))
     means["train/learning_rate"] = float(self.run.learning_rates[step - 1])
     self.run.writer.write(step, means)
     self.bar.set_postfix(loss=f"{means['train/loss']:.4f}", refresh=False)
@@ -227,6 +249,21 @@ class _Progress:
 
   def close(self) -> None:
     self.bar.close()
+
+  def epoch_means(self) -> dict[str, float]:
+    total = sum(n for n, _ in self.logged)
+    return {k: sum(n * means[k] for n, means in self.logged) / total
+            for k in ("train/loss", "train/accuracy")}
+
+
+def _logged_before(run: _Run, epoch: int, first: int) -> list[tuple[int, dict[str, float]]]:
+  """The log records of `epoch` up to its step `first`, where this run resumed, with the number
+  of steps each covers."""
+  epoch_start = (epoch - 1) * run.steps_per_epoch
+  records = [r for r in metrics_lib.read_records(run.workdir) if "epoch" not in r
+             and "train/loss" in r and epoch_start < r["step"] <= epoch_start + first]
+  steps_before = [epoch_start] + [r["step"] for r in records[:-1]]
+  return [(r["step"] - before, r) for r, before in zip(records, steps_before)]
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -272,7 +309,7 @@ def _end_epoch(run: _Run, state: steps.TrainState, epoch: int, first: int, progr
                t_epoch: float) -> dict[str, float]:
   """Evaluates after an epoch, logs its line and record, and returns its metrics."""
   config, train_time = run.config, time.time() - t_epoch
-  m = {f"train/{k}": v / progress.count for k, v in progress.sums.items()}
+  m = progress.epoch_means()
   line = (f"epoch {epoch:>3}/{config.num_epochs}  train loss {m['train/loss']:.4f} "
           f"acc {m['train/accuracy']:.2%}"
           + (f" (steps {first + 1}-{run.steps_per_epoch}, after the resume)" if first else ""))
@@ -330,8 +367,7 @@ def _finish(run: _Run, state: steps.TrainState, history: list[dict[str, Any]],
     run.writer.write(run.total_steps, {f"test/{k}": test[k]
                                        for k in ("loss", "accuracy", "macro_f1")})
     run.writer.write_text("test_report", report)
-    with open(os.path.join(run.workdir, "test_metrics.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    _write_file(run.workdir, "test_metrics.json", json.dumps(summary, indent=2))
   return summary
 
 
@@ -361,9 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     run.t_train = time.time()
     state = _train(run, state, history)
     summary = _finish(run, state, history, t_start)
+    if config.report and run.ckpt is not None and run.primary and jax.process_count() == 1:
+      run.ckpt.wait()  # the report reads the last checkpoint
+      _write_report(workdir, run.ds)
   finally:
     run.close()
-  if config.report and run.ckpt is not None and run.primary and jax.process_count() == 1:
-    _write_report(workdir, run.ds)
   log(f"done in {summary['time/total_s']:.1f}s: test accuracy {summary['test']['accuracy']:.2%}")
   return state, summary

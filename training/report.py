@@ -12,7 +12,7 @@ finished run, one still running, or a killed one. `write_comparison(workdirs, ou
 overlays several runs' curves and tabulates the settings in which they differ and their results;
 it needs no checkpoint and no data.
 
-It imports `training.inference` (and so the loop) only when called, so the loop can call it.
+It imports `training.inference` only when called.
 matplotlib is imported only when figures are drawn, never with `training`. Figures are drawn on
 matplotlib's Agg canvas directly (no pyplot, no display, and the process-wide backend is left
 alone, so a notebook that calls this keeps its own). Every failure is a `ReportError`, which
