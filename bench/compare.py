@@ -1,14 +1,19 @@
 """Side by side, in one run, on whatever backend is present: this project's trainer, the same
-network and hyperparameters in PyTorch (data already on the device, plain loop), and the common
-JAX recipe (host numpy batches, one jitted step per batch).
+network and hyperparameters in PyTorch (data already on the device, plain loop), the same again
+as an expert runs PyTorch ("pytorch compiled": the whole train step under torch.compile; on GPU
+also bf16 autocast, channels_last, fused Adam and CUDA graphs; see bench/trainers.py), and the
+common JAX recipe (host numpy batches, one jitted step per batch).
 
     python bench/compare.py --config=configs/cnn.py [--epochs=5] [--repeats=1]
+        [--trainers="pytorch,pytorch compiled"]
 
 Each trainer runs in a fresh subprocess, one after another, so wall time and peak memory are its
 own. All evaluate the full test split after every epoch. Prints one table: compile (first epoch
-minus the median of the others), steady-state epoch time (median), images/s, time from the start
+minus the median of the others; n/a for a 1-epoch run, where it cannot be told apart), steady-state
+epoch time (median; with 1 epoch, that epoch, compilation included), images/s, time from the start
 of training to the first test evaluation >= 99.0%, time from process start to the first step,
-whole-process wall time, peak resident memory. With --repeats > 1, medians over the repeats.
+whole-process wall time, peak resident memory, and images/s relative to plain and to compiled
+PyTorch. With --repeats > 1, medians over the repeats.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINERS = ("this project", "pytorch", "jax recipe")
+TRAINERS = ("this project", "pytorch", "pytorch compiled", "jax recipe")
 TARGET = 0.99
 
 
@@ -45,8 +50,9 @@ def _child(trainer: str, config_path: str, epochs: int) -> dict:
 def _row(r: dict) -> dict:
   epochs = r["epoch_s"]
   steady = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
+  compile_s = epochs[0] - steady if len(epochs) > 1 else None  # 1 epoch: not separable
   reach = next((t for t, acc in r["evals"] if acc >= TARGET), None)
-  return {"compile_s": epochs[0] - steady, "epoch_s": steady, "images_per_s": r["examples"] / steady,
+  return {"compile_s": compile_s, "epoch_s": steady, "images_per_s": r["examples"] / steady,
           "to_99_s": reach, "first_step_s": r["first_step_s"], "wall_s": r["wall_s"],
           "peak_rss_mib": r["peak_rss_mib"], "final_acc": r["evals"][-1][1]}
 
@@ -70,24 +76,25 @@ def main() -> None:
       print(f"  ran {t}: {rows[t][-1]}", file=sys.stderr)
 
   med = {t: {k: _median([x[k] for x in rs]) for k in rs[0]} for t, rs in rows.items()}
-  ref = med.get("pytorch")
+  refs = [(name, med[name]) for name in ("pytorch", "pytorch compiled") if name in med]
   print(f"\n{args.config}, {backend}, medians of {args.repeats} run(s)\n")
   cols = [("compile_s", "compile s", ".1f"), ("epoch_s", "epoch s", ".2f"),
           ("images_per_s", "images/s", ",.0f"), ("to_99_s", "to 99% s", ".1f"),
           ("first_step_s", "1st step s", ".1f"), ("wall_s", "wall s", ".1f"),
           ("peak_rss_mib", "peak MiB", ",.0f"), ("final_acc", "test acc", ".2%")]
-  header = f"| {'trainer':<13}| " + " | ".join(c[1] for c in cols)
-  header += " | speed vs pytorch |" if ref else " |"
-  print(header)
-  print("|" + "---|" * (len(cols) + 1 + bool(ref)))
+  ref_names = {"pytorch": "speed vs pytorch", "pytorch compiled": "vs compiled"}
+  width = max(len("trainer"), *map(len, med))
+  print(f"| {'trainer':<{width}} | " + " | ".join([c[1] for c in cols]
+                                                + [ref_names[n] for n, _ in refs]) + " |")
+  print("|" + "---|" * (len(cols) + 1 + len(refs)))
   for t, m in med.items():
     cells = [("n/a" if m[k] is None else format(m[k], f)) for k, _, f in cols]
-    line = f"| {t:<13}| " + " | ".join(cells)
-    if ref:
-      line += f" | {m['images_per_s'] / ref['images_per_s']:.2f}x |"
-    else:
-      line += " |"
-    print(line)
+    cells += [f"{m['images_per_s'] / ref['images_per_s']:.2f}x" for _, ref in refs]
+    print(f"| {t:<{width}} | " + " | ".join(cells) + " |")
+  if any(m["compile_s"] is None for m in med.values()):
+    print("\n1-epoch run: compilation cannot be told apart from training, so \"compile s\" is "
+          "n/a and\n\"epoch s\", images/s and the speed ratios include it; \"to 99% s\" and "
+          "\"wall s\" compare\nwhole runs.")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"config": args.config, "device": backend, "runs": rows, "medians": med}, f,
