@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training import augment, distributed, loop, optim, steps, train_and_evaluate
+from training import augment, builders, distributed, optim, steps, train_and_evaluate
 
 from conftest import load_config, shrink
 
@@ -46,7 +46,7 @@ def test_random_affine_is_per_image_seeded_and_bounded():
 
 def _state_and_batch(ema: bool):
   config = load_config("cnn")
-  model = loop.build_model(config, num_classes=10)
+  model = builders.build_model(config, num_classes=10)
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=10))
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   state = steps.create_train_state(model, tx, (28, 28, 1), k1, k2, ema=ema)
