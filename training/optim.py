@@ -23,18 +23,27 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
     warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=end)
   if config.schedule == "onecycle":
-    return optax.cosine_onecycle_schedule(total, lr)
+    pct_start = config.get("onecycle_pct_start", 0.3)
+    if not 0.0 <= pct_start < 1.0:
+      raise ConfigError(f"onecycle_pct_start is the share of the steps spent rising to the peak "
+                        f"and must be in [0, 1), got {pct_start}.")
+    return optax.cosine_onecycle_schedule(total, lr, pct_start=pct_start)
   raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
   name, wd = config.optimizer, config.weight_decay
+  # Configs saved before these fields existed (in older checkpoints) used optax's defaults.
+  b1, b2 = config.get("adam_b1", 0.9), config.get("adam_b2", 0.999)
+  for field, value in (("adam_b1", b1), ("adam_b2", b2)):
+    if not 0.0 <= value < 1.0:
+      raise ConfigError(f"{field} is a moment decay rate and must be in [0, 1), got {value}.")
   if name == "adamw":
-    opt = optax.adamw(schedule, weight_decay=wd, mask=_decay_mask)
+    opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=wd, mask=_decay_mask)
   elif name in ("sgd", "momentum", "adam"):
     if name == "adam":
-      opt = optax.adam(schedule)
+      opt = optax.adam(schedule, b1=b1, b2=b2)
     else:
       opt = optax.sgd(schedule, momentum=config.momentum if name == "momentum" else None,
                       nesterov=config.nesterov and name == "momentum")
