@@ -235,7 +235,7 @@ def _run_train(workdir, data_cache) -> str:
 
 
 def _committed(workdir) -> list[int]:
-  ckpt = Checkpointer(str(workdir))  # read-only: does not touch what the kill left
+  ckpt = Checkpointer.reader(str(workdir))  # does not touch what the kill left
   try:
     return ckpt.all_steps()
   finally:
@@ -307,3 +307,16 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(
   assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
   assert _history(tmp_path) == uninterrupted["metrics"]
   assert not (tmp_path / ".lock").exists()  # released at the end
+
+
+def test_a_reader_says_it_is_one_and_cannot_save(mock_mnist, tmp_path):
+  with pytest.raises(TypeError, match=r"Checkpointer.reader\(workdir\)"):
+    Checkpointer(str(tmp_path), None)  # no config: not silently read-only
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  reader = Checkpointer.reader(str(tmp_path))
+  try:
+    assert reader.all_steps()
+    with pytest.raises(TypeError, match="opened read-only"):
+      reader.save(None)
+  finally:
+    reader.close()

@@ -204,9 +204,13 @@ def _shapes(tree: Any) -> dict[str, tuple]:
 class Checkpointer:
   """Saves asynchronously (the step waits only for the device-to-host copy) and restores."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None,
-               dataset_info: dict[str, Any] | None = None):
-    """`config` None opens the workdir read-only (for evaluation and prediction)."""
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None,
+               dataset_info: dict[str, Any] | None = None, *, read_only: bool = False):
+    """For a run that writes `workdir`: its config and dataset info go into every checkpoint.
+    `Checkpointer.reader(workdir)` opens one to read only."""
+    if (config is None) != read_only:
+      raise TypeError("A Checkpointer writes with the run's config, or reads without one: use "
+                      "Checkpointer(workdir, config, dataset_info) or Checkpointer.reader(workdir).")
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.config, self.dataset_info = config, dataset_info
     self._saving: int | None = None  # the step of the last save started, until waited for
@@ -248,9 +252,18 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  @classmethod
+  def reader(cls, workdir: str) -> "Checkpointer":
+    """`workdir`'s checkpoints, read-only (evaluation, prediction, reports, export): it writes
+    and deletes nothing, not even the leftovers of an interrupted save, and cannot save."""
+    return cls(workdir, None, read_only=True)
+
   def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
     """Starts writing a checkpoint of `state` (asynchronously, after the previous one is
     complete). Raises CheckpointWriteError if this one or the previous one cannot be written."""
+    if self.config is None:
+      raise TypeError(f"The checkpoints in {self.directory} were opened read-only "
+                      "(Checkpointer.reader): nothing can be saved through this Checkpointer.")
     if self._failed:
       raise self._failed
     self._wait()  # orbax's save would wait for it too; this tells which step failed

@@ -272,7 +272,7 @@ def _test_accuracy(workdir: str, step: int) -> tuple[float | None, str]:
   if not os.path.isfile(final):
     return None, f"not measured: no test_metrics.json in the workdir ({measure})"
   accuracy = _read_accuracy(final, "test")
-  ckpt = checkpoint.Checkpointer(workdir)
+  ckpt = checkpoint.Checkpointer.reader(workdir)
   try:
     latest = ckpt.latest_step()
   finally:

@@ -42,7 +42,7 @@ def _tuples(x: Any) -> Any:
 
 def restore(workdir: str, which: str = "best") -> Restored:
   """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number)."""
-  ckpt = checkpoint.Checkpointer(workdir)
+  ckpt = checkpoint.Checkpointer.reader(workdir)
   try:
     available = ckpt.all_steps()
     if not available:

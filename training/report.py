@@ -623,7 +623,7 @@ def _checkpoint_params(workdir: str) -> int | None:
   try:
     import jax
     from training import checkpoint
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = checkpoint.Checkpointer.reader(workdir)
     try:
       step = ckpt.latest_step()
       meta = ckpt.manager.item_metadata(step)["state"] if step is not None else None
