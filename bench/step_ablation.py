@@ -89,14 +89,8 @@ def _matmul_warp():
 
 def _set(fields: dict) -> Callable:
   """An edit that sets config fields by dotted name: {"augment.shift": 0.0}."""
-  def edit(config):
-    for k, v in fields.items():
-      *path, last = k.split(".")
-      node = config
-      for p in path:
-        node = node[p]
-      node[last] = v
-  return edit
+  from training import builders
+  return lambda config: builders.set_fields(config, fields)
 
 
 @dataclasses.dataclass(frozen=True)

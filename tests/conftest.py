@@ -32,12 +32,8 @@ def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Con
   c.update(num_epochs=1, batch_size=16, eval_batch_size=32, max_train_examples=64,
            max_eval_examples=48, progress_bar=False, cache_dir="none", log_every_steps=2,
            report=False)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  from training import builders  # imports JAX: after the settings above
+  builders.set_fields(c, overrides)
   return c
 
 

@@ -117,6 +117,16 @@ def check_workdir(workdir: str) -> None:
                       "writable directory with --workdir=...") from e
 
 
+def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:
+  """Sets fields by dotted name, in place: {"augment.shift": 0.0, "num_epochs": 1}."""
+  for name, value in fields.items():
+    *groups, leaf = name.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[leaf] = value
+
+
 def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
   return data.load(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                    validation_fraction=config.validation_fraction, split_seed=config.split_seed,

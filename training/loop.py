@@ -68,7 +68,7 @@ class _Run:
 
 
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
-                  has_checkpoint: bool = False) -> None:
+                  ckpt: checkpoint.Checkpointer | None = None) -> None:
   """Stops on a NaN or infinite loss or gradient norm (an overflowing norm is divergence too),
   naming the first step where either went."""
   bad = []
@@ -80,7 +80,8 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
   if bad:
     index, what, value = min(bad, key=lambda b: b[0])
     resume = (" To continue this run's last checkpoint with such changes, add "
-              "--config.checkpoint.allow_config_changes=True." if has_checkpoint else "")
+              "--config.checkpoint.allow_config_changes=True."
+              if ckpt is not None and ckpt.latest_step() is not None else "")
     raise NonFiniteLossError(
         f"The training {what} became {value} at step {first_step + index}. Training stopped "
         "there, and no checkpoint from that step on was saved. Try a lower "
@@ -236,8 +237,7 @@ class _Progress:
     stacked = {k: np.concatenate([np.atleast_1d(m[k])[:n] for m, (_, n)
                                   in zip(fetched, self.pending)]) for k in fetched[0]}
     n = len(stacked["loss"])
-    ckpt = self.run.ckpt
-    _check_finite(stacked, step - n + 1, ckpt is not None and ckpt.latest_step() is not None)
+    _check_finite(stacked, step - n + 1, self.run.ckpt)
     self.count += n
     means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
     self.logged.append((n, means))
