@@ -14,9 +14,10 @@ from training import runtime
 
 # Two test workers on one GPU must not each grab most of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The same CPU settings as train.py, before any test starts JAX's backend.
+# The same CPU settings and library-noise filters as train.py, before any test starts JAX's backend.
 runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()
+runtime.quiet_library_noise()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_NAMES = configs.names()

@@ -134,11 +134,11 @@ def test_a_damaged_checkpoint_is_named_with_the_way_back_to_the_previous_one(moc
 
 
 def test_quieting_orphaned_reads_keeps_other_errors_reported():
-  """After a restore, only orbax's orphaned reads are dropped: any other error reported the same
+  """Only orbax's orphaned reads are dropped: any other error reported the same
   way (here a failing __del__, with a read error's type) still shows."""
   code = """if True:
-    from training import checkpoint
-    checkpoint._quiet_orphaned_reads()
+    from training import runtime
+    runtime.quiet_library_noise()
     class Leaky:
       def __del__(self):
         raise ValueError("a bug elsewhere")

@@ -12,19 +12,19 @@ A save that cannot be written (a full disk, a lost mount) surfaces wherever orba
 the `save` that starts it, at the next `save`, at `wait` or at `close`. Each of them raises the
 same `CheckpointWriteError` (a ConfigError: one `error:` line on the command line) that says what
 failed, the free space, and the last committed checkpoint, which is left intact; the partial
-temporary directory is removed, and orbax's and tensorstore's reports of the failure (logged
-tracebacks from their threads, "Event loop is closed") are dropped.
+temporary directory is removed. Orbax's and tensorstore's own reports of the failure (logged
+tracebacks from their threads, "Event loop is closed") are dropped by the filters that
+`runtime.quiet_library_noise` installs at start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
-import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -34,17 +34,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from training import runtime
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
 from training.steps import TrainState
 
 BEST_METRIC = "validation/accuracy"
-
-# Orbax warns about what this module does on purpose: mid-epoch saves have no validation
-# accuracy, and evaluation opens the checkpoints read-only.
-runtime.drop_library_warnings("did not provide metrics", "read_only=True",
-                              "directory is read only")
-
 
 class CheckpointMismatchError(ConfigError):
   """The workdir's checkpoint was written by a model of other shapes."""
@@ -106,71 +99,6 @@ def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[N
     raise explain(cause) from e
 
 
-def _library_dirs() -> tuple[str, ...]:
-  return tuple(os.path.dirname(m.__file__) + os.sep for m in (
-      ocp, sys.modules.get("tensorstore")) if m is not None and getattr(m, "__file__", None))
-
-
-def _from_orbax(e: BaseException | None) -> bool:
-  """Whether `e` came from orbax or tensorstore: it, or an exception it wraps, was raised in
-  their Python code, or it was set on a future by tensorstore's native code (it has no frames).
-  Walks the frames without reading source files: it also runs while Python shuts down."""
-  if e is not None and e.__traceback__ is None:
-    return True
-  dirs = _library_dirs()
-  seen = 0
-  while e is not None and seen < 20:
-    tb = e.__traceback__
-    while tb is not None:
-      if tb.tb_frame.f_code.co_filename.startswith(dirs):
-        return True
-      tb = tb.tb_next
-    e, seen = e.__cause__ or e.__context__, seen + 1
-  return False
-
-
-def _quiet_orphaned_reads() -> None:
-  """When a restore or a save fails, tensorstore's reads or writes of the other arrays finish on
-  their own, and each reports its failure ("Event loop is closed" once orbax's loop is gone, or
-  the read or write error itself) through sys.excepthook, threading.excepthook,
-  sys.unraisablehook or asyncio's log, and orbax's threads log it with a traceback: screens of
-  tracebacks under the one clear error that `restore` or `save`/`wait`/`close` raise. Drop just
-  those."""
-  if getattr(sys.excepthook, "quiets_orphaned_reads", False):
-    return  # installed by an earlier Checkpointer
-  loop_closed = lambda e: isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-  # Dropped only where nobody could have caught them, and only orbax's own: an unrelated error
-  # reported the same way (a __del__ that fails) still shows. What matters of a failed read or
-  # write reaches the caller through `restore`, or `wait` (which every save goes through).
-  orphaned = lambda e: loop_closed(e) or _from_orbax(e)
-
-  def unless(drop, previous, exception_of):
-    def hook(*args):
-      try:
-        dropped = drop(exception_of(*args))
-      except Exception:  # never let the filter itself fail (it may run at shutdown)
-        dropped = False
-      if not dropped:
-        previous(*args)
-    hook.quiets_orphaned_reads = True
-    return hook
-
-  sys.excepthook = unless(loop_closed, sys.excepthook, lambda kind, value, tb: value)
-  threading.excepthook = unless(orphaned, threading.excepthook, lambda a: a.exc_value)
-  sys.unraisablehook = unless(orphaned, sys.unraisablehook, lambda a: a.exc_value)
-  # Whatever asyncio logs of them ("exception was never retrieved", or "unhandled exception
-  # during asyncio.run() shutdown" with orbax 0.11.17) was caught by nobody.
-  logging.getLogger("asyncio").addFilter(
-      lambda r: not (r.exc_info and orphaned(r.exc_info[1])))
-  # Orbax's threads log the failure of a save (each thread it went through, with a traceback)
-  # before `wait` raises it; that raise is what the user sees, as one CheckpointWriteError.
-  dirs = _library_dirs()
-  logging.getLogger("absl").addFilter(
-      lambda r: not (r.levelno >= logging.ERROR and r.pathname.startswith(dirs)
-                     and r.exc_info and r.exc_info[1] is not None
-                     and _from_orbax(r.exc_info[1])))
-
-
 def _join_orbax_threads(timeout_s: float) -> None:
   """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
   would recreate files of the partial checkpoint after it was removed)."""
@@ -181,9 +109,11 @@ def _join_orbax_threads(timeout_s: float) -> None:
       thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _state_tree(state: TrainState) -> dict[str, Any]:
-  return {"params": state.params, "opt_state": state.opt_state,
-          "batch_stats": state.batch_stats, "step": state.step, "rng": state.rng, "ema": state.ema}
+def _state_tree(state: Any) -> dict[str, Any]:
+  """A train state's arrays as one tree, {field: value}: every field but the static ones (the
+  apply function and the optimizer, which are code), for any task's state dataclass."""
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if f.metadata.get("pytree_node", True)}
 
 
 def _key_name(key: Any) -> str:
@@ -241,7 +171,6 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "dataset": ocp.JsonCheckpointHandler()})
-    _quiet_orphaned_reads()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -356,15 +285,12 @@ class Checkpointer:
     """`state` (freshly initialized) gives the expected shapes and shardings."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
-    _quiet_orphaned_reads()  # before the reads: a failed one's orphans report at once
     with _read_errors_as(lambda cause: self._damaged(step, cause)):
       self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
-    return state.replace(params=restored["params"], opt_state=restored["opt_state"],
-                         batch_stats=restored["batch_stats"], step=restored["step"],
-                         rng=restored["rng"], ema=restored["ema"])
+    return state.replace(**restored)
 
   def _damaged(self, step: int, cause: BaseException) -> DamagedCheckpointError:
     """Names the step and the way out; the files are left as they are, for a look or a rescue."""
