@@ -13,7 +13,9 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # --- Data ---
-  c.dataset = "mnist"  # any tfds image-classification dataset prepared in array_record format
+  # Any tfds image-classification dataset prepared in array_record format, or folder:/path for a
+  # directory of images in one subfolder per class (docs/data.md).
+  c.dataset = "mnist"
   # Where the prepared tfds data lives; unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   c.data_dir = config_dict.placeholder(str)
   # Decoded arrays are cached here after the first load (unset: ~/.cache/mnist_flax/datasets;
@@ -24,6 +26,20 @@ def base() -> ml_collections.ConfigDict:
   # Caps for quick runs and tests: use at most this many examples (0 = all).
   c.max_train_examples = 0
   c.max_eval_examples = 0
+  # Keep only these classes (comma-separated names or indices, e.g. "0,1,2" or "cat,dog"; "" =
+  # all), relabelled 0..k-1 in the order given, in every split.
+  c.classes = ""
+  # Few-shot: at most N training examples per class (0 = all), a reproducible choice seeded by
+  # split_seed, made after the validation carve so validation is unchanged.
+  c.max_per_class = 0
+  # For --config.dataset=folder:/path (docs/data.md): how its images become model inputs.
+  c.folder = ml_collections.ConfigDict()
+  c.folder.image_size = 28  # every image is resized to image_size x image_size
+  c.folder.channels = 1  # 1 (grey) or 3 (RGB)
+  c.folder.test_fraction = 0.1  # share of each class held out for testing when there is no test/
+
+  # What is learnt (training/tasks/): classify (the nets classifiers) or gan (configs/dcgan.py).
+  c.task = "classify"
 
   # --- Model: `name` picks the architecture; the other fields are its module fields ---
   c.model = ml_collections.ConfigDict()
@@ -58,6 +74,13 @@ def base() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_epochs = 10
   c.seed = 0  # parameter init, shuffling and dropout
+
+  # --- Fine-tuning (docs/finetuning.md) ---
+  # Start from another run's checkpoint: "DIR", "DIR:best", "DIR:latest" or "DIR:STEP" ("": off).
+  c.init_from = ""
+  # Regex (re.search) on parameter paths such as "Conv_0/kernel": those get no updates ("": none).
+  c.freeze = ""
+  c.init_lr_multiplier = 1.0  # scales the learning rate of the parameters init_from loaded
 
   # --- Checkpoints (orbax, in <workdir>/checkpoints; re-running resumes from the latest) ---
   c.checkpoint = ml_collections.ConfigDict()

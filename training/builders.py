@@ -29,7 +29,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_steps": 1,
              "checkpoint.every_epochs": 1, "checkpoint.keep": 1, "checkpoint.every_steps": 0,
              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
-             "max_train_examples": 0, "max_eval_examples": 0, "weight_decay": 0.0,
+             "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
+             "folder.image_size": 1, "weight_decay": 0.0,
              "grad_clip_norm": 0.0}
 
 
@@ -59,7 +60,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.augment[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
                         f"{config.augment[field]}.")
+  data.check_options(config.dataset, config.classes, config.folder.to_dict())
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+  from training import tasks  # its modules build through this one
+  tasks.check(config)
+  from training import finetune  # it restores checkpoints through inference, which needs us
+  finetune.validate(config)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -131,7 +137,10 @@ def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
   return data.load(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                    validation_fraction=config.validation_fraction, split_seed=config.split_seed,
                    max_train_examples=config.max_train_examples,
-                   max_eval_examples=config.max_eval_examples)
+                   max_eval_examples=config.max_eval_examples,
+                   # .get: configs saved in checkpoints before these fields existed lack them
+                   classes=config.get("classes", ""), max_per_class=config.get("max_per_class", 0),
+                   folder=config.folder.to_dict() if "folder" in config else None)
 
 
 def param_count(params: Any) -> int:

@@ -18,15 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from training import runtime
 from training.errors import ConfigError, DataCorruptError, DataNotFoundError
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
-
-# tfds recommends OpenCV for faster PNG decoding on every uncached load, though the images are
-# decoded once and then cached; and it warns of a missing dataset_info.json (in a version folder
-# that may not exist) above our own error, which says what is missing and how to get it.
-runtime.drop_library_warnings("OpenCV is not installed", "has no dataset_info.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +174,10 @@ def load_split(builder, split: str, cache_dir: str, data_dir: str) -> tuple[np.n
 
 
 def _write_cache(path: str, images: np.ndarray, labels: np.ndarray, fingerprint: str) -> None:
+  write_npz(path, images=images, labels=labels, fingerprint=np.asarray(fingerprint))
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
   """Writes then renames, so a killed process never leaves a truncated cache behind. A cache that
   cannot be written costs the next start a decode, not this run: it is a warning."""
   tmp = None
@@ -187,7 +185,7 @@ def _write_cache(path: str, images: np.ndarray, labels: np.ndarray, fingerprint:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, images=images, labels=labels, fingerprint=np.asarray(fingerprint))
+      np.savez(f, **arrays)
     os.replace(tmp, path)
   except OSError as e:
     logging.warning("Could not write the decoded-data cache %s (%s); later runs will decode the "
@@ -206,18 +204,50 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | None = None,
-         validation_fraction: float = 0.1, split_seed: int = 0, max_train_examples: int = 0,
-         max_eval_examples: int = 0) -> Dataset:
-  """Loads `name` from tfds into host memory as uint8 arrays.
+FOLDER_PREFIX = "folder:"  # --config.dataset=folder:/path reads a directory of images
 
-  `cache_dir`: None means the default cache, "none" or "" disables it.
-  """
-  data_dir = resolve_data_dir(data_dir)
+
+def check_options(name: str, classes: str, folder: dict | None = None) -> None:
+  """What can be checked of the data options before anything is read (builders.validate)."""
+  parse_classes(classes)
+  if name.startswith(FOLDER_PREFIX):
+    from training import folder as folder_lib  # only folder runs need Pillow's decoders
+    folder_lib.check(name[len(FOLDER_PREFIX):], **(folder or {}))
+
+
+def _resolve_cache_dir(cache_dir: str | None) -> str:
+  """None means the default cache; "none" or "" disables it."""
   if cache_dir is None:
     cache_dir = DEFAULT_CACHE_DIR
-  if cache_dir.lower() == "none":
-    cache_dir = ""
+  return "" if cache_dir.lower() == "none" else cache_dir
+
+
+def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | None = None,
+         validation_fraction: float = 0.1, split_seed: int = 0, max_train_examples: int = 0,
+         max_eval_examples: int = 0, classes: str = "", max_per_class: int = 0,
+         folder: dict | None = None) -> Dataset:
+  """Loads `name` (a tfds dataset, or "folder:/path": see training/folder.py) into host memory as
+  uint8 arrays; keeps `classes` and at most `max_per_class` training examples of each (`select`),
+  then applies the max_*_examples caps.
+
+  `cache_dir`: None means the default cache, "none" or "" disables it. `folder`: the
+  config's folder options (image_size, channels, test_fraction).
+  """
+  check_options(name, classes, folder)
+  cache_dir = _resolve_cache_dir(cache_dir)
+  if name.startswith(FOLDER_PREFIX):
+    from training import folder as folder_lib
+    ds = folder_lib.load(name[len(FOLDER_PREFIX):], cache_dir=cache_dir,
+                         validation_fraction=validation_fraction, split_seed=split_seed,
+                         **(folder or {}))
+  else:
+    ds = _load_tfds(name, resolve_data_dir(data_dir), cache_dir, validation_fraction, split_seed)
+  ds = select(ds, classes, max_per_class, split_seed)
+  return _cap(ds, max_train_examples, max_eval_examples)
+
+
+def _load_tfds(name: str, data_dir: str, cache_dir: str, validation_fraction: float,
+               split_seed: int) -> Dataset:
   builder = _builder(name, data_dir)
   features = builder.info.features
   if "image" not in features or "label" not in features:
@@ -226,18 +256,10 @@ def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | N
 
   images, labels = load_split(builder, "train", cache_dir, data_dir)
   train_idx, val_idx = carve_validation(len(labels), validation_fraction, split_seed)
-  if max_train_examples:
-    train_idx = train_idx[:max_train_examples]
-  if max_eval_examples:
-    val_idx = val_idx[:max_eval_examples]
   train = Split(images[train_idx], labels[train_idx], train_idx)
   validation = Split(images[val_idx], labels[val_idx], val_idx) if len(val_idx) else None
-
   test_images, test_labels = load_split(builder, "test", cache_dir, data_dir)
-  test_idx = np.arange(len(test_labels))
-  if max_eval_examples:
-    test_idx = test_idx[:max_eval_examples]
-  test = Split(test_images[test_idx], test_labels[test_idx], test_idx)
+  test = Split(test_images, test_labels, np.arange(len(test_labels)))
 
   label = features["label"]
   image_shape = tuple(features["image"].shape)
@@ -247,3 +269,95 @@ def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | N
   return Dataset(name=name, train=train, validation=validation, test=test,
                  num_classes=label.num_classes, class_names=list(label.names),
                  image_shape=image_shape)
+
+
+def _head(split: Split | None, n: int) -> Split | None:
+  """The first `n` examples of `split` (all when n is 0)."""
+  if split is None or not n:
+    return split
+  return Split(split.images[:n], split.labels[:n], split.indices[:n])
+
+
+def _cap(ds: Dataset, max_train_examples: int, max_eval_examples: int) -> Dataset:
+  """The quick-run caps: the first examples of each split (in their sorted order)."""
+  return dataclasses.replace(ds, train=_head(ds.train, max_train_examples),
+                             validation=_head(ds.validation, max_eval_examples),
+                             test=_head(ds.test, max_eval_examples))
+
+
+def parse_classes(classes: str) -> list[str]:
+  """The comma-separated entries of --config.classes, checked for empty and repeated ones."""
+  if not classes.strip():
+    return []
+  entries = [c.strip() for c in classes.split(",")]
+  if "" in entries:
+    raise ConfigError(f"classes={classes!r} has an empty entry; give comma-separated class "
+                      "names or indices, e.g. --config.classes=0,1,2.")
+  repeated = sorted({c for c in entries if entries.count(c) > 1})
+  if repeated:
+    raise ConfigError(f"classes={classes!r} names {', '.join(repeated)} more than once; give "
+                      "each class once.")
+  if len(entries) < 2:
+    raise ConfigError(f"classes={classes!r} keeps a single class, and a classifier needs at "
+                      "least two; give two or more, or \"\" for all.")
+  return entries
+
+
+def class_indices(classes: str, class_names: Sequence[str], dataset: str) -> list[int]:
+  """The dataset's indices of the entries of `classes`: a class name, else an index."""
+  names = [str(n) for n in class_names]
+  indices = []
+  for entry in parse_classes(classes):
+    if entry in names:
+      indices.append(names.index(entry))
+    elif entry.isdigit() and int(entry) < len(names):
+      indices.append(int(entry))
+    else:
+      raise ConfigError(f"Unknown class {entry!r} in --config.classes; {dataset} has the classes "
+                        f"{', '.join(names)} (names, or indices 0-{len(names) - 1}).")
+  if len(set(indices)) < len(indices):
+    raise ConfigError(f"classes={classes!r} names the same class twice (by name and by index).")
+  return indices
+
+
+def _keep(split: Split | None, mapping: np.ndarray) -> Split | None:
+  """The examples of `split` whose class is kept, relabelled by `mapping` (old -> new, -1: drop)."""
+  if split is None:
+    return None
+  mask = mapping[split.labels] >= 0
+  return Split(split.images[mask], mapping[split.labels[mask]].astype(np.int32),
+               split.indices[mask])
+
+
+def per_class_positions(split: Split, n: int, seed: int) -> np.ndarray:
+  """Sorted positions of at most `n` examples of each class of `split`. Each example's rank is a
+  seeded random key of its index in the source split, so the choice depends only on the seed and
+  `n` (not on the other classes), and the choice for n + 1 contains the one for n."""
+  if not len(split):
+    return np.zeros((0,), np.int64)
+  keys = np.random.default_rng([seed, 1]).random(int(split.indices.max()) + 1)[split.indices]
+  chosen = []
+  for c in np.unique(split.labels):
+    members = np.flatnonzero(split.labels == c)
+    chosen.append(members[np.argsort(keys[members], kind="stable")[:n]])
+  return np.sort(np.concatenate(chosen))
+
+
+def select(ds: Dataset, classes: str = "", max_per_class: int = 0, seed: int = 0) -> Dataset:
+  """`ds` with only `classes` (names or indices, comma-separated; "" = all), relabelled 0..k-1 in
+  the order given, in every split; and at most `max_per_class` training examples of each class
+  (0 = all), chosen reproducibly from `seed` (validation and test are left whole)."""
+  if classes.strip():
+    indices = class_indices(classes, ds.class_names, ds.name)
+    mapping = np.full(ds.num_classes, -1, np.int64)
+    mapping[indices] = np.arange(len(indices))
+    validation = _keep(ds.validation, mapping)
+    ds = dataclasses.replace(
+        ds, train=_keep(ds.train, mapping), test=_keep(ds.test, mapping),
+        validation=validation if validation is not None and len(validation) else None,
+        num_classes=len(indices), class_names=[ds.class_names[i] for i in indices])
+  if max_per_class:
+    keep = per_class_positions(ds.train, max_per_class, seed)
+    ds = dataclasses.replace(ds, train=Split(ds.train.images[keep], ds.train.labels[keep],
+                                             ds.train.indices[keep]))
+  return ds

@@ -16,7 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from training import builders, checkpoint, distributed, images, metrics as metrics_lib, optim, steps
+from training import (builders, checkpoint, distributed, images, metrics as metrics_lib, optim,
+                      steps, tasks)
 from training.errors import ConfigError
 
 SPLITS = ("test", "validation", "train")
@@ -40,32 +41,40 @@ def _tuples(x: Any) -> Any:
   return x
 
 
-def restore(workdir: str, which: str = "best") -> Restored:
-  """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number)."""
+def choose_step(ckpt: checkpoint.Checkpointer, which: str = "best") -> tuple[int, str]:
+  """(step, "best" | "latest" | "step") of the checkpoint `which` names (see `restore`)."""
+  available = ckpt.all_steps()
+  if not available:
+    raise ConfigError(f"No complete checkpoint in {ckpt.directory}; train first (or let the "
+                      "run reach its first checkpoint).")
+  if which == "latest":
+    return ckpt.latest_step(), which
+  if which == "best":
+    step = ckpt.best_step()
+    if step is None:  # trained without a validation split: nothing ranks the checkpoints
+      return ckpt.latest_step(), "latest"
+    return step, which
+  if which.isdigit() and int(which) in available:
+    return int(which), "step"
+  raise ConfigError(f"No checkpoint {which!r} in {ckpt.directory}; use best, latest or one "
+                    f"of the steps {sorted(available)}.")
+
+
+def restore(workdir: str, which: str = "best", task: str = "classify") -> Restored:
+  """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number) of a
+  run of `task` (another task's run is refused: its state and uses differ)."""
   ckpt = checkpoint.Checkpointer.reader(workdir)
   try:
-    available = ckpt.all_steps()
-    if not available:
-      raise ConfigError(f"No complete checkpoint in {ckpt.directory}; train first (or let the "
-                        "run reach its first checkpoint).")
-    if which == "latest":
-      step = ckpt.latest_step()
-    elif which == "best":
-      step = ckpt.best_step()
-      if step is None:  # trained without a validation split: nothing ranks the checkpoints
-        step, which = ckpt.latest_step(), "latest"
-    elif which.isdigit() and int(which) in available:
-      step, which = int(which), "step"
-    else:
-      raise ConfigError(f"No checkpoint {which!r} in {ckpt.directory}; use best, latest or one "
-                        f"of the steps {sorted(available)}.")
+    step, which = choose_step(ckpt, which)
     config = ml_collections.ConfigDict(_tuples(ckpt.read_json(step, "config")))
+    if tasks.name_of(config) != task:
+      use = "--mode=sample" if tasks.name_of(config) == "gan" else "--mode=evaluate or predict"
+      raise ConfigError(f"{workdir} holds a {tasks.name_of(config)} run ({config.model.name}), "
+                        f"and a {task} run is needed here; for that run use {use}.")
     info = ckpt.read_json(step, "dataset")
-    model = builders.build_model(config, info["num_classes"])
-    tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=1))
     key = jax.random.PRNGKey(0)
-    state = steps.create_train_state(model, tx, tuple(info["image_shape"]), key, key,
-                                     ema=config.ema_decay > 0)
+    state = tasks.get(config, info["num_classes"], info["image_shape"]).init_state(
+        optim.make_schedule(config, steps_per_epoch=1), key, key)
     state = ckpt.restore(state, step)
   finally:
     ckpt.close()
@@ -124,6 +133,8 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
   if fit not in images.FITS:
     raise ConfigError(f"Unknown fit {fit!r}; choose one of {', '.join(images.FITS)}.")
   names = [str(n) for n in info["class_names"]]
+  # A folder's images keep their own background, which the model learnt: no --invert note.
+  ink_note = not str(info["name"]).startswith("folder:")
   apply = jax.jit(lambda s, x: jax.nn.softmax(
       s.apply_fn(s.eval_variables(), steps.preprocess(x), train=False), axis=-1))
   batch = np.zeros((batch_size, *shape), np.uint8)  # one shape: compiled once
@@ -143,13 +154,14 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
         continue
       order = np.argsort(-p)[:top]
       notes = list(item.warnings)
-      if item.light and not invert:
+      light = item.light and not invert and ink_note
+      if light:
         notes.append("light background: dark ink on paper needs --invert")
       yield {"file": path, "label": int(order[0]), "class_name": names[order[0]],
              "probability": float(p[order[0]]),
              "top": [(names[i], float(p[i])) for i in order],
              "probabilities": p.tolist(),
-             "light_background": item.light and not invert,
+             "light_background": light,
              "warnings": notes}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any, Callable
+
 import jax
 import ml_collections
 import optax
@@ -31,8 +34,46 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
-                   ) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   loaded: Callable[[str], bool] | None = None) -> optax.GradientTransformation:
+  """The config's optimizer. With `freeze`, parameters whose path matches it get no update at
+  all (no weight decay either, and no clipping share); with `init_lr_multiplier`, the updates of
+  the parameters `loaded(path)` says were loaded by init_from are scaled by it (None: all).
+
+  The optimizer state's structure depends on the config alone, so a checkpoint of a fine-tuning
+  run restores without knowing which parameters were loaded."""
+  opt = _base_optimizer(config, schedule)
+  # .get: configs saved in checkpoints before these fields existed lack them.
+  multiplier = config.get("init_lr_multiplier", 1.0)
+  if multiplier != 1.0:
+    opt = optax.chain(opt, _scale_by_path(
+        lambda path: multiplier if loaded is None or loaded(path) else 1.0))
+  if config.get("freeze", ""):
+    pattern = re.compile(config.freeze)
+    opt = optax.multi_transform(
+        {"trained": opt, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if pattern.search(param_path(path)) else "trained", params))
+  return opt
+
+
+def param_path(path: tuple[Any, ...]) -> str:
+  """A parameter's tree path as freeze and init_from name it: "Conv_0/kernel"."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _scale_by_path(factor: Callable[[str], float]) -> optax.GradientTransformation:
+  """Multiplies each update by `factor(its path)`. Stateless, unlike a multi_transform of the
+  loaded and the new parameters, so the state does not depend on which were loaded."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * factor(param_path(path)), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
+                    ) -> optax.GradientTransformation:
   name, wd = config.optimizer, config.weight_decay
   # Configs saved before these fields existed (in older checkpoints) used optax's defaults.
   b1, b2 = config.get("adam_b1", 0.9), config.get("adam_b2", 0.999)
