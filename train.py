@@ -7,6 +7,7 @@
     python train.py --mode=report runs/cnn runs/mlp [--workdir=runs/comparison]   # runs compared
     python train.py --mode=export --workdir=runs/cnn [--output=DIR]   # jax.export + ONNX models
     python train.py --config=configs/cnn.py --mode=show    # the settings and the model, untrained
+    python train.py --mode=sample --workdir=runs/cgan [--label=7] [--num=64]   # a GAN's samples
 
 Multi-host: run the same command on every host, adding --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I (or --distributed where the cluster is detected: TPU pod slices,
@@ -30,14 +31,16 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cnn.p
                                 "the models).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard events and checkpoints go "
                     "(default: runs/<config file name>).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "export", "show"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "export", "show",
+                                    "sample"],
                   "train (resumes from the workdir's checkpoints); show: the --config's fields "
                   "with their comments, its model's layers and the registered models; evaluate a "
                   "trained workdir, "
                   "predict the classes of the image files given as arguments, or report: "
                   "figures and report.html of --workdir, or the runs given as arguments compared "
                   "(into --workdir, default runs/comparison); export: a checkpoint as files "
-                  "that run without this code (jax.export, ONNX; see docs/export.md).")
+                  "that run without this code (jax.export, ONNX; see docs/export.md); sample: a "
+                  "PNG grid of a trained GAN's images.")
 flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export: best (by validation "
                     "accuracy), latest, or a step number.")
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
@@ -53,7 +56,12 @@ flags.DEFINE_bool("distributed", False, "Multi-process, with the processes detec
 flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all processes to connect.")
 flags.DEFINE_enum("fit", None, ["digit", "resize"], "predict: how images of another size are "
                   "fitted: digit (MNIST's box-and-centre; default for mnist) or resize.")
-flags.DEFINE_string("output", None, "export: the directory (default <workdir>/export).")
+flags.DEFINE_string("output", None, "export: the directory (default <workdir>/export); sample: "
+                    "the PNG file (default <workdir>/samples/sample_....png).")
+flags.DEFINE_integer("label", None, "sample: the class to draw (a conditional GAN); default: "
+                     "every class in turn.")
+flags.DEFINE_integer("num", 64, "sample: how many images.")
+flags.DEFINE_integer("sample_seed", 0, "sample: the noise's seed.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing export in --output.")
 
 
@@ -163,6 +171,10 @@ def _run(argv: list[str]) -> None:
     from training import export
     print(export.format_summary(export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output,
                                               FLAGS.overwrite)))
+  elif FLAGS.mode == "sample":
+    from training.tasks import gan
+    print(gan.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,
+                     FLAGS.sample_seed))
   elif FLAGS.mode == "show":
     from training import show
     print(show.show(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))

@@ -23,15 +23,18 @@ class ModelConfigError(ValueError):
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+_KINDS: dict[str, str] = {}  # name -> "classifier", "gan", ...
 _discovered = False
 
 
-def register(name: str, factory: ModelFactory) -> ModelFactory:
-  """Registers `factory` (a module class or a `functools.partial` of one) under `name`."""
+def register(name: str, factory: ModelFactory, kind: str = "classifier") -> ModelFactory:
+  """Registers `factory` (a module class or a `functools.partial` of one) under `name`, as a
+  model of `kind` ("classifier": images -> logits; "gan": see nets/gan.py)."""
   existing = _REGISTRY.get(name)
   if existing is not None and _qualname(existing) != _qualname(factory):
     raise ValueError(f"Model name {name!r} is already registered to {_qualname(existing)}.")
   _REGISTRY[name] = factory
+  _KINDS[name] = kind
   return factory
 
 
@@ -50,10 +53,16 @@ def _discover() -> None:
     _discovered = True
 
 
-def names() -> list[str]:
-  """All registered model names, sorted."""
+def names(kind: str | None = "classifier") -> list[str]:
+  """The registered names of models of `kind` (None: of every kind), sorted."""
   _discover()
-  return sorted(_REGISTRY)
+  return sorted(n for n in _REGISTRY if kind is None or _KINDS[n] == kind)
+
+
+def kind_of(name: str) -> str:
+  """The kind that model `name` was registered as ("classifier", "gan", ...)."""
+  get_factory(name)
+  return _KINDS[name]
 
 
 def field_names(name: str) -> list[str]:

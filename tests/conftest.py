@@ -27,6 +27,11 @@ def load_config(name: str) -> ml_collections.ConfigDict:
   return importlib.import_module(f"configs.{name}").get_config()
 
 
+# The configs of each task (training/tasks/): the classifier tests run on every classifier config.
+CLASSIFIER_CONFIGS = [n for n in CONFIG_NAMES if load_config(n).get("task", "classify") == "classify"]
+GAN_CONFIGS = [n for n in CONFIG_NAMES if load_config(n).get("task") == "gan"]
+
+
 def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """The same config on a few examples: one epoch of a few steps, no cache, no progress bar."""
   c = ml_collections.ConfigDict(config.to_dict())

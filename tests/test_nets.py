@@ -10,7 +10,7 @@ import pytest
 import nets
 from training import builders
 
-from conftest import CONFIG_NAMES, load_config
+from conftest import CLASSIFIER_CONFIGS, load_config
 
 SHAPE = (28, 28, 1)
 
@@ -65,7 +65,7 @@ def test_param_counts_match_the_architecture():
   assert builders.param_count(_init(strided)[1]["params"]) == _cnn_params((32, 64), (128,), 10)
 
 
-@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+@pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_config_builds_its_model(config_name):
   config = load_config(config_name)
   model = builders.build_model(config, num_classes=10)

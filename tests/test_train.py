@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from training import (ConfigError, DataNotFoundError, NonFiniteLossError, builders, loop, optim,
                       steps, train_and_evaluate)
 
-from conftest import CONFIG_NAMES, REPO, load_config, shrink
+from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink
 
 # Loss of the first two train steps on a fixed synthetic batch (seed 0), per config: pins the
 # model's init, the loss and the optimizer update. Re-pin only for an intended change.
@@ -34,7 +34,7 @@ GOLDEN_LOSSES = {
 }
 
 
-@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+@pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_config_trains_on_mock_data(config_name, mock_mnist, tmp_path):
   config = shrink(load_config(config_name))
   state, summary = train_and_evaluate(config, str(tmp_path))
@@ -64,7 +64,7 @@ def importlib_doc(config_name: str) -> str:
   return importlib.import_module(f"configs.{config_name}").__doc__ or ""
 
 
-@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+@pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_one_step_golden_loss(config_name):
   config = load_config(config_name)
   model = builders.build_model(config, num_classes=10)

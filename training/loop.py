@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from training import (builders, checkpoint, data, distributed, errors, metrics as metrics_lib,
-                      optim, steps)
+from training import (builders, checkpoint, data, distributed, errors, finetune,
+                      metrics as metrics_lib, optim, steps, tasks)
 from training.builders import log, param_count
 from training.errors import ConfigError, NonFiniteLossError, Preempted
 from training.signals import StopOnSignal
@@ -33,6 +33,7 @@ class _Run:
   config: ml_collections.ConfigDict
   workdir: str | None
   ds: data.Dataset
+  task: tasks.Task
   driver: steps.DeviceSteps
   learning_rates: np.ndarray  # the schedule's value at each step, computed once
   steps_per_epoch: int
@@ -69,14 +70,14 @@ class _Run:
 
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
                   ckpt: checkpoint.Checkpointer | None = None) -> None:
-  """Stops on a NaN or infinite loss or gradient norm (an overflowing norm is divergence too),
-  naming the first step where either went."""
+  """Stops on a NaN or infinite train metric, a loss or a gradient norm (an overflowing norm is
+  divergence too), naming the first step where one went."""
   bad = []
-  for name, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
-    if name in metrics:
-      where = np.flatnonzero(~np.isfinite(metrics[name]))
-      if where.size:
-        bad.append((int(where[0]), what, metrics[name][where[0]]))
+  for name, values in metrics.items():
+    where = np.flatnonzero(~np.isfinite(values))
+    if where.size:
+      what = {"grad_norm": "gradient norm"}.get(name, name.replace("_", " "))
+      bad.append((int(where[0]), what, values[where[0]]))
   if bad:
     index, what, value = min(bad, key=lambda b: b[0])
     resume = (" To continue this run's last checkpoint with such changes, add "
@@ -104,26 +105,26 @@ def _learning_rates(schedule, total_steps: int) -> np.ndarray:
 
 def _build(config: ml_collections.ConfigDict, ds: data.Dataset
            ) -> tuple[steps.TrainState, _Run]:
-  """The model, optimizer, device driver and initial state of `config` on `ds`."""
-  model = builders.build_model(config, ds.num_classes)
+  """The model, optimizer, device driver and initial state of `config` on `ds` (with
+  `init_from`'s weights, if set: a resumed run then restores its own checkpoint over them)."""
+  task = tasks.get(config, ds.num_classes, ds.image_shape)
   steps_per_epoch = len(ds.train) // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(ds.train)} training "
                       "examples; lower --config.batch_size.")
   schedule = optim.make_schedule(config, steps_per_epoch)
-  tx = optim.make_optimizer(config, schedule)
   # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
   mesh = distributed.make_mesh(config.mesh_shape, config.mesh_axes)
   driver = steps.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                              chunk=builders.steps_per_call(config),
-                             steps_per_epoch=steps_per_epoch, **builders.step_options(config))
+                             steps_per_epoch=steps_per_epoch, step=task.train_step)
   init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   try:
-    state = steps.create_train_state(model, tx, ds.image_shape, init_key, train_key,
-                                     ema=config.ema_decay > 0)
+    state = task.init_state(schedule, init_key, train_key)
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ConfigError(builders.model_error(config, ds.image_shape, e)) from e
-  run = _Run(config, None, ds, driver, _learning_rates(schedule, config.num_epochs
+  state = finetune.initialize(config, state, ds.info(), schedule)
+  run = _Run(config, None, ds, task, driver, _learning_rates(schedule, config.num_epochs
                                                        * steps_per_epoch),
              steps_per_epoch, shuffle_key)
   return driver.put(state), run
@@ -198,6 +199,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str | None
   if workdir is not None:
     builders.check_workdir(workdir)
   state, run = _build(config, builders.load_data(config))
+  run.task.start(run)  # e.g. loads what evaluation needs: its errors come before any write
   changes = None
   try:
     if workdir is not None:  # taken before anything in the workdir is read or written
@@ -236,14 +238,15 @@ class _Progress:
     fetched = jax.device_get([m for m, _ in self.pending])
     stacked = {k: np.concatenate([np.atleast_1d(m[k])[:n] for m, (_, n)
                                   in zip(fetched, self.pending)]) for k in fetched[0]}
-    n = len(stacked["loss"])
+    n = len(stacked[self.run.task.bar_key])
     _check_finite(stacked, step - n + 1, self.run.ckpt)
     self.count += n
     means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
     self.logged.append((n, means))
     means["train/learning_rate"] = float(self.run.learning_rates[step - 1])
     self.run.writer.write(step, means)
-    self.bar.set_postfix(loss=f"{means['train/loss']:.4f}", refresh=False)
+    key = self.run.task.bar_key
+    self.bar.set_postfix({key: f"{means[f'train/{key}']:.4f}"}, refresh=False)
     self.bar.update(n)
     self.pending = []
 
@@ -251,9 +254,7 @@ class _Progress:
     self.bar.close()
 
   def epoch_means(self) -> dict[str, float]:
-    total = sum(n for n, _ in self.logged)
-    return {k: sum(n * means[k] for n, means in self.logged) / total
-            for k in ("train/loss", "train/accuracy")}
+    return tasks.epoch_means(self.logged, self.run.task.epoch_keys)
 
 
 def _logged_before(run: _Run, epoch: int, first: int) -> list[tuple[int, dict[str, float]]]:
@@ -261,7 +262,7 @@ def _logged_before(run: _Run, epoch: int, first: int) -> list[tuple[int, dict[st
   of steps each covers."""
   epoch_start = (epoch - 1) * run.steps_per_epoch
   records = [r for r in metrics_lib.read_records(run.workdir) if "epoch" not in r
-             and "train/loss" in r and epoch_start < r["step"] <= epoch_start + first]
+             and f"train/{run.task.bar_key}" in r and epoch_start < r["step"] <= epoch_start + first]
   steps_before = [epoch_start] + [r["step"] for r in records[:-1]]
   return [(r["step"] - before, r) for r, before in zip(records, steps_before)]
 
@@ -310,17 +311,11 @@ def _end_epoch(run: _Run, state: steps.TrainState, epoch: int, first: int, progr
   """Evaluates after an epoch, logs its line and record, and returns its metrics."""
   config, train_time = run.config, time.time() - t_epoch
   m = progress.epoch_means()
-  line = (f"epoch {epoch:>3}/{config.num_epochs}  train loss {m['train/loss']:.4f} "
-          f"acc {m['train/accuracy']:.2%}"
-          + (f" (steps {first + 1}-{run.steps_per_epoch}, after the resume)" if first else ""))
-  if "validation" in run.arrays:
-    val = metrics_lib.summarize(run.driver.evaluate(state, *run.arrays["validation"]))
-    m.update({"validation/loss": val["loss"], "validation/accuracy": val["accuracy"]})
-    line += f"  |  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-  if config.test_every_epoch:
-    test = metrics_lib.summarize(run.driver.evaluate(state, *run.arrays["test"]))
-    m.update({"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
-    line += f"  |  test acc {test['accuracy']:.2%}"
+  evaluated, line = run.task.end_epoch(run, state, epoch, m)
+  m.update(evaluated)
+  line = (f"epoch {epoch:>3}/{config.num_epochs}  {run.task.train_line(m)}"
+          + (f" (steps {first + 1}-{run.steps_per_epoch}, after the resume)" if first else "")
+          + line)
   epoch_time = time.time() - t_epoch
   m.update({"time/epoch_s": epoch_time, "time/train_epoch_s": train_time,
             "time/elapsed_s": time.time() - run.t_train,
@@ -356,28 +351,17 @@ def _train(run: _Run, state: steps.TrainState, history: list[dict[str, Any]]
 
 def _finish(run: _Run, state: steps.TrainState, history: list[dict[str, Any]],
             t_start: float) -> dict[str, Any]:
-  """Evaluates the test split; writes the report and test_metrics.json; returns the summary."""
-  test = metrics_lib.summarize(run.driver.evaluate(state, *run.arrays["test"]))
-  report = metrics_lib.format_report(test, run.ds.class_names)
+  """The task's final evaluation; writes its report and test_metrics.json; returns the summary."""
+  test, report = run.task.finish(run, state)
   log(report)
   summary = {**(history[-1] if history else {}), "epochs": history, "test": test,
              "time/train_s": time.time() - run.t_train, "time/total_s": time.time() - t_start,
              "num_params": param_count(state.params)}
   if run.workdir is not None and run.primary:
-    run.writer.write(run.total_steps, {f"test/{k}": test[k]
-                                       for k in ("loss", "accuracy", "macro_f1")})
+    run.writer.write(run.total_steps, {f"test/{k}": test[k] for k in run.task.final_keys})
     run.writer.write_text("test_report", report)
     _write_file(run.workdir, "test_metrics.json", json.dumps(summary, indent=2))
   return summary
-
-
-def _write_report(workdir: str, ds: data.Dataset) -> None:
-  """The run's figures and report.html; a failure costs the report only, never the run."""
-  from training import report as report_lib  # matplotlib is imported only here
-  try:
-    report_lib.write_report(workdir, dataset=ds)
-  except report_lib.ReportError as e:
-    log(f"Warning: no report was written: {e}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
@@ -399,8 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     summary = _finish(run, state, history, t_start)
     if config.report and run.ckpt is not None and run.primary and jax.process_count() == 1:
       run.ckpt.wait()  # the report reads the last checkpoint
-      _write_report(workdir, run.ds)
+      run.task.write_report(workdir, run.ds)
   finally:
     run.close()
-  log(f"done in {summary['time/total_s']:.1f}s: test accuracy {summary['test']['accuracy']:.2%}")
+  log(f"done in {summary['time/total_s']:.1f}s: {run.task.headline(summary['test'])}")
   return state, summary

@@ -193,6 +193,12 @@ class MetricWriter:
       with self._write_errors("tensorboard/"):
         self._tb.add_text(tag, f"```\n{text}\n```", step)
 
+  def write_image(self, tag: str, image: Any, step: int) -> None:
+    """A uint8 (H, W, C) image to TensorBoard (a GAN's samples)."""
+    if self.enabled:
+      with self._write_errors("tensorboard/"):
+        self._tb.add_image(tag, image, step, dataformats="HWC")
+
   def close(self) -> None:
     if self.enabled:
       jsonl, tb, self.enabled = self._jsonl, self._tb, False  # closed once, even if that fails

@@ -71,15 +71,18 @@ def model_summary(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
   import jax.numpy as jnp
   from training import builders
   model = builders.build_model(config, num_classes)
-  table = model.tabulate(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False, console_kwargs={"width": 120, "force_terminal": False})
+  inputs = (jnp.zeros((1, *image_shape), jnp.float32),)
+  if nets.kind_of(config.model.name) == "gan":  # a generator's inputs: noise and a class
+    inputs = (jnp.zeros((1, model.latent_dim), jnp.float32), jnp.zeros((1,), jnp.int32))
+  table = model.tabulate(jax.random.PRNGKey(0), *inputs, train=False,
+                         console_kwargs={"width": 120, "force_terminal": False})
   return table.rstrip()
 
 
 def list_models() -> str:
   """Every registered model and the fields a config may set on it, with their defaults."""
   lines = []
-  for name in nets.names():
+  for name in nets.names(kind=None):
     factory = nets.get_factory(name)
     cls = getattr(factory, "func", factory)
     fixed = getattr(factory, "keywords", {})
@@ -87,7 +90,9 @@ def list_models() -> str:
               if f.name in nets.field_names(name)}
     settable = ", ".join(f"{k}={_default(v)}" for k, v in fields.items() if k != "num_classes")
     variant = f" (a {cls.__name__} with {', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
-    lines.append(f"  {name}{variant if fixed else ''}: {settable}")
+    kind = nets.kind_of(name)
+    lines.append(f"  {name}{variant if fixed else ''}{'' if kind == 'classifier' else f' [{kind}]'}"
+                 f": {settable}")
   return "Models (--config.model.name) and their fields (--config.model.FIELD):\n" + "\n".join(
       lines)
 

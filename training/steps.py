@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -120,7 +120,10 @@ class DeviceSteps:
   """
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
-               chunk: int = 1, steps_per_epoch: int = 0, **step_options: float):
+               chunk: int = 1, steps_per_epoch: int = 0, step: Callable | None = None,
+               **step_options: float):
+    """`step`: the task's pure train step (state, batch, rng) -> (state, metrics); by default
+    the classifier's `train_step` with `step_options`."""
     n = mesh.shape["data"]
     for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
       if size % n:
@@ -129,7 +132,7 @@ class DeviceSteps:
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
-    step = functools.partial(train_step, **step_options)
+    step = step or functools.partial(train_step, **step_options)
     evaluate = functools.partial(eval_step, num_classes=num_classes)
 
     def gather(images, labels, perm, i):

@@ -1,0 +1,38 @@
+"""DCGAN: a generator of digits from noise, trained against a strided-convolution discriminator.
+
+    python train.py --config=configs/speedrun.py --workdir=runs/speedrun   # the judge, ~20 s
+    python train.py --config=configs/dcgan.py
+
+Scored every epoch with the classifier in runs/speedrun (`--config.gan.eval_classifier`): see
+the README's table for the Frechet distance it reaches, as a multiple (%) of the train-vs-test
+reference. Samples: runs/dcgan/samples/; more with `python train.py --mode=sample
+--workdir=runs/dcgan`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = common.base()
+  c.task = "gan"
+  c.model.name = "dcgan"
+  c.model.latent_dim = 64
+  c.model.widths = (64, 32)  # the generator's channels at 7x7 and 14x14
+  c.model.d_widths = (32, 64)  # the discriminator's strided convolutions
+  c.validation_fraction = 0.0  # a GAN trains on all of train; the test images are the reference
+  c.batch_size = 64
+  c.optimizer, c.learning_rate = "adam", 2e-4
+  c.adam_b1, c.adam_b2 = 0.5, 0.999
+  c.num_epochs = 5
+  c.log_every_steps = 100
+  c.checkpoint.keep_best = 0  # no validation accuracy ranks a generator's checkpoints
+  c.gan = ml_collections.ConfigDict()
+  # A classifier workdir trained by this project; it scores the samples (training/gan_metrics.py).
+  c.gan.eval_classifier = "runs/speedrun"
+  c.gan.eval_samples = 10_000  # generated images scored after each epoch
+  c.gan.d_lr_factor = 1.0  # the discriminator's learning rate, as a multiple of the generator's
+  return c

@@ -1,0 +1,168 @@
+"""Generative adversarial networks (nets/gan.py), measured with a classifier this project trained.
+
+Every epoch the generator draws `eval_samples` images (for the conditional GAN, every class
+equally often), and `training.gan_metrics` scores them with the classifier of
+`config.eval_classifier`: the Frechet distance of its penultimate features to the test images'
+beside the train-vs-test reference, the entropy of the predicted classes, and for the
+conditional GAN how often the requested class is recognized. A grid of samples from fixed noise
+(one row per class, when conditional) goes to `<workdir>/samples/` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from training import builders, gan_metrics, gan_steps, grid, tasks
+from training.builders import log
+from training.errors import ConfigError
+
+D_COLLAPSE = 0.01  # an epoch's mean discriminator loss below this: the generator gets no signal
+LOW_ENTROPY = 2.0  # bits of the predicted-class histogram below which the samples lack classes
+
+
+class Gan(tasks.Task):
+  kind = "gan"
+  bar_key = "g_loss"
+  epoch_keys = ("d_loss", "g_loss", "d_real", "d_fake")
+
+  def __init__(self, config, num_classes, image_shape):
+    super().__init__(config, num_classes, image_shape)
+    self.conditional = bool(config.model.name == "cgan" or config.model.get("conditional"))
+    self.final_keys = ("fd", "fd_ratio", "entropy") + (("class_accuracy",)
+                                                        if self.conditional else ())
+    self.train_step = _train_step(config)
+    self.classifier = self.reference = None
+    self._generate = jax.jit(gan_steps.generate)
+
+  def init_state(self, schedule: Callable, init_key, train_key) -> gan_steps.GanState:
+    model = builders.build_model(self.config, self.num_classes)
+    if tuple(model.image_shape) != self.image_shape:
+      model = model.clone(image_shape=self.image_shape)
+    c = self.config
+    adam = lambda scale: optax.adam(lambda step: scale * schedule(step), b1=c.adam_b1,
+                                    b2=c.adam_b2)
+    return gan_steps.create_gan_state(model, adam(1.0), adam(c.gan.d_lr_factor), init_key,
+                                      train_key, ema=c.ema_decay > 0)
+
+  def start(self, run) -> None:
+    """The classifier that scores the samples, and the real images' reference statistics."""
+    self.classifier = gan_metrics.ClassifierFeatures(self.config.gan.eval_classifier)
+    if self.classifier.image_shape != self.image_shape:
+      raise ConfigError(
+          f"The classifier in {self.config.gan.eval_classifier} takes {self.classifier.image_shape}"
+          f" images, but {run.ds.name}'s are {self.image_shape}: train one on this dataset.")
+    self.reference = gan_metrics.reference(self.classifier, run.ds.train.images,
+                                           run.ds.test.images,
+                                           n=min(self.config.gan.eval_samples, len(run.ds.train)))
+
+  def train_line(self, means: dict[str, float]) -> str:
+    return (f"D loss {means['train/d_loss']:.3f} G loss {means['train/g_loss']:.3f} "
+            f"D(real) {means['train/d_real']:.2f} D(fake) {means['train/d_fake']:.2f}")
+
+  def sample(self, state, num: int, seed: int, labels: np.ndarray | None = None) -> tuple:
+    """`num` generated uint8 images (and their requested classes, cycled 0..k-1 by default),
+    from noise fixed by `seed`, in batches of 1,000."""
+    if labels is None:
+      labels = np.arange(num, dtype=np.int32) % self.num_classes
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num, state.latent_dim)))
+    images = [np.asarray(self._generate(state, z[i:i + 1000], labels[i:i + 1000]))
+              for i in range(0, num, 1000)]
+    return np.concatenate(images), labels
+
+  def measure(self, state) -> dict[str, Any]:
+    images, labels = self.sample(state, self.config.gan.eval_samples, self.config.seed + 1)
+    return gan_metrics.evaluate(self.classifier, images,
+                                self.reference, labels if self.conditional else None)
+
+  def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, float], str]:
+    _check_stability(run, epoch, means)
+    m = self.measure(state)
+    self._write_grid(run, state, epoch)
+    if m["entropy"] < LOW_ENTROPY:
+      log(f"Warning: epoch {epoch}'s samples are classified into few classes (entropy "
+          f"{m['entropy']:.2f} bits of {np.log2(self.num_classes):.2f}): mode collapse, unless training has just begun.")
+    return {f"sample/{k}": m[k] for k in self.final_keys}, f"  |  {_describe(m)}"
+
+  def _write_grid(self, run, state, epoch: int) -> None:
+    images = self.grid_images(state)
+    if run.workdir is not None and run.primary:
+      path = os.path.join(run.workdir, "samples", f"epoch_{epoch:03d}.png")
+      grid.save_grid(images, path, nrow=self.grid_columns())
+      run.writer.write_image("samples", grid.tile(images, self.grid_columns()),
+                             epoch * run.steps_per_epoch)
+
+  def grid_columns(self) -> int:
+    return 10 if self.conditional else 8
+
+  def grid_images(self, state, label: int | None = None, num: int | None = None) -> np.ndarray:
+    """The epoch grid: fixed noise, one row per class when conditional (or all of `label`)."""
+    cols = self.grid_columns()
+    num = num or (cols * self.num_classes if self.conditional and label is None else cols * 8)
+    labels = (np.full(num, label, np.int32) if label is not None
+              else np.arange(num, dtype=np.int32) // cols % self.num_classes)
+    return self.sample(state, num, self.config.seed + 2, labels)[0]
+
+  def finish(self, run, state) -> tuple[dict[str, Any], str]:
+    m = self.measure(state)
+    return m, f"samples of the final generator: {_describe(m)}"
+
+  def headline(self, test: dict[str, Any]) -> str:
+    return _describe(test)
+
+
+def _train_step(config) -> Callable:
+  return functools.partial(gan_steps.train_step, label_smoothing=config.label_smoothing,
+                           ema_decay=config.ema_decay)
+
+
+def _describe(m: dict[str, Any]) -> str:
+  text = (f"Frechet distance {m['fd']:.2f} ({m['fd_ratio']:.1f}x the train-vs-test "
+          f"{m['reference_fd']:.2f}), entropy {m['entropy']:.2f} bits")
+  if "class_accuracy" in m:
+    text += f", requested class recognized {m['class_accuracy']:.1%}"
+  return text
+
+
+def _check_stability(run, epoch: int, means: dict[str, float]) -> None:
+  """A discriminator that wins outright leaves the generator no gradient: say so, with the steps."""
+  if means["train/d_loss"] < D_COLLAPSE:
+    first = (epoch - 1) * run.steps_per_epoch + 1
+    log(f"Warning: the discriminator's loss averaged {means['train/d_loss']:.4f} over epoch "
+        f"{epoch} (steps {first}-{epoch * run.steps_per_epoch}): it tells real from generated "
+        "images perfectly and the generator learns nothing. Lower --config.gan.d_lr_factor, "
+        "raise --config.label_smoothing, or restart from an earlier checkpoint.")
+
+
+tasks.register("gan", Gan)
+
+
+def sample(workdir: str, which: str = "latest", label: int | None = None, num: int = 64,
+           output: str | None = None, seed: int = 0) -> str:
+  """`python train.py --mode=sample`: a grid of `num` samples of a trained GAN (all of class
+  `label`, or every class in turn when conditional) written to a PNG; returns its path."""
+  from training import inference  # only here: training never needs it
+  r = inference.restore(workdir, which, task="gan")
+  task = Gan(r.config, r.dataset_info["num_classes"], tuple(r.dataset_info["image_shape"]))
+  if num < 1:
+    raise ConfigError(f"--num must be at least 1, got {num}.")
+  if label is not None and not task.conditional:
+    raise ConfigError(f"{workdir} holds an unconditional GAN ({r.config.model.name}): it takes "
+                      "no --label; train configs/cgan.py for digits of a chosen class.")
+  if label is not None and not 0 <= label < task.num_classes:
+    raise ConfigError(f"--label={label} is not a class of this GAN: choose 0-{task.num_classes - 1}"
+                      f" ({', '.join(map(str, r.dataset_info['class_names']))}).")
+  labels = (np.full(num, label, np.int32) if label is not None
+            else np.arange(num, dtype=np.int32) % task.num_classes)
+  images = task.sample(r.state, num, seed, labels)[0]
+  name = f"sample_step{r.step}{'' if label is None else f'_label{label}'}_seed{seed}.png"
+  path = output or os.path.join(workdir, "samples", name)
+  try:
+    return grid.save_grid(images, path, nrow=min(task.grid_columns(), num))
+  except OSError as e:
+    raise ConfigError(f"Cannot write {path}: {e.strerror or e}; pass --output=FILE.png.") from e
