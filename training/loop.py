@@ -73,7 +73,8 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
   """Stops on a NaN or infinite train metric, a loss or a gradient norm (an overflowing norm is
   divergence too), naming the first step where one went."""
   bad = []
-  for name, values in metrics.items():
+  for name in sorted(metrics, key=lambda k: ("loss" not in k, k)):  # a loss is named first
+    values = metrics[name]
     where = np.flatnonzero(~np.isfinite(values))
     if where.size:
       what = {"grad_norm": "gradient norm"}.get(name, name.replace("_", " "))
