@@ -96,16 +96,6 @@ def _quiet_orphaned_reads() -> None:
                      and _from_orbax(r.exc_info[1])))
 
 
-def _join_orbax_threads(timeout_s: float) -> None:
-  """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
-  would recreate files of the partial checkpoint after it was removed)."""
-  deadline = time.monotonic() + timeout_s
-  for thread in threading.enumerate():
-    if (thread is not threading.current_thread() and not thread.daemon
-        and type(thread).__module__.startswith("orbax.")):
-      thread.join(max(0.0, deadline - time.monotonic()))
-
-
 # Library warnings about what this code does on purpose, or that its own errors explain: orbax's
 # mid-epoch saves have no validation metric and evaluation opens checkpoints read-only; tfds
 # recommends OpenCV for a decode that is cached, and warns of a missing dataset_info.json above
