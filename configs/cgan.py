@@ -1,10 +1,11 @@
 """Conditional DCGAN: digits of a requested class, judged by this project's own classifier.
 
-    python train.py --config=configs/speedrun.py --workdir=runs/speedrun   # the judge, ~20 s
+    python train.py --config=configs/speedrun.py --workdir=runs/speedrun   # the judge, ~15 s
     python train.py --config=configs/cgan.py
 
-The speedrun classifier recognizes the requested class in most of the generated digits (the
-README's table has the percentage and the Frechet distance). A row of 7s:
+After 15 epochs (15 min on a 2-core CPU) the speedrun classifier recognizes the requested class
+in 99.2% of 10,000 generated digits; their Frechet distance to the test images is 0.54, 5.3x the
+train-vs-test reference of 0.10 (docs/gan.md). A row of 7s:
 `python train.py --mode=sample --workdir=runs/cgan --label=7 --num=10`.
 """
 

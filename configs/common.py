@@ -56,10 +56,13 @@ def base() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.9  # Adam's first-moment (gradient) decay, for adam and adamw
   c.adam_b2 = 0.999  # Adam's second-moment (squared gradient) decay, for adam and adamw
   c.weight_decay = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
-  c.schedule = "constant"  # constant | cosine | warmup_cosine | onecycle
+  c.schedule = "constant"  # constant | cosine | warmup_cosine | onecycle | constant_linear
   c.warmup_epochs = 0.0  # for warmup_cosine (fractions allowed)
   c.end_lr_factor = 0.0  # final learning rate as a fraction of the peak (cosine schedules)
   c.onecycle_pct_start = 0.3  # for onecycle: share of the steps spent rising to the peak
+  # For constant_linear: the final share of the steps over which the rate falls linearly from
+  # the peak to end_lr_factor times it (the GANs' schedule).
+  c.decay_fraction = 0.3
   c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
   c.label_smoothing = 0.0
   # On-device augmentation of training batches (never of evaluation): each image is shifted by

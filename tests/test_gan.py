@@ -60,35 +60,39 @@ def _discriminator_params(widths, classes=0, side=28, channels=1):
   return total + flat + 1 + classes * flat  # the logit, and the class projection's embedding
 
 
+def _inputs(model, n: int = 5) -> tuple[jax.Array, jax.Array]:
+  z = jax.random.normal(jax.random.PRNGKey(1), (n, model.latent_dim)) * 3.0
+  return z, jnp.arange(n, dtype=jnp.int32) % 10
+
+
 @pytest.mark.parametrize("name", GANS)
 def test_parameter_counts(name):
-  state = _state(name)
+  model = nets.create(name, num_classes=10)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                             *_inputs(model))
   classes = 10 if name == "cgan" else 0
-  counts = {half: builders.param_count(state.params[half]) for half in gan_steps.HALVES}
+  counts = {half: builders.param_count(variables["params"][half]) for half in gan_steps.HALVES}
   assert counts == {"generator": _generator_params(64, (64, 32), classes),
                     "discriminator": _discriminator_params((32, 64), classes)}
   assert counts == {"dcgan": {"generator": 281_924, "discriminator": 36_513},
                     "cgan": {"generator": 313_284, "discriminator": 67_873}}[name]
-  assert set(state.batch_stats) == {"generator", "discriminator"}
-  assert state.batch_stats["discriminator"] == {}
+  assert set(variables["batch_stats"]) == {"generator"}  # no batch norm in the discriminator
 
 
 @pytest.mark.parametrize("name", GANS)
 def test_shapes_and_output_range(name):
   model = nets.create(name, num_classes=10)
-  z = jax.random.normal(jax.random.PRNGKey(1), (5, model.latent_dim)) * 3.0
-  labels = jnp.arange(5, dtype=jnp.int32)
-  variables = model.init(jax.random.PRNGKey(0), z, labels, train=False)
-  images = model.apply(variables, z, labels, train=False, method="generate")
+  z, labels = _inputs(model)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), z, labels)
+  apply = jax.jit(functools.partial(model.apply, train=False), static_argnames="method")
+  images = apply(variables, z, labels, method="generate")
   assert images.shape == (5, 28, 28, 1) and images.dtype == jnp.float32
   assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
-  logits = model.apply(variables, images, labels, train=False, method="discriminate")
+  logits = apply(variables, images, labels, method="discriminate")
   assert logits.shape == (5,) and logits.dtype == jnp.float32
-  # The label moves the conditional model's images and logits, and nothing of the other's.
-  other = model.apply(variables, z, (labels + 1) % 10, train=False, method="generate")
+  # The label moves the conditional model's images, and nothing of the other's.
+  other = apply(variables, z, (labels + 1) % 10, method="generate")
   assert (not np.allclose(images, other)) == (name == "cgan")
-  uint8 = jax.jit(gan_steps.generate)(_state(name), z, labels)
-  assert uint8.shape == (5, 28, 28, 1) and uint8.dtype == jnp.uint8
 
 
 def test_registered_as_gans_apart_from_the_classifiers():
@@ -116,8 +120,10 @@ def test_one_step_golden_losses(name):
 def test_train_step_updates_both_networks_their_statistics_and_the_average():
   before = _state("cgan", ema=True)
   copy = jax.tree_util.tree_map(np.array, (before.params, before.batch_stats))
-  step = jax.jit(functools.partial(gan_steps.train_step, ema_decay=0.99))
-  after, _ = step(before, _batch(), jax.random.PRNGKey(3))
+  step = jax.jit(functools.partial(gan_steps.train_step, ema_decay=0.99, loss="hinge"))
+  after, metrics = step(before, _batch(), jax.random.PRNGKey(3))
+  # The hinge loss of a discriminator whose logits are near 0: 1 on the real, 1 on the fakes.
+  assert 1.5 < float(metrics["d_loss"]) < 2.5 and abs(float(metrics["g_loss"])) < 0.5
   for half in gan_steps.HALVES:
     changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), copy[0][half],
                                      after.params[half])
@@ -129,6 +135,8 @@ def test_train_step_updates_both_networks_their_statistics_and_the_average():
   old, new, avg = kernel(copy[0]["generator"]), kernel(after.params["generator"]), kernel(
       after.ema["params"])
   assert not np.allclose(avg, old) and not np.allclose(avg, new)
+  images = jax.jit(gan_steps.generate)(after, *_inputs(nets.create("cgan")))
+  assert images.shape == (5, 28, 28, 1) and images.dtype == jnp.uint8
 
 
 # --- Quality measures ---

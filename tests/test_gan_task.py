@@ -32,7 +32,8 @@ def judge(tmp_path_factory) -> str:
 
 def _gan(name: str, judge: str, **overrides):
   return shrink(load_config(name), **{"gan.eval_classifier": judge, "gan.eval_samples": 64,
-                                      "log_every_steps": 1, **overrides})
+                                      "log_every_steps": 1, "model.widths": (16, 8),
+                                      "model.d_widths": (8, 16), **overrides})
 
 
 def _records(workdir) -> list[dict]:

@@ -52,6 +52,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{field} must be at least {low}, got {value}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
+  if not 0.0 <= config.get("decay_fraction", 0.3) <= 1.0:
+    raise ConfigError(f"decay_fraction must be in [0, 1], got {config.decay_fraction}.")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
   if not 0.0 <= config.ema_decay < 1.0:

@@ -87,16 +87,32 @@ def _bce(logits: jax.Array, target: float) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)).mean()
 
 
+LOSSES = ("bce", "hinge")
+
+
+def _d_loss(real_logits, fake_logits, loss: str, label_smoothing: float) -> jax.Array:
+  if loss == "hinge":
+    return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+  return _bce(real_logits, 1.0 - label_smoothing) + _bce(fake_logits, 0.0)
+
+
+def _g_loss(fake_logits, loss: str) -> jax.Array:
+  return -jnp.mean(fake_logits) if loss == "hinge" else _bce(fake_logits, 1.0)
+
+
 def train_step(state: GanState, batch: Batch, rng: jax.Array, *, label_smoothing: float = 0.0,
-               ema_decay: float = 0.0) -> tuple[GanState, Metrics]:
+               ema_decay: float = 0.0, loss: str = "bce") -> tuple[GanState, Metrics]:
   """One discriminator update, then one generator update against the updated discriminator.
 
   The fakes are generated once: the discriminator sees them as constants, and the generator's
-  gradient flows back through the same forward pass (its VJP). Non-saturating generator loss;
-  `label_smoothing` lowers the real images' target to 1 - label_smoothing (one-sided).
+  gradient flows back through the same forward pass (its VJP). `loss`: "bce" (binary cross-
+  entropy, the non-saturating generator loss; `label_smoothing` lowers the real images' target
+  to 1 - label_smoothing, one-sided) or "hinge" (Lim & Ye's; no smoothing).
   Fakes get the batch's labels, so the conditional model sees the data's class frequencies.
   `ema_decay`: update the generator's moving average (needs a state made with `ema=True`).
   """
+  if loss not in LOSSES:
+    raise ValueError(f"Unknown GAN loss {loss!r}; choose one of {', '.join(LOSSES)}.")
   step_rng = jax.random.fold_in(rng, state.step)
   labels = batch["label"]
   real = to_unit(batch["image"])
@@ -111,8 +127,8 @@ def train_step(state: GanState, batch: Batch, rng: jax.Array, *, label_smoothing
     logits, stats = _apply(state, "discriminator", "discriminate", d_params, images,
                            jnp.concatenate([labels, labels]), train=True)
     real_logits, fake_logits = jnp.split(logits, 2)
-    loss = _bce(real_logits, 1.0 - label_smoothing) + _bce(fake_logits, 0.0)
-    return loss, (real_logits, fake_logits, stats)
+    return (_d_loss(real_logits, fake_logits, loss, label_smoothing),
+            (real_logits, fake_logits, stats))
 
   (d_loss, (real_logits, fake_logits, d_stats)), d_grads = jax.value_and_grad(
       d_loss_fn, has_aux=True)(state.params["discriminator"])
@@ -123,7 +139,7 @@ def train_step(state: GanState, batch: Batch, rng: jax.Array, *, label_smoothing
   def g_loss_fn(images):
     logits, _ = _apply(state, "discriminator", "discriminate", d_params, images, labels,
                        train=True)
-    return _bce(logits, 1.0)
+    return _g_loss(logits, loss)
 
   g_loss, image_grads = jax.value_and_grad(g_loss_fn)(fake)
   (g_grads,) = g_vjp(image_grads)

@@ -12,7 +12,7 @@ import optax
 from training.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle", "constant_linear")
 
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -31,6 +31,10 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
       raise ConfigError(f"onecycle_pct_start is the share of the steps spent rising to the peak "
                         f"and must be in [0, 1), got {pct_start}.")
     return optax.cosine_onecycle_schedule(total, lr, pct_start=pct_start)
+  if config.schedule == "constant_linear":
+    decay = int(round(config.get("decay_fraction", 0.3) * total))
+    return optax.join_schedules([optax.constant_schedule(lr),
+                                 optax.linear_schedule(lr, end, max(decay, 1))], [total - decay])
   raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
 
 
