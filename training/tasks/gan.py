@@ -33,7 +33,8 @@ class Gan(tasks.Task):
 
   def __init__(self, config, num_classes, image_shape):
     super().__init__(config, num_classes, image_shape)
-    self.conditional = bool(config.model.name == "cgan" or config.model.get("conditional"))
+    # From the model itself: a variant registered under another name keeps its own setting.
+    self.conditional = bool(builders.build_model(config, num_classes).conditional)
     self.final_keys = ("fd", "fd_ratio", "entropy") + (("class_accuracy",)
                                                         if self.conditional else ())
     self.train_step = _train_step(config)
