@@ -105,6 +105,15 @@ def generate_eval_set(sample, state, n: int, latent: int, seed: int):
   return np.concatenate(out), requested
 
 
+def _stability_problem(history: dict[str, np.ndarray], first_step: int) -> str | None:
+  """A non-finite loss (with its step) or a discriminator that won outright, else None."""
+  finite = np.isfinite(history["d_loss"]) & np.isfinite(history["g_loss"])
+  if not finite.all():
+    return f"a non-finite loss at step {first_step + int(np.argmin(finite))}"
+  return gan_metrics.discriminator_collapse(float(history["d_loss"].mean()), first_step,
+                                            first_step + len(finite) - 1)
+
+
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
   ds = data.load("mnist", validation_fraction=0.0)
@@ -130,8 +139,7 @@ def main(argv=None) -> list[dict]:
     history = jax.tree_util.tree_map(lambda *x: np.asarray(jnp.stack(x)), *history)
     seconds = time.perf_counter() - start
     total += seconds
-    problem = gan_metrics.stability_problem(history["d_loss"], history["g_loss"],
-                                            (epoch - 1) * steps_per_epoch)
+    problem = _stability_problem(history, (epoch - 1) * steps_per_epoch + 1)
     if problem:
       print(f"stopped: {problem}", flush=True)
       break

@@ -210,12 +210,8 @@ def test_save_grid(tmp_path):
   assert pixels[2:30, 2:30].min() == 255 and pixels[32:60, 92:120].max() == 0  # 8th slot empty
 
 
-def test_stability_problems_are_named_with_their_step():
-  fine = np.full(5, 0.7)
-  assert gan_metrics.stability_problem(fine, fine, 100) is None
-  nan = fine.copy()
-  nan[3] = np.nan
-  assert gan_metrics.stability_problem(fine, nan, 100) == "non-finite g_loss at step 103"
-  message = gan_metrics.stability_problem(np.full(5, 1e-4), fine, 100)
-  assert "whole epoch (steps 100-104" in message
-  assert gan_metrics.stability_problem(np.array([1e-4, 0.5, 1e-4]), fine[:3], 0) is None
+def test_a_discriminator_collapse_is_named_with_its_steps():
+  message = gan_metrics.discriminator_collapse(1e-4, 101, 200)
+  assert message.startswith("the discriminator's loss averaged 0.0001 over steps 101-200")
+  assert gan_metrics.discriminator_collapse(0.7, 101, 200) is None
+  assert gan_metrics.discriminator_collapse(np.mean([1e-4, 0.5, 1e-4]), 1, 3) is None

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -114,6 +115,28 @@ def test_a_failed_first_save_surfacing_at_close(tmp_path, disk_full):
     ckpt.close()
   ckpt.close()
   assert not _leftovers(ckpt) and not [p for p in os.listdir(ckpt.directory) if p.isdigit()]
+
+
+def test_a_second_write_failing_while_the_first_is_reported_does_not_escape(tmp_path):
+  """A save's items are written by several orbax threads; when one failure is reported the
+  others may still be running, and orbax's thread re-raises its own failure from `join`
+  (seen in CI: a raw OSError instead of the one CheckpointWriteError)."""
+  release = threading.Event()
+
+  class WriteThread(threading.Thread):  # stands in for orbax's _SignalingThread
+    def join(self, timeout=None):
+      release.set()
+      super().join(timeout)
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "dataset/metadata")
+  WriteThread.__module__ = "orbax.checkpoint._src.futures.future"
+  thread = WriteThread(target=release.wait)
+  thread.start()
+  ckpt = Checkpointer(str(tmp_path), shrink(load_config("mlp")), {})
+  ckpt._saving = 4
+  error = ckpt._write_failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "config/metadata"))
+  assert isinstance(error, CheckpointWriteError) and "step 4" in str(error)
+  assert not thread.is_alive()
+  ckpt.close()
 
 
 @pytest.fixture

@@ -57,3 +57,16 @@ def test_every_registered_model_is_listed_with_its_fields():
       if field != "num_classes":
         assert f"{field}=" in line, (name, field)
   assert "cnn_strided (a CNN with downsample='stride')" in text
+
+
+def test_an_image_folder_is_shown_with_its_own_shape_and_classes(tmp_path):
+  for name in ("cat", "dog", "fox", ".ipynb_checkpoints"):
+    (tmp_path / name).mkdir()
+  config = load_config("cnn")
+  config.dataset = f"folder:{tmp_path}"
+  config.folder.image_size, config.folder.channels = 32, 3
+  assert show.image_shape_and_classes(config) == ((32, 32, 3), 3)
+  config.classes = "cat,fox"
+  assert show.image_shape_and_classes(config) == ((32, 32, 3), 2)
+  config.dataset = f"folder:{tmp_path / 'missing'}"
+  assert show.image_shape_and_classes(config) is None

@@ -101,12 +101,14 @@ def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[N
 
 def _join_orbax_threads(timeout_s: float) -> None:
   """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
-  would recreate files of the partial checkpoint after it was removed)."""
+  would recreate files of the partial checkpoint after it was removed). Orbax's threads re-raise
+  their own failure from `join`: it is the one being reported, so it is not raised again here."""
   deadline = time.monotonic() + timeout_s
   for thread in threading.enumerate():
     if (thread is not threading.current_thread() and not thread.daemon
         and type(thread).__module__.startswith("orbax.")):
-      thread.join(max(0.0, deadline - time.monotonic()))
+      with contextlib.suppress(Exception):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _state_tree(state: Any) -> dict[str, Any]:

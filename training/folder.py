@@ -81,11 +81,16 @@ def _files(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
   return found
 
 
+def class_names(root: str) -> list[str]:
+  """The class folders of `root`'s training images, sorted: the labels' order."""
+  return _subfolders(layout(root)["train"])
+
+
 def list_images(root: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
   """The class names (train's folders) and each split's (path, label) files, checked for an
   unusable class list; emptiness is checked after decoding (a file may be unreadable)."""
   dirs = layout(root)
-  classes = _subfolders(dirs["train"])
+  classes = class_names(root)
   where = dirs["train"]
   if not classes:
     loose = any(not f.startswith(".") for f in os.listdir(where))

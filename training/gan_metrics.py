@@ -23,6 +23,8 @@ from training.errors import ConfigError
 
 TRAIN_COMMAND = "python train.py --config=configs/speedrun.py --workdir=runs/speedrun"
 
+D_COLLAPSE = 0.01  # a mean discriminator loss below this: the generator gets no signal
+
 
 def _check_classifier_workdir(workdir: str) -> None:
   """A ConfigError naming the command that trains a classifier, unless `workdir` holds one."""
@@ -159,18 +161,12 @@ def evaluate(classifier: ClassifierFeatures, images: np.ndarray, ref: Reference,
   return result
 
 
-def stability_problem(d_loss: np.ndarray, g_loss: np.ndarray, first_step: int,
-                      d_loss_floor: float = 0.01) -> str | None:
-  """What went wrong in an epoch's per-step losses (steps first_step, first_step + 1, ...), or
-  None: a non-finite loss (with its step), or a discriminator loss under `d_loss_floor` for the
-  whole epoch (it wins every time, so the generator's gradient vanishes: training has failed)."""
-  d_loss, g_loss = np.asarray(d_loss), np.asarray(g_loss)
-  bad = np.flatnonzero(~np.isfinite(d_loss) | ~np.isfinite(g_loss))
-  if len(bad):
-    which = "d_loss" if not np.isfinite(d_loss[bad[0]]) else "g_loss"
-    return f"non-finite {which} at step {first_step + int(bad[0])}"
-  if len(d_loss) and np.all(d_loss < d_loss_floor):
-    return (f"discriminator loss below {d_loss_floor} for the whole epoch (steps {first_step}-"
-            f"{first_step + len(d_loss) - 1}, last {float(d_loss[-1]):.2e}): the discriminator "
-            "wins every time and the generator no longer learns")
-  return None
+def discriminator_collapse(mean_d_loss: float, first_step: int, last_step: int) -> str | None:
+  """Whether a discriminator won outright over steps first_step-last_step (its mean loss under
+  D_COLLAPSE: it tells real from generated images perfectly, so the generator gets no gradient),
+  said in a sentence; None when it did not."""
+  if mean_d_loss >= D_COLLAPSE:
+    return None
+  return (f"the discriminator's loss averaged {mean_d_loss:.4f} over steps {first_step}-"
+          f"{last_step}: it tells real from generated images perfectly and the generator learns "
+          "nothing")

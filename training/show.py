@@ -105,15 +105,26 @@ def _default(value: Any) -> str:
 
 def image_shape_and_classes(config: ml_collections.ConfigDict
                             ) -> tuple[tuple[int, ...], int] | None:
-  """The dataset's image shape and class count from its prepared metadata (no images are read),
-  or None when it is not prepared there."""
+  """The dataset's image shape and class count (after `classes`) from its prepared metadata or,
+  for an image folder, its options and class folders (no images are read); None when it is not
+  there to look at."""
   from training import data
   try:
-    import tensorflow_datasets as tfds
-    info = tfds.builder(config.dataset, data_dir=data.resolve_data_dir(config.data_dir)).info
-    return tuple(info.features["image"].shape), info.features["label"].num_classes
-  except Exception:  # not prepared, or not an image dataset: show() says so
+    if config.dataset.startswith(data.FOLDER_PREFIX):
+      from training import folder
+      options = {"image_size": 28, "channels": 1, **config.get("folder", {})}
+      size = options["image_size"]
+      shape = (size, size, options["channels"])
+      num_classes = len(folder.class_names(config.dataset[len(data.FOLDER_PREFIX):]))
+    else:
+      import tensorflow_datasets as tfds
+      info = tfds.builder(config.dataset, data_dir=data.resolve_data_dir(config.data_dir)).info
+      shape, num_classes = tuple(info.features["image"].shape), info.features["label"].num_classes
+  except Exception:  # not prepared, not an image dataset, or no class folders: show() says so
     return None
+  if config.get("classes"):
+    num_classes = len(data.parse_classes(config.classes))
+  return shape, num_classes
 
 
 def show(config: ml_collections.ConfigDict, path: str) -> str:
@@ -121,7 +132,7 @@ def show(config: ml_collections.ConfigDict, path: str) -> str:
   found = image_shape_and_classes(config)
   (image_shape, num_classes), note = found or ((28, 28, 1), 10), ""
   if found is None:
-    note = f" (MNIST's shape: {config.dataset!r} is not prepared in its data_dir)"
+    note = f" (MNIST's shape: {config.dataset!r} is not prepared, or holds no class folders)"
   return "\n\n".join([
       f"Config {os.path.relpath(path)} with its overrides:", describe_config(config, path),
       f"Model {config.model.name!r} on {'x'.join(map(str, image_shape))} images, {num_classes} "

@@ -36,6 +36,10 @@ class Task:
                image_shape: tuple[int, ...]):
     self.config, self.num_classes, self.image_shape = config, num_classes, image_shape
 
+  @classmethod
+  def check_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for the task's own fields' bad values, before any data is loaded."""
+
   def init_state(self, schedule: Callable, init_key, train_key) -> Any:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
     raise NotImplementedError
@@ -88,7 +92,7 @@ def name_of(config: ml_collections.ConfigDict) -> str:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """The config's task exists and trains its kind of model."""
+  """The config's task exists, trains its kind of model, and accepts its own fields."""
   import nets
   name, known = name_of(config), names()
   if name not in known:
@@ -99,6 +103,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     models = ", ".join(nets.names(kind=wanted))
     raise ConfigError(f"Model {config.model.name!r} is a {kind} model, and task {name!r} trains "
                       f"{wanted} models ({models}): change --config.model.name or --config.task.")
+  _REGISTRY[name].check_config(config)
 
 
 def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...]

@@ -22,7 +22,6 @@ from training import builders, gan_metrics, gan_steps, grid, tasks
 from training.builders import log
 from training.errors import ConfigError
 
-D_COLLAPSE = 0.01  # an epoch's mean discriminator loss below this: the generator gets no signal
 LOW_ENTROPY = 2.0  # bits of the predicted-class histogram below which the samples lack classes
 
 
@@ -40,6 +39,22 @@ class Gan(tasks.Task):
     self.train_step = _train_step(config)
     self.classifier = self.reference = None
     self._generate = jax.jit(gan_steps.generate)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    loss = config.gan.get("loss", "bce")
+    if loss not in gan_steps.LOSSES:
+      raise ConfigError(f"--config.gan.loss={loss!r} is not a GAN loss: choose one of "
+                        f"{', '.join(gan_steps.LOSSES)}.")
+    if loss == "hinge" and config.label_smoothing:
+      raise ConfigError("--config.label_smoothing applies to the bce loss only; the hinge loss "
+                        "has its own margin: pass --config.gan.loss=bce or leave it at 0.")
+    if not config.gan.d_lr_factor > 0:
+      raise ConfigError(f"gan.d_lr_factor scales the discriminator's learning rate and must be "
+                        f"> 0, got {config.gan.d_lr_factor}.")
+    if config.gan.eval_samples < 2:
+      raise ConfigError(f"gan.eval_samples must be at least 2 (a Frechet distance needs a "
+                        f"covariance), got {config.gan.eval_samples}.")
 
   def init_state(self, schedule: Callable, init_key, train_key) -> gan_steps.GanState:
     model = builders.build_model(self.config, self.num_classes)
@@ -119,7 +134,7 @@ class Gan(tasks.Task):
 
 def _train_step(config) -> Callable:
   return functools.partial(gan_steps.train_step, label_smoothing=config.label_smoothing,
-                           ema_decay=config.ema_decay)
+                           ema_decay=config.ema_decay, loss=config.gan.get("loss", "bce"))
 
 
 def _describe(m: dict[str, Any]) -> str:
@@ -132,12 +147,11 @@ def _describe(m: dict[str, Any]) -> str:
 
 def _check_stability(run, epoch: int, means: dict[str, float]) -> None:
   """A discriminator that wins outright leaves the generator no gradient: say so, with the steps."""
-  if means["train/d_loss"] < D_COLLAPSE:
-    first = (epoch - 1) * run.steps_per_epoch + 1
-    log(f"Warning: the discriminator's loss averaged {means['train/d_loss']:.4f} over epoch "
-        f"{epoch} (steps {first}-{epoch * run.steps_per_epoch}): it tells real from generated "
-        "images perfectly and the generator learns nothing. Lower --config.gan.d_lr_factor, "
-        "raise --config.label_smoothing, or restart from an earlier checkpoint.")
+  collapse = gan_metrics.discriminator_collapse(
+      means["train/d_loss"], (epoch - 1) * run.steps_per_epoch + 1, epoch * run.steps_per_epoch)
+  if collapse:
+    log(f"Warning: in epoch {epoch} {collapse}. Lower --config.gan.d_lr_factor, raise "
+        "--config.label_smoothing (bce loss), or restart from an earlier checkpoint.")
 
 
 tasks.register("gan", Gan)
