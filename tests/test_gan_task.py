@@ -112,6 +112,9 @@ def test_bad_gan_settings_are_config_errors_before_any_data_is_read(judge):
     train_and_evaluate(_gan("dcgan", judge, **{"gan.d_lr_factor": 0.0}))
   with pytest.raises(ConfigError, match="gan.eval_samples must be at least 2"):
     train_and_evaluate(_gan("dcgan", judge, **{"gan.eval_samples": 1}))
+  no_block = shrink(load_config("mlp"), task="gan", **{"model.name": "dcgan"})
+  with pytest.raises(ConfigError, match="needs the config's gan block"):
+    train_and_evaluate(no_block)
 
 
 def test_a_discriminator_that_wins_outright_is_reported_with_its_steps(capsys):

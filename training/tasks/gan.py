@@ -42,6 +42,10 @@ class Gan(tasks.Task):
 
   @classmethod
   def check_config(cls, config) -> None:
+    if "gan" not in config or "eval_classifier" not in config.gan:
+      raise ConfigError("The gan task needs the config's gan block (gan.eval_classifier, "
+                        "gan.eval_samples, gan.d_lr_factor, gan.loss): build the config on "
+                        "configs/dcgan.py's get_config().")
     loss = config.gan.get("loss", "bce")
     if loss not in gan_steps.LOSSES:
       raise ConfigError(f"--config.gan.loss={loss!r} is not a GAN loss: choose one of "
