@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import nets  # noqa: E402
-from training import data, gan_metrics, gan_steps, grid  # noqa: E402
+from training import data, gan_metrics, gan_steps, grid, optim  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,12 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_state(args: argparse.Namespace, total_steps: int) -> gan_steps.GanState:
   model = nets.create(args.model, num_classes=10, latent_dim=args.latent, widths=args.widths,
                       d_widths=args.d_widths)
-  decay = int(args.anneal * total_steps)
 
   def tx(lr):
-    schedule = optax.join_schedules(
-        [optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, max(decay, 1))],
-        [total_steps - decay])
+    schedule = optim.constant_linear(lr, 0.0, total_steps, args.anneal)
     return optax.adam(schedule, b1=args.b1, b2=args.b2)
 
   key = jax.random.PRNGKey(args.seed)

@@ -260,6 +260,10 @@ def test_schedules_have_their_shape():
   peak = int(np.argmax(onecycle))
   assert 0 < peak < len(onecycle) - 1 and onecycle[peak] == pytest.approx(1.0, rel=0.05)
   assert onecycle[0] < 0.1 and onecycle[-1] < 1e-3
+  # The GANs': held for 70% of the 1,000 steps, then linearly to 0.
+  assert float(lr["constant_linear"](0)) == float(lr["constant_linear"](700)) == 1.0
+  assert float(lr["constant_linear"](850)) == pytest.approx(0.5)
+  assert float(lr["constant_linear"](1000)) == 0.0
 
 
 def _with(config, **fields):

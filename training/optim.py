@@ -32,10 +32,17 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
                         f"and must be in [0, 1), got {pct_start}.")
     return optax.cosine_onecycle_schedule(total, lr, pct_start=pct_start)
   if config.schedule == "constant_linear":
-    decay = int(round(config.get("decay_fraction", 0.3) * total))
-    return optax.join_schedules([optax.constant_schedule(lr),
-                                 optax.linear_schedule(lr, end, max(decay, 1))], [total - decay])
+    return constant_linear(lr, end, total, config.get("decay_fraction", 0.3))
   raise ConfigError(f"Unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+
+
+def constant_linear(lr: float, end: float, total_steps: int, decay_fraction: float
+                    ) -> optax.Schedule:
+  """`lr` held, then over the last `decay_fraction` of `total_steps` linearly to `end`."""
+  decay = int(round(decay_fraction * total_steps))
+  return optax.join_schedules([optax.constant_schedule(lr),
+                               optax.linear_schedule(lr, end, max(decay, 1))],
+                              [total_steps - decay])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,

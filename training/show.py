@@ -112,9 +112,8 @@ def image_shape_and_classes(config: ml_collections.ConfigDict
   try:
     if config.dataset.startswith(data.FOLDER_PREFIX):
       from training import folder
-      options = {"image_size": 28, "channels": 1, **config.get("folder", {})}
-      size = options["image_size"]
-      shape = (size, size, options["channels"])
+      size = config.folder.image_size
+      shape = (size, size, config.folder.channels)
       num_classes = len(folder.class_names(config.dataset[len(data.FOLDER_PREFIX):]))
     else:
       import tensorflow_datasets as tfds

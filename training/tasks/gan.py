@@ -46,7 +46,7 @@ class Gan(tasks.Task):
       raise ConfigError("The gan task needs the config's gan block (gan.eval_classifier, "
                         "gan.eval_samples, gan.d_lr_factor, gan.loss): build the config on "
                         "configs/dcgan.py's get_config().")
-    loss = config.gan.get("loss", "bce")
+    loss = _loss(config)
     if loss not in gan_steps.LOSSES:
       raise ConfigError(f"--config.gan.loss={loss!r} is not a GAN loss: choose one of "
                         f"{', '.join(gan_steps.LOSSES)}.")
@@ -138,7 +138,11 @@ class Gan(tasks.Task):
 
 def _train_step(config) -> Callable:
   return functools.partial(gan_steps.train_step, label_smoothing=config.label_smoothing,
-                           ema_decay=config.ema_decay, loss=config.gan.get("loss", "bce"))
+                           ema_decay=config.ema_decay, loss=_loss(config))
+
+
+def _loss(config) -> str:
+  return config.gan.get("loss", "bce")  # configs saved before gan.loss existed trained with bce
 
 
 def _describe(m: dict[str, Any]) -> str:
