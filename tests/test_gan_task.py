@@ -102,17 +102,20 @@ def test_a_gan_model_needs_the_gan_task(judge):
     train_and_evaluate(config)
 
 
-def test_bad_gan_settings_are_config_errors_before_any_data_is_read(judge):
+def test_bad_gan_settings_are_config_errors_before_any_data_is_read(judge, tmp_path):
+  # No data where the configs point: were it read first, the error would be a missing dataset.
+  bad = lambda name, **o: _gan(name, judge, data_dir=str(tmp_path / "no_data"), **o)
   with pytest.raises(ConfigError, match="--config.gan.loss='wgan' is not a GAN loss: choose one "
                                         "of bce, hinge"):
-    train_and_evaluate(_gan("cgan", judge, **{"gan.loss": "wgan"}))
+    train_and_evaluate(bad("cgan", **{"gan.loss": "wgan"}))
   with pytest.raises(ConfigError, match="label_smoothing applies to the bce loss only"):
-    train_and_evaluate(_gan("cgan", judge, label_smoothing=0.1))
+    train_and_evaluate(bad("cgan", label_smoothing=0.1))
   with pytest.raises(ConfigError, match="gan.d_lr_factor .* must be > 0, got 0"):
-    train_and_evaluate(_gan("dcgan", judge, **{"gan.d_lr_factor": 0.0}))
+    train_and_evaluate(bad("dcgan", **{"gan.d_lr_factor": 0.0}))
   with pytest.raises(ConfigError, match="gan.eval_samples must be at least 2"):
-    train_and_evaluate(_gan("dcgan", judge, **{"gan.eval_samples": 1}))
-  no_block = shrink(load_config("mlp"), task="gan", **{"model.name": "dcgan"})
+    train_and_evaluate(bad("dcgan", **{"gan.eval_samples": 1}))
+  no_block = shrink(load_config("mlp"), task="gan", data_dir=str(tmp_path / "no_data"),
+                    **{"model.name": "dcgan"})
   with pytest.raises(ConfigError, match="needs the config's gan block"):
     train_and_evaluate(no_block)
 
@@ -121,8 +124,8 @@ def test_a_discriminator_that_wins_outright_is_reported_with_its_steps(capsys):
   run = types.SimpleNamespace(steps_per_epoch=100)
   gan._check_stability(run, 3, {"train/d_loss": 0.002})
   out = capsys.readouterr().out
-  assert ("Warning: in epoch 3 the discriminator's loss averaged 0.0020 over steps 201-300: it tells "
-          "real from generated images perfectly") in out
+  assert ("Warning: in epoch 3 the discriminator's loss averaged 0.0020 over steps 201-300: "
+          "it tells real from generated images perfectly") in out
   gan._check_stability(run, 3, {"train/d_loss": 0.6})
   assert capsys.readouterr().out == ""
 
