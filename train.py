@@ -150,38 +150,40 @@ def _check_usage(argv: list[str]) -> None:
 
 def _run(argv: list[str]) -> None:
   """The mode's work; what it returns is printed by the modules themselves or here."""
-  from training import inference, train_and_evaluate
   if FLAGS.mode == "evaluate":
-    inference.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir)
+    from training.modes import evaluate
+    evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir)
   elif FLAGS.mode == "predict":
     # Each file's line as its batch is scored; a file that cannot be used gets an `error:` line
     # and the others go on; any such file makes the exit status 1.
-    failed = inference.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
-                                       FLAGS.fit)
+    from training.modes import predict
+    failed = predict.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
+                                     FLAGS.fit)
     if failed:
       sys.exit(f"error: {len(failed)} of {len(argv) - 1} files could not be classified.")
   elif FLAGS.mode == "report":
-    from training import report
+    from training.modes import report
     if argv[1:]:  # several runs: compared
       print(report.write_comparison(argv[1:], FLAGS.workdir or os.path.join("runs", "comparison")))
     else:
       print(report.format_result(report.write_report(FLAGS.workdir, FLAGS.checkpoint,
                                                      FLAGS.data_dir)))
   elif FLAGS.mode == "export":
-    from training import export
+    from training.modes import export
     print(export.format_summary(export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output,
                                               FLAGS.overwrite)))
   elif FLAGS.mode == "sample":
-    from training.tasks import gan
-    print(gan.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,
-                     FLAGS.sample_seed))
+    from training.modes import sample
+    print(sample.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,
+                        FLAGS.sample_seed))
   elif FLAGS.mode == "show":
-    from training import show
+    from training.modes import show
     print(show.show(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
   else:
     config_path = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_path))[0])
+    from training.run.loop import train_and_evaluate
     train_and_evaluate(FLAGS.config, workdir)
 
 
@@ -190,7 +192,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   _check_usage(argv)
   import nets  # after flag parsing: --help stays instant
-  from training import USER_ERRORS, Preempted, distributed, runtime
+  from training import USER_ERRORS, Preempted
+  from training.run import distributed, runtime
 
   try:
     runtime.setup(FLAGS.config if FLAGS.mode == "train" else None)  # before JAX's backend starts

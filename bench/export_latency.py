@@ -8,7 +8,7 @@ one 28x28 PNG digit, medians over --repeats (milliseconds):
   onnxruntime    session.run on one image (CPUExecutionProvider; session made once)
   jax artifact   jax.jit(jax.export.deserialize(...).call) on one image (compiled once)
   in-process     the training code's jitted model (restored state) on one image
-  predict()      training.inference.predict(workdir, [png]): what each --mode=predict process
+  predict()      training.modes.predict.predict(workdir, [png]): what each --mode=predict process
                  does after its imports: restore the checkpoint, compile, read the image, score
                  (a batch of 256: it scores files 256 at a time); fewer repeats
   load           the start-up of each: session creation; deserialize + first call; restore +
@@ -16,7 +16,7 @@ one 28x28 PNG digit, medians over --repeats (milliseconds):
   cold process   a whole new Python process classifying the PNG: examples/classify_onnx.py,
                  examples/classify_jax.py, train.py --mode=predict (medians of 3)
 
-Image reading (training.images.load, the same in every path) is outside the first three. The
+Image reading (training.data.images.load, the same in every path) is outside the first three. The
 ONNX columns need the `export` extra (jax2onnx, onnxruntime), else they read n/a.
 """
 
@@ -34,7 +34,12 @@ import jax
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from training import export, images, inference, runtime, steps  # noqa: E402
+from training.modes import export
+from training.data import images
+from training.run import runtime
+from training.modes import predict
+from training.tasks import restore
+from training.model import steps
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -92,11 +97,11 @@ def measure(workdir: str, out: str, png: str, repeats: int) -> dict[str, float |
 
   def load_state():
     nonlocal restored
-    restored = inference.restore(workdir)
+    restored = restore.restore(workdir)
     apply(restored.state, x).block_until_ready()
   row["in-process load"] = timed_ms(load_state)
   row["in-process"] = median_ms(lambda: apply(restored.state, x).block_until_ready(), repeats)
-  row["predict()"] = median_ms(lambda: inference.predict(workdir, [png]), max(3, repeats // 100))
+  row["predict()"] = median_ms(lambda: predict.predict(workdir, [png]), max(3, repeats // 100))
   return row
 
 

@@ -28,6 +28,7 @@ import sys
 import time
 
 import numpy as np
+from training import settings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the project's packages
@@ -55,9 +56,8 @@ def overrides(model: str, setting: str, per_class: int, seed: int, pretrained: s
 
 
 def make_config(model: str, dataset: str, fields: dict):
-  from training import builders  # imports JAX: after the argument parsing
   config = importlib.import_module(f"configs.{model}").get_config()
-  builders.set_fields(config, {"dataset": dataset, "progress_bar": False, "report": False,
+  settings.set_fields(config, {"dataset": dataset, "progress_bar": False, "report": False,
                                **fields})
   return config
 
@@ -128,7 +128,7 @@ def main() -> None:
   ap.add_argument("--workdir", default="runs/finetune_demo", help="where pretrained runs go")
   ap.add_argument("--markdown", help="also write the tables and commands to this file")
   args = ap.parse_args()
-  from training import runtime
+  from training.run import runtime
   runtime.setup()  # the persistent compilation cache, as train.py uses it
   seeds = [int(s) for s in args.seeds.split(",")]
   sizes = [int(s) for s in args.sizes.split(",")]

@@ -23,7 +23,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from training import runtime  # noqa: E402
+from training.run import runtime
 
 runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()
@@ -35,7 +35,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import nets  # noqa: E402
-from training import data, gan_metrics, gan_steps, grid, optim  # noqa: E402
+from training import data
+from training.tasks.gan import metrics as gan_metrics
+from training.tasks.gan import steps as gan_steps
+from training.tasks.gan import grid
+from training.model import optim
 
 
 def parse_args(argv=None) -> argparse.Namespace:

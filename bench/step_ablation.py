@@ -4,15 +4,15 @@ thing switched off or swapped, on whatever backend is present.
     python bench/step_ablation.py [--repeats=5] [--steps=N] [--variants=best,best/*]
 
 Each variant is `configs/<config>.py` with one change (see VARIANTS): augmentation off or computed
-as matmuls (`training.augment.warp_matmul`), batch norm off, dropout 0, no moving average of the
+as matmuls (`training.data.augment.warp_matmul`), batch norm off, dropout 0, no moving average of the
 weights, no label smoothing, `nn.max_pool` (or JAX's own gradient of max) instead of
 `nets/cnn.py`'s reshape-and-max pooling with its custom gradient, `flax.linen.Dropout` instead of
 `nets/layers.py`'s 8-bit dropout, a grouped convolution instead of MobileNet's shifted depthwise
 multiply-adds, batch 512 instead of 128, and `--steps` steps in one `lax.scan` instead of one
 jitted call per step. Swaps of code are monkeypatches, active while the variant's step traces and
-runs. The step is the trainer's own: `training.steps.DeviceSteps` (the batch gathered from a
-device-resident dataset, the state donated), built from the config by `training.builders` and
-`training.optim`, after `training.runtime.setup` (the CPU tuning). Data are random images: no step
+runs. The step is the trainer's own: `training.model.device.DeviceSteps` (the batch gathered from a
+device-resident dataset, the state donated), built from the config by `training.model` and
+`training.model.optim`, after `training.run.runtime.setup` (the CPU tuning). Data are random images: no step
 depends on pixel values for its time.
 
 All variants are compiled first, then timed in interleaved rounds (each round runs every variant
@@ -43,6 +43,11 @@ import sys
 import time
 from typing import Callable
 from unittest import mock
+from training.model import build
+from training import settings
+from training.tasks import classify
+from training.model import state as state_lib
+from training.model import device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -82,15 +87,14 @@ def _flax_dropout():
 
 
 def _matmul_warp():
-  """training/augment.py's warp as two batched matrix products instead of 4-neighbour gathers."""
-  from training import augment
+  """training/data/augment.py's warp as two batched matrix products instead of 4-neighbour gathers."""
+  from training.data import augment
   return mock.patch.object(augment, "warp", augment.warp_matmul)
 
 
 def _set(fields: dict) -> Callable:
   """An edit that sets config fields by dotted name: {"augment.shift": 0.0}."""
-  from training import builders
-  return lambda config: builders.set_fields(config, fields)
+  return lambda config: settings.set_fields(config, fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +153,7 @@ class _Runner:
 
   def __init__(self, name: str, variant: Variant, steps: int, mesh, data):
     import jax
-    from training import builders, optim, steps as steps_lib
+    from training.model import optim
     self.name, self.variant, self.steps = name, variant, steps
     config = _load_config(variant.config)
     if variant.edit:
@@ -161,14 +165,14 @@ class _Runner:
       raise SystemExit(f"--steps={steps} exceeds an epoch of {self.steps_per_epoch} steps of "
                        f"{self.batch} (the scan stays within one epoch's order).")
     tx = optim.make_optimizer(config, optim.make_schedule(config, self.steps_per_epoch))
-    self.driver = steps_lib.DeviceSteps(mesh, self.batch, config.eval_batch_size, NUM_CLASSES,
+    self.driver = device.DeviceSteps(mesh, self.batch, config.eval_batch_size, NUM_CLASSES,
                                         chunk=steps if variant.scan else 1,
                                         steps_per_epoch=self.steps_per_epoch,
-                                        **builders.step_options(config))
+                                        **classify.step_options(config))
     with self.patched():
-      model = builders.build_model(config, NUM_CLASSES)
+      model = build.build_model(config, NUM_CLASSES)
       init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
-      state = steps_lib.create_train_state(model, tx, IMAGE_SHAPE, init_key, train_key,
+      state = state_lib.create_train_state(model, tx, IMAGE_SHAPE, init_key, train_key,
                                            ema=config.ema_decay > 0)
     self.state = self.driver.put(state)
     self.images, self.labels = data
@@ -251,7 +255,8 @@ def main() -> None:
       print(f"{n:<24} {v.change}")
     return
 
-  from training import distributed, runtime
+  from training.model import mesh as mesh_lib
+  from training.run import runtime
   runtime.setup({"compilation_cache_dir": args.compilation_cache_dir})
   import jax
   import numpy as np
@@ -263,7 +268,7 @@ def main() -> None:
   print(f"{len(names)} variants, {args.repeats} interleaved rounds of {steps} steps each",
         flush=True)
 
-  mesh = distributed.make_mesh((-1,), ("data",))
+  mesh = mesh_lib.make_mesh((-1,), ("data",))
   rng = np.random.default_rng(0)
   # One device-resident dataset, replicated as DeviceSteps.put_train puts it, serves every variant.
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -16,6 +16,9 @@ import math
 import os
 import sys
 import time
+from training.model import build
+from training.model import state as state_lib
+from training.model import steps
 
 T0 = float(os.environ.get("BENCH_T0", time.time()))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +43,8 @@ def load_data(config):
 
 
 def this_project(config) -> dict:
-  from training import runtime, train_and_evaluate
+  from training import train_and_evaluate
+  from training.run import runtime
   runtime.setup(config)
   import jax
   config.test_every_epoch = True
@@ -58,13 +62,13 @@ def jax_recipe(config) -> dict:
   """The usual Flax-example loop: numpy batches from the host, one jitted step per batch."""
   import jax
   import numpy as np
-  from training import builders, optim, steps
+  from training.model import optim
   ds = load_data(config)
-  model = builders.build_model(config, ds.num_classes)
+  model = build.build_model(config, ds.num_classes)
   spe = len(ds.train) // config.batch_size
   tx = optim.make_optimizer(config, optim.make_schedule(config, spe))
   k1, k2 = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = steps.create_train_state(model, tx, ds.image_shape, k1, k2)
+  state = state_lib.create_train_state(model, tx, ds.image_shape, k1, k2)
   train_step = jax.jit(lambda state, batch: steps.train_step(state, batch, state.rng),
                        donate_argnums=0)
 
@@ -92,7 +96,7 @@ def jax_recipe(config) -> dict:
 
 
 def _lr(config, step: int, total: int) -> float:
-  """The optax schedules of training/optim.py, for PyTorch (same formulas)."""
+  """The optax schedules of training/model/optim.py, for PyTorch (same formulas)."""
   peak = config.learning_rate
   if config.schedule == "constant":
     return peak

@@ -33,9 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint.keep_best = 0  # no validation accuracy ranks a generator's checkpoints
   c.gan = ml_collections.ConfigDict()
-  # A classifier workdir trained by this project; it scores the samples (training/gan_metrics.py).
+  # A classifier workdir trained by this project; it scores the samples (training/tasks/gan/metrics.py).
   c.gan.eval_classifier = "runs/speedrun"
   c.gan.eval_samples = 10_000  # generated images scored after each epoch
-  c.gan.loss = "bce"  # or "hinge" (training/gan_steps.py)
+  c.gan.loss = "bce"  # or "hinge" (training/tasks/gan/steps.py)
   c.gan.d_lr_factor = 1.0  # the discriminator's learning rate, as a multiple of the generator's
   return c

@@ -4,7 +4,7 @@
     python examples/classify_jax.py runs/cnn/export digit.png [scan.jpg --invert]
 
 Needs jax, flatbuffers (jax.export's file format), numpy and pillow. Images are converted as
-`--mode=predict` does, by this repository's training/images.py (numpy and PIL only).
+`--mode=predict` does, by this repository's training/data/images.py (numpy and PIL only).
 """
 
 import argparse
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from training import images  # noqa: E402  (numpy and PIL only)
+from training.data import images
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("export_dir", help="what --mode=export wrote (model.jax, model.json)")

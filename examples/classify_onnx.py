@@ -4,7 +4,7 @@
     python examples/classify_onnx.py runs/cnn/export digit.png [scan.jpg --invert]
 
 Needs numpy, pillow and onnxruntime. Images are converted as `--mode=predict` does, by this
-repository's training/images.py, which imports only numpy and PIL (to deploy, copy it and
+repository's training/data/images.py, which imports only numpy and PIL (to deploy, copy it and
 training/errors.py along).
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from training import images  # noqa: E402  (numpy and PIL only)
+from training.data import images
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("export_dir", help="what --mode=export wrote (model.onnx, model.json)")

@@ -41,7 +41,7 @@ def load_split(split: str, mnist_dir: str) -> tuple[np.ndarray, np.ndarray]:
   if all(os.path.exists(p) for p in paths):
     return read_idx(paths[0]), read_idx(paths[1])
   sys.path.insert(0, REPO)
-  from training import data  # the tfds reader, only when the IDX files are missing
+  from training import data
   ds = data.load("mnist", validation_fraction=0.0)
   part = ds.train if split == "train" else ds.test
   return part.images[..., 0], part.labels

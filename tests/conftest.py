@@ -10,7 +10,8 @@ import ml_collections
 import pytest
 
 import configs
-from training import runtime
+from training.run import runtime
+from training import settings
 
 # Two test workers on one GPU must not each grab most of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -38,8 +39,7 @@ def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Con
   c.update(num_epochs=1, batch_size=16, eval_batch_size=32, max_train_examples=64,
            max_eval_examples=48, progress_bar=False, cache_dir="none", log_every_steps=2,
            report=False)
-  from training import builders  # imports JAX: after the settings above
-  builders.set_fields(c, overrides)
+  settings.set_fields(c, overrides)
   return c
 
 

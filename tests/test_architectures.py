@@ -11,7 +11,7 @@ import pytest
 import nets
 from nets.mobilenet import DepthwiseConv
 from nets.resnet import BasicBlock
-from training import builders
+from training.model import build
 
 NEW = ("resnet", "mobilenet", "rnn", "vit")
 
@@ -22,7 +22,7 @@ def _images(shape=(28, 28, 1), n=2, seed=0):
 
 def _count(model, shape=(28, 28, 1)):
   variables = model.init(jax.random.PRNGKey(0), _images(shape), train=False)
-  return builders.param_count(variables["params"])
+  return build.param_count(variables["params"])
 
 
 # --- Parameter counts, from the layer shapes alone (batch norm: a scale and a bias per channel) ---

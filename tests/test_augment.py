@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training import augment
+from training.data import augment
 
 # Both forms sample the same points, but XLA may round the source coordinates (about 14 at most
 # here, so 1 ulp is 1e-6) differently in the two programs. Bilinear resampling of pixels in

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training import ConfigError, Preempted, train_and_evaluate
-from training.checkpoint import (CheckpointMismatchError, Checkpointer, ConfigChangedError,
+from training.store.checkpoint import (CheckpointMismatchError, Checkpointer, ConfigChangedError,
                                  DamagedCheckpointError)
 
 from conftest import REPO, load_config, real_data_dir, shrink
@@ -137,7 +137,7 @@ def test_quieting_orphaned_reads_keeps_other_errors_reported():
   """Only orbax's orphaned reads are dropped: any other error reported the same
   way (here a failing __del__, with a read error's type) still shows."""
   code = """if True:
-    from training import runtime
+    from training.run import runtime
     runtime.quiet_library_noise()
     class Leaky:
       def __del__(self):
@@ -195,7 +195,7 @@ KILL_ARGS = ["--config=configs/mlp.py", "--config.progress_bar=False",
 KILL_IN_SAVE = """
 import os, runpy, signal, sys
 sys.path.insert(0, os.getcwd())
-from training import checkpoint
+from training.store import checkpoint
 save, calls = checkpoint.Checkpointer.save, []
 def save_then_die(self, state, metrics=None):
   save(self, state, metrics)
@@ -320,3 +320,32 @@ def test_a_reader_says_it_is_one_and_cannot_save(mock_mnist, tmp_path):
       reader.save(None)
   finally:
     reader.close()
+
+
+OLD_RUN = REPO / "tests" / "data" / "checkpoint_before_layers"  # written at dd550ba: see below
+
+
+def test_a_checkpoint_written_before_the_move_into_layers_restores_evaluates_and_resumes(
+    tmp_path, data_cache):
+  """tests/data/checkpoint_before_layers was trained (64 steps of a small CNN with batch norm,
+  dropout, augmentation and a moving average, on 2,048 real images) by the code before
+  training/ was cut into layers, which also recorded its predictions in expected.json."""
+  import shutil
+  from training import data, settings
+  from training.modes import evaluate
+  from training.tasks import restore
+  expected = json.loads((OLD_RUN / "expected.json").read_text())
+  workdir = tmp_path / "old"
+  shutil.copytree(OLD_RUN, workdir)
+  r = restore.restore(str(workdir), "latest")
+  assert r.step == expected["step"] == 64
+  test = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache).test
+  probs = jax.nn.softmax(r.state.apply_fn(r.state.eval_variables(),
+                                          test.images[:8].astype(np.float32) / 255, train=False))
+  np.testing.assert_allclose(probs, expected["probabilities_of_the_first_8_test_images"],
+                             atol=1e-6)
+  assert evaluate.evaluate(str(workdir), "latest", data_dir=real_data_dir())["count"] == 10_000
+  config = settings.from_json(json.loads((workdir / "config.json").read_text()))
+  config.update(num_epochs=3, data_dir=real_data_dir(), cache_dir=data_cache)
+  state, summary = train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 96 and len(summary["epochs"]) == 3

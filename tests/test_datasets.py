@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training import data, train_and_evaluate
+from training import train_and_evaluate
+from training import data
 
 from conftest import load_config, shrink
 

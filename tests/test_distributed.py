@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from training import inference
+from training.modes import evaluate
 
 from conftest import REPO, real_data_dir
 
@@ -22,7 +22,8 @@ sys.path.insert(0, "tests")
 import conftest  # the CPU settings every test run uses
 import jax, numpy as np, tensorflow_datasets as tfds
 from conftest import load_config, shrink
-from training import ConfigError, Preempted, distributed, steps, train_and_evaluate
+from training import ConfigError, Preempted, train_and_evaluate
+from training.model import device, mesh as mesh_lib
 
 root, out = sys.argv[1], {"devices": jax.device_count()}
 
@@ -54,8 +55,8 @@ with tfds.testing.mock_data(num_examples=64):
     except ConfigError as e:
       out[f"error{mesh[0]}_{batch}"] = str(e)
 
-mesh = distributed.make_mesh((-1,), ("data",))
-driver = steps.DeviceSteps(mesh, 16, 32, 10)
+mesh = mesh_lib.make_mesh((-1,), ("data",))
+driver = device.DeviceSteps(mesh, 16, 32, 10)
 images = np.arange(64 * 4, dtype=np.uint8).reshape(64, 2, 2, 1)
 labels = np.arange(64, dtype=np.int32)
 perm = driver.permutation(jax.random.PRNGKey(0), 1, 64)
@@ -153,7 +154,8 @@ import json, sys
 sys.path.insert(0, "tests")
 import conftest
 from conftest import load_config, shrink
-from training import distributed, train_and_evaluate
+from training import train_and_evaluate
+from training.run import distributed
 pid, port, workdir, out, cache = sys.argv[1:]
 assert distributed.initialize(f"localhost:{port}", 2, int(pid), timeout_s=120)
 import jax
@@ -192,7 +194,7 @@ def test_two_processes_train_together_and_their_checkpoint_restores_in_one(tmp_p
   logged = [r["step"] for r in rows if "train/loss" in r and "epoch" not in r]
   assert logged == list(range(8, 65, 8))  # 2 epochs of 32 steps, a log every 8
   # The checkpoint both processes wrote restores in this single process, onto one device.
-  single = inference.evaluate(str(workdir), "latest", data_dir=real_data_dir())
+  single = evaluate.evaluate(str(workdir), "latest", data_dir=real_data_dir())
   assert single["count"] == 10_000
   assert single["accuracy"] == r0["test"]["accuracy"]
   assert single["loss"] == pytest.approx(r0["test"]["loss"], rel=1e-5)

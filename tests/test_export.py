@@ -1,4 +1,4 @@
-"""--mode=export (training/export.py): the jax.export and ONNX models of every architecture against
+"""--mode=export (training/modes/export.py): the jax.export and ONNX models of every architecture against
 the in-process model on real MNIST, the command and its errors, and the examples that use them.
 
 The ONNX half needs jax2onnx and onnxruntime, which cannot share the main venv (jax2onnx 0.17
@@ -20,8 +20,15 @@ from PIL import Image
 
 import configs
 import nets
-from training import ConfigError, checkpoint, data, export, inference, optim, steps
+from training import ConfigError
+from training.store import checkpoint
+from training import data
+from training.modes import export
+from training.model import optim
 from training import train_and_evaluate
+from training.modes import predict
+from training.model import state as state_lib
+from training.model import steps
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -54,7 +61,7 @@ def mnist(data_cache):
 
 
 def _initialized_workdir(workdir: str, config: ml_collections.ConfigDict,
-                         info: dict) -> steps.TrainState:
+                         info: dict) -> state_lib.TrainState:
   """A model with random weights saved through the training's checkpoints, as step 7.
 
   The state has the structure that training makes (create_train_state, traced abstractly: no
@@ -64,7 +71,7 @@ def _initialized_workdir(workdir: str, config: ml_collections.ConfigDict,
   model = nets.create(config.model.name, num_classes=info["num_classes"], **fields)
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=1))
   key = jax.random.PRNGKey(0)
-  abstract = jax.eval_shape(lambda: steps.create_train_state(
+  abstract = jax.eval_shape(lambda: state_lib.create_train_state(
       model, tx, tuple(info["image_shape"]), key, key, ema=config.ema_decay > 0))
   rng = np.random.default_rng(0)
 
@@ -229,7 +236,7 @@ def test_export_command(trained, tmp_path):
 def _write_digits(mnist, tmp_path, workdir: str) -> tuple[list[str], list[str], list[int]]:
   """Test digits that the trained model gets right, as 28x28 PNGs and as 84x84 dark-on-light
   JPEGs (what a scan looks like); their true labels."""
-  labels = [p["label"] for p in inference.predict(workdir, [
+  labels = [p["label"] for p in predict.predict(workdir, [
       _save(mnist.test.images[i], tmp_path / f"probe{i}.png") for i in range(20)])]
   right = [i for i in range(20) if labels[i] == mnist.test.labels[i]][:6]
   assert len(right) == 6
@@ -253,7 +260,7 @@ def _labels(stdout: str) -> list[int]:
 def test_examples_classify_image_files_as_predict_does(trained, mnist, tmp_path):
   workdir, _, _ = trained
   plain, scans, truth = _write_digits(mnist, tmp_path, workdir)
-  predicted = [p["label"] for p in inference.predict(workdir, scans, invert=True)]
+  predicted = [p["label"] for p in predict.predict(workdir, scans, invert=True)]
   export_dir = os.path.join(workdir, "export")
   examples = ["classify_jax.py"] + (["classify_onnx.py"] if HAVE_ONNX else [])
   for example in examples:
@@ -277,7 +284,7 @@ def test_examples_classify_image_files_as_predict_does(trained, mnist, tmp_path)
 
 
 def test_importing_training_images_imports_no_jax():
-  code = ("import sys, training.images; "
+  code = ("import sys, training.data.images; "
           "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax'}))")
   result = _run("-c", code)
   assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -11,8 +11,12 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from training import (ConfigError, Preempted, builders, finetune, inference, optim,
-                      train_and_evaluate)
+from training import ConfigError, Preempted, train_and_evaluate
+from training.run import finetune
+from training.model import optim
+from training.run import checks
+from training.modes import evaluate
+from training.tasks import restore
 
 from conftest import load_config, real_data_dir, shrink
 
@@ -57,7 +61,7 @@ def _flat(params) -> dict[str, np.ndarray]:
 
 def test_the_backbone_is_loaded_and_the_head_reinitialised_for_other_classes(mock_mnist, source,
                                                                              monkeypatch):
-  loaded = _flat(inference.restore(source).state.params)
+  loaded = _flat(restore.restore(source).state.params)
   five = _flat(_initial(_config(classes="5,6,7,8,9", init_from=source), monkeypatch).params)
   scratch = _flat(_initial(_config(classes="5,6,7,8,9"), monkeypatch).params)
   assert five["Dense_1/kernel"].shape == (128, 5)
@@ -83,7 +87,7 @@ def test_a_frozen_backbone_stays_bit_identical_while_the_head_trains(mock_mnist,
                    optimizer="adamw", weight_decay=0.1, grad_clip_norm=1.0)
   before = _flat(_initial(config, monkeypatch).params)
   state, _ = train_and_evaluate(config, str(tmp_path))
-  after, loaded = _flat(state.params), _flat(inference.restore(source).state.params)
+  after, loaded = _flat(state.params), _flat(restore.restore(source).state.params)
   assert int(state.step) > 0
   for name in after:
     if name.startswith("Dense_1/"):
@@ -138,12 +142,12 @@ def test_the_mlp_cannot_start_from_the_cnn(mock_mnist, source):
 ])
 def test_fine_tuning_fields_are_checked_before_the_data_is_loaded(fields, match):
   with pytest.raises(ConfigError, match=match):
-    builders.validate(_config(**fields))
+    checks.validate(_config(**fields))
 
 
 def test_only_classifiers_are_fine_tuned():
   with pytest.raises(ConfigError, match=r"apply to classifiers, not to the 'gan' task"):
-    builders.validate(shrink(load_config("dcgan"), freeze="^g"))
+    checks.validate(shrink(load_config("dcgan"), freeze="^g"))
 
 
 def test_a_freeze_that_matches_nothing_or_everything_lists_the_paths(mock_mnist, source):
@@ -177,7 +181,7 @@ def test_a_fine_tuning_run_resumes_exactly_and_evaluates(mock_mnist, source, tmp
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
   assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
   # The optimizer state's structure follows from the config: evaluation needs no source run.
-  result = inference.evaluate(str(tmp_path / "split"), "latest")
+  result = evaluate.evaluate(str(tmp_path / "split"), "latest")
   assert result["checkpoint_step"] == int(whole.step)
 
 

@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import builders, data, folder, inference, train_and_evaluate
+from training import train_and_evaluate
+from training import data
+from training.data import folder
 from training.errors import ConfigError
+from training import settings
+from training.run import checks
+from training.modes import evaluate
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -85,7 +90,7 @@ def test_folder_trains_evaluates_and_predicts_with_its_class_names(mnist_folder,
   _, summary = train_and_evaluate(config, workdir)
   assert summary["test"]["count"] == 10 * PER_CLASS
   assert summary["test"]["accuracy"] > 0.6  # 270 training digits
-  evaluated = inference.evaluate(workdir, "latest")
+  evaluated = evaluate.evaluate(workdir, "latest")
   assert evaluated["dataset"] == "folder:" + os.path.basename(mnist_folder)
   assert evaluated["count"] == 10 * PER_CLASS
   files = [os.path.join(mnist_folder, "test", w, sorted(os.listdir(
@@ -194,9 +199,9 @@ def test_bad_folders_get_one_clear_error(make, expected, tmp_path):
 ])
 def test_config_checks(field, value, expected, tmp_path):
   config = load_config("cnn")
-  builders.set_fields(config, {field: value, "dataset": f"folder:{tmp_path}"})
+  settings.set_fields(config, {field: value, "dataset": f"folder:{tmp_path}"})
   with pytest.raises(ConfigError, match=expected):
-    builders.validate(config)
+    checks.validate(config)
 
 
 def test_refused_folder_run_writes_nothing(tmp_path):
@@ -258,10 +263,10 @@ def test_max_per_class_is_exact_reproducible_and_nested(mnist):
 
 def test_subset_and_cap_apply_to_folder_data_through_the_config(mnist_folder, tmp_path):
   config = load_config("mlp")
-  builders.set_fields(config, {"dataset": f"folder:{mnist_folder}", "classes": "seven,one",
+  settings.set_fields(config, {"dataset": f"folder:{mnist_folder}", "classes": "seven,one",
                                "max_per_class": 4, "cache_dir": "none"})
-  builders.validate(config)
-  ds = builders.load_data(config)
+  checks.validate(config)
+  ds = data.from_config(config)
   assert ds.class_names == ["seven", "one"] and ds.num_classes == 2
   assert np.array_equal(np.bincount(ds.train.labels), [4, 4])
   assert np.array_equal(np.bincount(ds.test.labels), [PER_CLASS, PER_CLASS])

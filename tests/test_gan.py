@@ -13,9 +13,13 @@ import pytest
 from PIL import Image
 
 import nets
-from training import builders, data, gan_metrics, gan_steps, grid
+from training import data
+from training.tasks.gan import metrics as gan_metrics
+from training.tasks.gan import steps as gan_steps
+from training.tasks.gan import grid
 from training.errors import ConfigError
-from training.loop import train_and_evaluate
+from training.run.loop import train_and_evaluate
+from training.model import build
 
 from conftest import load_config, real_data_dir, shrink
 
@@ -71,7 +75,7 @@ def test_parameter_counts(name):
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                              *_inputs(model))
   classes = 10 if name == "cgan" else 0
-  counts = {half: builders.param_count(variables["params"][half]) for half in gan_steps.HALVES}
+  counts = {half: build.param_count(variables["params"][half]) for half in gan_steps.HALVES}
   assert counts == {"generator": _generator_params(64, (64, 32), classes),
                     "discriminator": _discriminator_params((32, 64), classes)}
   assert counts == {"dcgan": {"generator": 281_924, "discriminator": 36_513},

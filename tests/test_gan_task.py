@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import ConfigError, NonFiniteLossError, Preempted, loop, train_and_evaluate
+from training import ConfigError, NonFiniteLossError, Preempted, train_and_evaluate
+from training.run import loop
 from training.tasks import gan
 
 from conftest import GAN_CONFIGS, REPO, load_config, shrink

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import ConfigError, data, images, inference, steps, train_and_evaluate
+from training import ConfigError, train_and_evaluate
+from training import data
+from training.data import images
+from training.modes import predict
+from training.modes import evaluate
+from training.tasks import restore
+from training.model import steps
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -33,7 +39,7 @@ def trained(tmp_path_factory, data_cache):
 
 def test_evaluate_latest_reproduces_the_training_runs_test_metrics(trained):
   workdir, summary, _ = trained
-  result = inference.evaluate(workdir, "latest", "test")
+  result = evaluate.evaluate(workdir, "latest", "test")
   assert result["count"] == 10_000 and result["checkpoint_step"] == 200
   assert result["accuracy"] == summary["test"]["accuracy"] > 0.9
   assert result["confusion_matrix"] == summary["test"]["confusion_matrix"]
@@ -45,12 +51,12 @@ def test_evaluate_best_and_a_step_and_the_validation_split(trained):
   workdir, summary, _ = trained
   epochs = summary["epochs"]
   best_epoch = max(range(len(epochs)), key=lambda i: (epochs[i]["validation/accuracy"], i))
-  best = inference.evaluate(workdir, "best", "validation")
+  best = evaluate.evaluate(workdir, "best", "validation")
   assert best["checkpoint_step"] == 100 * (best_epoch + 1) and best["count"] == 6000
   assert best["accuracy"] == pytest.approx(epochs[best_epoch]["validation/accuracy"], abs=1e-6)
-  assert inference.evaluate(workdir, "100", "test")["checkpoint_step"] == 100
+  assert evaluate.evaluate(workdir, "100", "test")["checkpoint_step"] == 100
   with pytest.raises(ConfigError, match=r"No checkpoint '7'.*steps \[100, 200\]"):
-    inference.evaluate(workdir, "7")
+    evaluate.evaluate(workdir, "7")
 
 
 def _write(array: np.ndarray, path, scale: int = 1, invert: bool = False, rgba: bool = False):
@@ -68,11 +74,11 @@ def _write(array: np.ndarray, path, scale: int = 1, invert: bool = False, rgba: 
 def test_predict_real_digits_written_as_png(trained, tmp_path):
   workdir, _, mnist = trained
   x, y = mnist.test.images[:20], mnist.test.labels[:20]
-  state = inference.restore(workdir, "latest").state
+  state = restore.restore(workdir, "latest").state
   expected = np.asarray(jax.jit(lambda s, b: s.apply_fn(
       s.eval_variables(), steps.preprocess(b), train=False))(state, x)).argmax(-1)
   files = [_write(im, tmp_path / f"{i}.png") for i, im in enumerate(x)]
-  exact = inference.predict(workdir, files, "latest")
+  exact = predict.predict(workdir, files, "latest")
   # A 28x28 PNG is the test image itself: the same prediction as the model on the array.
   assert [p["label"] for p in exact] == expected.tolist()
   assert all(abs(sum(p["probabilities"]) - 1) < 1e-5 for p in exact)
@@ -86,14 +92,14 @@ def test_predict_real_digits_written_as_png(trained, tmp_path):
                        for i, im in enumerate(x)], False),
   }
   for name, (paths, invert) in variants.items():
-    predictions = inference.predict(workdir, paths, "latest", invert=invert)
+    predictions = predict.predict(workdir, paths, "latest", invert=invert)
     assert np.mean(np.asarray([p["label"] for p in predictions]) == y) >= 0.85, name
     assert not any(p["light_background"] for p in predictions), name
   # Forgetting --invert on dark-on-light files is pointed out next to the (useless) prediction.
-  forgot = inference.predict(workdir, variants["inverted"][0][:2], "latest")
+  forgot = predict.predict(workdir, variants["inverted"][0][:2], "latest")
   assert all(p["light_background"] for p in forgot)
-  assert "needs --invert" in inference.format_predictions(forgot)
-  assert "needs --invert" not in inference.format_predictions(exact)
+  assert "needs --invert" in predict.format_predictions(forgot)
+  assert "needs --invert" not in predict.format_predictions(exact)
 
 
 def test_fit_digit_boxes_and_centres_like_mnist(tmp_path):
@@ -113,14 +119,14 @@ def test_bad_prediction_inputs_fail_clearly(trained, tmp_path):
   workdir, _, _ = trained
   (tmp_path / "text.png").write_text("not an image")
   missing, text = str(tmp_path / "nope.png"), str(tmp_path / "text.png")
-  assert inference.predict(workdir, [missing, text]) == [
+  assert predict.predict(workdir, [missing, text]) == [
       {"file": missing, "error": f"{missing}: no such file."},
       {"file": text, "error": f"{text}: cannot be read as an image (UnidentifiedImageError: "
                               f"cannot identify image file {text!r}); give PNG or JPEG files."}]
   with pytest.raises(ConfigError, match="Give the image files"):
-    inference.predict(workdir, [])
+    predict.predict(workdir, [])
   with pytest.raises(ConfigError, match="No checkpoints in"):
-    inference.evaluate(str(tmp_path / "empty"))
+    evaluate.evaluate(str(tmp_path / "empty"))
 
 
 def _bad_and_odd_files(mnist, tmp_path) -> dict[str, str]:
@@ -149,7 +155,7 @@ def _bad_and_odd_files(mnist, tmp_path) -> dict[str, str]:
 def test_predict_goes_on_past_files_that_cannot_be_used(trained, tmp_path):
   workdir, _, mnist = trained
   files = _bad_and_odd_files(mnist, tmp_path)
-  out = {name: p for name, p in zip(files, inference.predict(workdir, list(files.values()),
+  out = {name: p for name, p in zip(files, predict.predict(workdir, list(files.values()),
                                                               "latest"))}
   assert [p["file"] for p in out.values()] == list(files.values())  # in order, one each
   assert {n for n, p in out.items() if "error" in p} == {"missing", "text", "truncated", "bomb",
@@ -165,7 +171,7 @@ def test_predict_goes_on_past_files_that_cannot_be_used(trained, tmp_path):
   assert out["blank"]["warnings"] == ["blank: no ink found"]
   assert out["dot"]["warnings"] == ["1x1 pixels: too small to hold a digit",
                                     "blank: no ink found"]
-  assert "(blank: no ink found)" in inference.format_predictions([out["blank"]])
+  assert "(blank: no ink found)" in predict.format_predictions([out["blank"]])
 
 
 def test_predict_command_prints_the_good_and_reports_the_bad(trained, tmp_path):
@@ -221,7 +227,7 @@ def test_checkpoint_without_its_dataset_item_fails_clearly(trained, tmp_path):
     if step_dir.name.isdigit():
       shutil.rmtree(step_dir / "dataset")
   with pytest.raises(ConfigError, match="has no usable 'dataset' item.*new --workdir"):
-    inference.predict(str(copy), [_write(np.zeros((28, 28, 1), np.uint8), tmp_path / "x.png")])
+    predict.predict(str(copy), [_write(np.zeros((28, 28, 1), np.uint8), tmp_path / "x.png")])
 
 
 def test_evaluate_and_predict_commands(trained, tmp_path):
@@ -281,7 +287,7 @@ def test_fit_digit_classifies_enlarged_test_digits_as_well_as_the_originals(trai
   workdir, _, mnist = trained
   n = 2000
   x, y = mnist.test.images[:n], mnist.test.labels[:n]
-  state = inference.restore(workdir, "latest").state
+  state = restore.restore(workdir, "latest").state
   apply = jax.jit(lambda s, b: s.apply_fn(s.eval_variables(), steps.preprocess(b), train=False))
   accuracy = lambda arrays: float(np.mean(np.asarray(apply(state, arrays)).argmax(-1) == y))
   original = accuracy(x)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import nets
-from training import builders
 
 from conftest import CLASSIFIER_CONFIGS, load_config
+from training.model import build
 
 SHAPE = (28, 28, 1)
 
@@ -31,7 +31,7 @@ def test_every_model_outputs_logits(name):
   logits_train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
                                 rngs={"dropout": jax.random.PRNGKey(1)})
   assert logits_train.shape == (3, 7)
-  assert builders.param_count(variables["params"]) > 0
+  assert build.param_count(variables["params"]) > 0
 
 
 @pytest.mark.parametrize("name", nets.names())
@@ -58,19 +58,19 @@ def _cnn_params(features, dense, classes, k=3, side=28, channels=1):
 def test_param_counts_match_the_architecture():
   """Counted by hand from the layer shapes, independently of flax."""
   mlp = nets.create("mlp", hidden=(512, 512), num_classes=10)
-  assert builders.param_count(_init(mlp)[1]["params"]) == _mlp_params(784, (512, 512), 10) == 669_706
+  assert build.param_count(_init(mlp)[1]["params"]) == _mlp_params(784, (512, 512), 10) == 669_706
   cnn = nets.create("cnn", features=(32, 64), dense=(128,), num_classes=10)
-  assert builders.param_count(_init(cnn)[1]["params"]) == _cnn_params((32, 64), (128,), 10) == 421_642
+  assert build.param_count(_init(cnn)[1]["params"]) == _cnn_params((32, 64), (128,), 10) == 421_642
   strided = nets.create("cnn_strided")  # the same shapes, halved by strides instead of pools
-  assert builders.param_count(_init(strided)[1]["params"]) == _cnn_params((32, 64), (128,), 10)
+  assert build.param_count(_init(strided)[1]["params"]) == _cnn_params((32, 64), (128,), 10)
 
 
 @pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_config_builds_its_model(config_name):
   config = load_config(config_name)
-  model = builders.build_model(config, num_classes=10)
+  model = build.build_model(config, num_classes=10)
   _, variables = _init(model)
-  assert builders.param_count(variables["params"]) > 0
+  assert build.param_count(variables["params"]) > 0
 
 
 def test_batch_norm_adds_statistics():

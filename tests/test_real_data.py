@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from training import data, train_and_evaluate
+from training import train_and_evaluate
+from training import data
+from training.data import tfds_source
 
-_decode = data._decode  # the real one, for tests that count calls
+_decode = tfds_source._decode  # the real one, for tests that count calls
 
 from conftest import REPO, load_config, real_data_dir
 
@@ -42,15 +44,15 @@ def test_validation_is_carved_from_train_disjoint_and_reproducible(mnist, data_c
 def test_cache_matches_a_fresh_decode_and_survives_corruption(mnist, data_cache, tmp_path):
   import tensorflow_datasets as tfds
   builder = tfds.builder("mnist", data_dir=real_data_dir())
-  fresh_images, fresh_labels = data.load_split(builder, "test", "", real_data_dir())
+  fresh_images, fresh_labels = tfds_source.load_split(builder, "test", "", real_data_dir())
   np.testing.assert_array_equal(fresh_images, mnist.test.images)
   np.testing.assert_array_equal(fresh_labels, mnist.test.labels)
   # A truncated cache file (a run killed mid-write elsewhere) is decoded again, not trusted.
   cache = tmp_path / "cache"
-  data.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   (path,) = cache.glob("*.npz")
   path.write_bytes(path.read_bytes()[:1000])
-  images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
+  images, _ = tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   np.testing.assert_array_equal(images, mnist.test.images)
 
 
@@ -58,18 +60,18 @@ def test_cache_is_rebuilt_in_place_when_the_source_files_change(mnist, monkeypat
   import tensorflow_datasets as tfds
   builder = tfds.builder("mnist", data_dir=real_data_dir())
   cache = tmp_path / "cache"
-  data.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   decoded = []
-  monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
-  data.load_split(builder, "test", str(cache), real_data_dir())
+  monkeypatch.setattr(tfds_source, "_decode", lambda source: decoded.append(1) or _decode(source))
+  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   assert not decoded  # unchanged files: read from the cache
   # Re-prepared files with new content change the fingerprint: decode again, and overwrite the
   # one cache file of this split rather than add another beside it.
-  monkeypatch.setattr(data, "_fingerprint", lambda builder, split: "re-prepared")
-  images, _ = data.load_split(builder, "test", str(cache), real_data_dir())
+  monkeypatch.setattr(tfds_source, "_fingerprint", lambda builder, split: "re-prepared")
+  images, _ = tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   assert decoded == [1] and len(list(cache.glob("*.npz"))) == 1
   np.testing.assert_array_equal(images, mnist.test.images)
-  data.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
   assert decoded == [1]
 
 
@@ -84,31 +86,31 @@ def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path)
     if not f.startswith("mnist-train."):  # the test split is enough, and 6x smaller
       shutil.copy(os.path.join(source, f), copy / f)
   cache = tmp_path / "cache"
-  data.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test", str(cache),
+  tfds_source.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test", str(cache),
                   real_data_dir())
   decoded = []
-  monkeypatch.setattr(data, "_decode", lambda source: decoded.append(1) or _decode(source))
+  monkeypatch.setattr(tfds_source, "_decode", lambda source: decoded.append(1) or _decode(source))
   # A copy elsewhere, or a re-provisioned dataset, gets new file times: no reason to decode.
   for f in copy.iterdir():
     os.utime(f, (1e9, 1e9))
   builder = tfds.builder("mnist", data_dir=str(tmp_path / "tfds"))
-  images, _ = data.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
+  images, _ = tfds_source.load_split(builder, "test", str(cache), str(tmp_path / "tfds"))
   assert not decoded and len(list(cache.glob("*.npz"))) == 1
   np.testing.assert_array_equal(images, mnist.test.images)
   # One changed byte in the split's records changes the fingerprint.
-  before = data._fingerprint(builder, "test")
+  before = tfds_source._fingerprint(builder, "test")
   (record,) = copy.glob("mnist-test.*")
   content = bytearray(record.read_bytes())
   content[len(content) // 2] ^= 1
   record.write_bytes(bytes(content))
-  assert data._fingerprint(builder, "test") != before
+  assert tfds_source._fingerprint(builder, "test") != before
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(mnist, tmp_path, caplog):
   import tensorflow_datasets as tfds
   not_a_dir = tmp_path / "a_file"
   not_a_dir.write_text("")
-  images, _ = data.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test",
+  images, _ = tfds_source.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test",
                               str(not_a_dir), real_data_dir())
   np.testing.assert_array_equal(images, mnist.test.images)
   assert "Could not write the decoded-data cache" in caplog.text

@@ -8,7 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from training import augment, builders, distributed, optim, steps, train_and_evaluate
+from training import train_and_evaluate
+from training.data import augment
+from training.model import mesh as mesh_lib
+from training.model import optim
+from training.model import build
+from training.model import state as state_lib
+from training.model import device
+from training.model import steps
 
 from conftest import load_config, shrink
 
@@ -46,10 +53,10 @@ def test_random_affine_is_per_image_seeded_and_bounded():
 
 def _state_and_batch(ema: bool):
   config = load_config("cnn")
-  model = builders.build_model(config, num_classes=10)
+  model = build.build_model(config, num_classes=10)
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=10))
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  state = steps.create_train_state(model, tx, (28, 28, 1), k1, k2, ema=ema)
+  state = state_lib.create_train_state(model, tx, (28, 28, 1), k1, k2, ema=ema)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, (16,), dtype=np.int32)}
@@ -78,7 +85,7 @@ def test_augmentation_changes_the_step_but_not_evaluation():
   # A driver built with augmentation evaluates the images as they are: the same metrics as
   # the plain eval step on the untouched batch.
   plain_eval = steps.eval_step(state, {**batch, "mask": np.ones(16, np.float32)}, num_classes=10)
-  driver = steps.DeviceSteps(distributed.make_mesh((-1,), ("data",)), 16, 16, 10,
+  driver = device.DeviceSteps(mesh_lib.make_mesh((-1,), ("data",)), 16, 16, 10,
                              augment_shift=2.0, augment_rotate=10.0)
   evaluated = driver.evaluate(driver.put(state), *driver.put_eval(batch["image"], batch["label"]))
   np.testing.assert_array_equal(evaluated["confusion"], plain_eval["confusion"])

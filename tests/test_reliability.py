@@ -20,10 +20,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 import nets
-from training import DataNotFoundError, data, optim, steps
-from training.checkpoint import TMP_PATTERN, Checkpointer, CheckpointWriteError
+from training import DataNotFoundError
+from training import data
+from training.model import optim
+from training.store.checkpoint import TMP_PATTERN, Checkpointer, CheckpointWriteError
 from training.errors import DataCorruptError
-from training.metrics import MetricWriter, drop_records_after
+from training.store.records import MetricWriter, drop_records_after
+from training.model import state as state_lib
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -31,15 +34,15 @@ from conftest import REPO, load_config, real_data_dir, shrink
 # --- A checkpoint that cannot be written --------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _initial_state() -> steps.TrainState:
+def _initial_state() -> state_lib.TrainState:
   config = load_config("mlp")
   model = nets.create("mlp", num_classes=10, hidden=(256,))
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=10))
   key = jax.random.PRNGKey(0)
-  return steps.create_train_state(model, tx, (28, 28, 1), key, key)
+  return state_lib.create_train_state(model, tx, (28, 28, 1), key, key)
 
 
-def _state(step: int, seed: int = 0) -> steps.TrainState:
+def _state(step: int, seed: int = 0) -> state_lib.TrainState:
   """An MLP's train state (a checkpoint of 2.3 MiB) at `step`, its parameters shifted by `seed`."""
   state = _initial_state()
   return state.replace(step=step, params=jax.tree_util.tree_map(lambda x: x + seed,

@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import ConfigError, Preempted, data, inference, report, steps, train_and_evaluate
+from training import ConfigError, Preempted, train_and_evaluate
+from training import data
+from training.modes import report
+from training.modes.report import figures, records as report_records, write as report_write
+from training.tasks import restore
+from training.model import steps
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -58,8 +63,8 @@ def _png_size(path: str) -> tuple[int, int]:
 
 
 def _expected_size(name: str) -> tuple[int, int]:
-  w, h = report.SIZES[name]
-  return round(w * report.DPI), round(h * report.DPI)
+  w, h = figures.SIZES[name]
+  return round(w * figures.DPI), round(h * figures.DPI)
 
 
 def _tensorboard_images(workdir: str) -> dict[str, int]:
@@ -84,7 +89,7 @@ def _tensorboard_images(workdir: str) -> dict[str, int]:
 def test_report_of_a_finished_run(runs):
   workdir, result = runs["finished"], runs["result"]
   assert result["checkpoint"] == "best" and result["status"] == "finished: 2 of 2 epochs"
-  for name in report.FIGURES:
+  for name in figures.FIGURES:
     assert result["files"][name] == os.path.join(workdir, f"{name}.png")
     assert _png_size(result["files"][name]) == _expected_size(name), name
   # The checkpoint's test metrics, on the whole test split: the best checkpoint is the final one
@@ -97,7 +102,7 @@ def test_report_of_a_finished_run(runs):
   assert test["macro_f1"] == pytest.approx(saved["test"]["macro_f1"], abs=1e-9)
   assert test["loss"] == pytest.approx(saved["test"]["loss"], rel=1e-4)
   assert np.mean(test["f1"]) == pytest.approx(test["macro_f1"])
-  assert _tensorboard_images(workdir) == {f"report/{n}": 40 for n in report.FIGURES}
+  assert _tensorboard_images(workdir) == {f"report/{n}": 40 for n in figures.FIGURES}
 
 
 def test_report_html_is_one_page_with_the_images_and_the_metrics(runs):
@@ -120,7 +125,7 @@ def test_mistakes_are_the_most_confident_wrong_predictions(runs, data_cache):
   """mistakes.png shows exactly the misclassified test images, most confident first: checked
   against the model's own predictions, made here without the report's code."""
   result = runs["result"]
-  state = inference.restore(runs["finished"], "best").state
+  state = restore.restore(runs["finished"], "best").state
   test = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache).test
   logits = jax.jit(lambda s, x: s.apply_fn(s.eval_variables(), steps.preprocess(x),
                                            train=False))(state, test.images)
@@ -144,11 +149,11 @@ def test_mistakes_are_the_most_confident_wrong_predictions(runs, data_cache):
 def test_confident_mistakes_selection():
   probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
   labels = np.array([0, 0, 0, 1, 0, 1])  # wrong: 1 (0.8), 2 (0.7), 3 (0.6), 4 (0.8), 5 (0.55)
-  indices, predicted, confidence = report.confident_mistakes(probs, labels, k=4)
+  indices, predicted, confidence = report_write.confident_mistakes(probs, labels, k=4)
   assert indices.tolist() == [1, 4, 2, 3]  # ties keep the examples' order
   assert predicted.tolist() == [1, 1, 1, 0]
   np.testing.assert_allclose(confidence, [0.8, 0.8, 0.7, 0.6])
-  none = report.confident_mistakes(probs, probs.argmax(1))
+  none = report_write.confident_mistakes(probs, probs.argmax(1))
   assert [len(a) for a in none] == [0, 0, 0]
 
 
@@ -161,7 +166,7 @@ def test_read_metrics_keeps_the_resumed_runs_records(tmp_path):
   lines += [{"step": 40, "epoch": 2, "train/loss": 0.2}, {"step": 40, "test/accuracy": 0.9}]
   text = "\n".join(map(json.dumps, lines)) + '\n{"step": 50, "tr'
   (tmp_path / "metrics.jsonl").write_text(text)
-  records = report.read_metrics(str(tmp_path))
+  records = report_records.read_metrics(str(tmp_path))
   assert [(r["step"], r["train/loss"]) for r in records["steps"]] == [
       (10, 1.0), (20, 1.0), (30, 0.1), (40, 0.1)]
   assert [r["epoch"] for r in records["epochs"]] == [1, 2]
@@ -178,7 +183,7 @@ def test_report_of_a_stopped_run_uses_its_latest_checkpoint(runs, tmp_path, data
   assert result["checkpoint"] == "latest" and result["step"] == 30
   assert result["test"]["count"] == 500 and sum(map(sum, result["test"]["confusion_matrix"])) == 500
   assert result["status"].startswith("unfinished") and "1 of 2 epochs" in result["status"]
-  for name in report.FIGURES:
+  for name in figures.FIGURES:
     assert _png_size(result["files"][name]) == _expected_size(name), name
   page = open(result["files"]["report"], encoding="utf-8").read()
   assert "latest checkpoint (step 30)" in page and "test_metrics.json" not in page
@@ -232,7 +237,7 @@ def test_bad_workdirs_fail_with_one_clear_error(runs, tmp_path, monkeypatch):
 
   # A failure while drawing is a ReportError too, and leaves the run's own files as they were.
   before = {f: os.path.getmtime(os.path.join(parent / "a", f)) for f in os.listdir(parent / "a")}
-  monkeypatch.setattr(report, "plot_per_class", lambda *a: 1 / 0)
+  monkeypatch.setattr(figures, "plot_per_class", lambda *a: 1 / 0)
   fails(parent / "a", "Writing the report of .* failed: ZeroDivisionError")
   assert {f: os.path.getmtime(os.path.join(parent / "a", f))
           for f in os.listdir(parent / "a")} == before
@@ -241,7 +246,7 @@ def test_bad_workdirs_fail_with_one_clear_error(runs, tmp_path, monkeypatch):
   # Unwritable: root writes anywhere, so the write itself is made to fail as it would.
   def denied(*args, **kwargs):
     raise PermissionError(13, "Permission denied")
-  monkeypatch.setattr(report.tempfile, "TemporaryFile", denied)
+  monkeypatch.setattr(report_records.tempfile, "TemporaryFile", denied)
   fails(parent / "a", r"Cannot write the report into .*\(Permission denied\)")
 
 

@@ -7,7 +7,8 @@ import pytest
 from flax import traverse_util
 
 import nets
-from training import builders, show
+from training.modes import show
+from training.model import build
 
 from conftest import CONFIG_NAMES, REPO, load_config
 
@@ -43,9 +44,9 @@ def test_the_model_table_counts_the_model_s_parameters():
   import jax.numpy as jnp
   config = load_config("cnn")
   table = show.model_summary(config, (28, 28, 1), 10)
-  model = builders.build_model(config, 10)
+  model = build.build_model(config, 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)["params"]
-  assert f"{builders.param_count(params):,}" in table
+  assert f"{build.param_count(params):,}" in table
   assert "Conv_0" in table and "float32[1,28,28,32]" in table
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from training import ConfigError, optim, train_and_evaluate
+from training import ConfigError, train_and_evaluate
+from training.model import optim
 
 from conftest import load_config, real_data_dir
 

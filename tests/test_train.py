@@ -15,8 +15,13 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from training import (ConfigError, DataNotFoundError, NonFiniteLossError, builders, loop, optim,
-                      steps, train_and_evaluate)
+from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
+from training.run import loop
+from training.model import optim
+from training.model import build
+from training.tasks import classify
+from training.model import state as state_lib
+from training.model import steps
 
 from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink
 
@@ -67,15 +72,15 @@ def importlib_doc(config_name: str) -> str:
 @pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_one_step_golden_loss(config_name):
   config = load_config(config_name)
-  model = builders.build_model(config, num_classes=10)
+  model = build.build_model(config, num_classes=10)
   tx = optim.make_optimizer(config, optim.make_schedule(config, steps_per_epoch=100))
   init_key, train_key = jax.random.split(jax.random.PRNGKey(0))
-  state = steps.create_train_state(model, tx, (28, 28, 1), init_key, train_key,
+  state = state_lib.create_train_state(model, tx, (28, 28, 1), init_key, train_key,
                                    ema=config.ema_decay > 0)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, (32,), dtype=np.int32)}
-  step = jax.jit(functools.partial(steps.train_step, **builders.step_options(config)))
+  step = jax.jit(functools.partial(steps.train_step, **classify.step_options(config)))
   state, m1 = step(state, batch, state.rng)
   state, m2 = step(state, batch, state.rng)
   losses = (float(m1["loss"]), float(m2["loss"]))

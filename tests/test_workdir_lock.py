@@ -12,14 +12,14 @@ import sys
 import pytest
 
 from training import ConfigError
-from training.workdir_lock import LOCK_NAME, WorkdirInUseError, WorkdirLock
+from training.store.lock import LOCK_NAME, WorkdirInUseError, WorkdirLock
 
 from conftest import REPO
 
 # Holds the lock of argv[1] and says so, then sleeps until killed.
 HOLDER = """if True:
   import sys, time
-  from training.workdir_lock import WorkdirLock
+  from training.store.lock import WorkdirLock
   with WorkdirLock(sys.argv[1], command="python train.py --config=configs/cnn.py") as lock:
     print("locked", flush=True)
     time.sleep(600)
@@ -74,7 +74,7 @@ def _record(workdir, **fields):
 
 def test_without_file_locks_a_dead_pid_is_stale_and_a_live_one_is_not(tmp_path, monkeypatch):
   """A file system where flock does not exclude: the recorded holder decides."""
-  import training.workdir_lock as wl
+  import training.store.lock as wl
   monkeypatch.setattr(wl, "fcntl", None)
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()

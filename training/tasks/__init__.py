@@ -1,119 +1,16 @@
-"""Tasks: what a run learns, as a plug-in of the one training loop.
+"""The tasks layer: what a run learns, each task a plug-in of the one training loop.
 
-The loop (training/loop.py) owns what every task shares: the device-resident data and its
-shuffle, the jitted calls of the train step, checkpoints and exact resumption, the workdir lock,
-signals, the progress bar, metrics.jsonl and TensorBoard, and data parallelism. A task owns its
-state, its pure train step `(state, batch, rng) -> (state, metrics)`, its evaluation and its
-figures. `config.task` names it; each module here registers one, so a new task is one new
-module (plus a config), as a new architecture is one file in nets/.
+- base.py      the Task interface the loop calls, and the registry (`config.task`)
+- classify.py  image classification (the nets classifiers)
+- gan/         generative adversarial networks: their state and step, the sample grids and the
+               Frechet distance with a classifier this project trained
+- restore.py   a task's state restored from a workdir's checkpoint (for the modes, the GAN's
+               judge and fine-tuning)
+
+May import: training.store, training.model, training.data and the base modules. Never the
+modes or the run layer: the loop hands a task what it needs (the Run) when it calls it.
 """
 
-from __future__ import annotations
+from training.tasks.base import Task, check, epoch_means, get, names, register
 
-import importlib
-import pkgutil
-from typing import Any, Callable
-
-import ml_collections
-
-from training.errors import ConfigError
-
-Metrics = dict[str, Any]
-
-
-class Task:
-  """The interface the loop calls; subclasses fill it in for one kind of model.
-
-  A task is built for a config and the data's shape (`num_classes`, `image_shape`), so it can
-  also be built without data, to restore a checkpoint or to test a step.
-  """
-  kind = ""  # the nets registry's kind of model this task trains
-  bar_key = "loss"  # the train metric on the progress bar; its log records mark train steps
-  epoch_keys: tuple[str, ...] = ("loss",)  # train metrics averaged into the epoch's record
-  final_keys: tuple[str, ...] = ()  # test metrics written to metrics.jsonl and TensorBoard
-
-  def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
-               image_shape: tuple[int, ...]):
-    self.config, self.num_classes, self.image_shape = config, num_classes, image_shape
-
-  @classmethod
-  def check_config(cls, config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for the task's own fields' bad values, before any data is loaded."""
-
-  def init_state(self, schedule: Callable, init_key, train_key) -> Any:
-    """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
-    raise NotImplementedError
-
-  def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
-    """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""
-    raise NotImplementedError
-
-  def start(self, run: Any) -> None:
-    """Called once before the first epoch (e.g. to prepare evaluation data)."""
-
-  def train_line(self, means: dict[str, float]) -> str:
-    """The epoch line's train part, from the epoch's means ("train/<key>")."""
-    return "  ".join(f"{k} {means[f'train/{k}']:.4f}" for k in self.epoch_keys)
-
-  def end_epoch(self, run: Any, state: Any, epoch: int, means: dict[str, float]
-                ) -> tuple[dict[str, float], str]:
-    """Evaluation after an epoch: (its metrics, the epoch line's part for them)."""
-    return {}, ""
-
-  def finish(self, run: Any, state: Any) -> tuple[dict[str, Any], str]:
-    """The final evaluation: (the summary's "test" entry, the report to print)."""
-    raise NotImplementedError
-
-  def headline(self, test: dict[str, Any]) -> str:
-    """The run's last line's result, e.g. "test accuracy 99.1%"."""
-    raise NotImplementedError
-
-  def write_report(self, workdir: str, ds: Any) -> None:
-    """Figures of a finished run in its workdir (config.report)."""
-
-
-_REGISTRY: dict[str, type[Task]] = {}
-
-
-def register(name: str, task: type[Task]) -> type[Task]:
-  _REGISTRY[name] = task
-  return task
-
-
-def names() -> list[str]:
-  for info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{info.name}")
-  return sorted(_REGISTRY)
-
-
-def name_of(config: ml_collections.ConfigDict) -> str:
-  """The config's task; configs saved before tasks existed are classifiers."""
-  return config.get("task", "classify")
-
-
-def check(config: ml_collections.ConfigDict) -> None:
-  """The config's task exists, trains its kind of model, and accepts its own fields."""
-  import nets
-  name, known = name_of(config), names()
-  if name not in known:
-    raise ConfigError(f"Unknown task {name!r}; choose one of {', '.join(known)} "
-                      "(--config.task), or add a module to training/tasks/.")
-  kind, wanted = nets.kind_of(config.model.name), _REGISTRY[name].kind
-  if kind != wanted:
-    models = ", ".join(nets.names(kind=wanted))
-    raise ConfigError(f"Model {config.model.name!r} is a {kind} model, and task {name!r} trains "
-                      f"{wanted} models ({models}): change --config.model.name or --config.task.")
-  _REGISTRY[name].check_config(config)
-
-
-def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...]
-        ) -> Task:
-  check(config)
-  return _REGISTRY[name_of(config)](config, num_classes, tuple(image_shape))
-
-
-def epoch_means(logged: list[tuple[int, dict[str, float]]], keys: tuple[str, ...]
-                ) -> dict[str, float]:
-  """Step-weighted means of the log records `logged` ((steps, record) pairs) of one epoch."""
-  total = sum(n for n, _ in logged)
-  return {f"train/{k}": sum(n * m[f"train/{k}"] for n, m in logged) / total for k in keys}
+__all__ = ["Task", "check", "epoch_means", "get", "names", "register"]

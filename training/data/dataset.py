@@ -1,0 +1,140 @@
+"""The Dataset every source produces (uint8 arrays of train, validation and test), and what is
+done to one whatever its source: the validation carve, class subsets, per-class and quick-run
+caps."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from training.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # uint8, (N, H, W, C)
+  labels: np.ndarray  # int32, (N,)
+  indices: np.ndarray  # int64, (N,): positions in the source's split they came from
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  validation: Split | None
+  test: Split
+  num_classes: int
+  class_names: Sequence[str]
+
+  image_shape: tuple[int, ...]  # (H, W, C)
+
+  def info(self) -> dict[str, object]:
+    """What inference needs to know of the data; saved with every checkpoint."""
+    return {"name": self.name, "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes, "class_names": list(self.class_names)}
+
+
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Disjoint (train, validation) index arrays: a seeded random `fraction` of range(n)."""
+  if not 0.0 <= fraction < 1.0:
+    raise ConfigError(f"validation_fraction must be in [0, 1), got {fraction}.")
+  perm = np.random.default_rng(seed).permutation(n)
+  n_val = int(round(n * fraction))
+  return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _head(split: Split | None, n: int) -> Split | None:
+  """The first `n` examples of `split` (all when n is 0)."""
+  if split is None or not n:
+    return split
+  return Split(split.images[:n], split.labels[:n], split.indices[:n])
+
+
+def cap(ds: Dataset, max_train_examples: int, max_eval_examples: int) -> Dataset:
+  """The quick-run caps: the first examples of each split (in their sorted order)."""
+  return dataclasses.replace(ds, train=_head(ds.train, max_train_examples),
+                             validation=_head(ds.validation, max_eval_examples),
+                             test=_head(ds.test, max_eval_examples))
+
+
+def parse_classes(classes: str) -> list[str]:
+  """The comma-separated entries of --config.classes, checked for empty and repeated ones."""
+  if not classes.strip():
+    return []
+  entries = [c.strip() for c in classes.split(",")]
+  if "" in entries:
+    raise ConfigError(f"classes={classes!r} has an empty entry; give comma-separated class "
+                      "names or indices, e.g. --config.classes=0,1,2.")
+  repeated = sorted({c for c in entries if entries.count(c) > 1})
+  if repeated:
+    raise ConfigError(f"classes={classes!r} names {', '.join(repeated)} more than once; give "
+                      "each class once.")
+  if len(entries) < 2:
+    raise ConfigError(f"classes={classes!r} keeps a single class, and a classifier needs at "
+                      "least two; give two or more, or \"\" for all.")
+  return entries
+
+
+def class_indices(classes: str, class_names: Sequence[str], dataset: str) -> list[int]:
+  """The dataset's indices of the entries of `classes`: a class name, else an index."""
+  names = [str(n) for n in class_names]
+  indices = []
+  for entry in parse_classes(classes):
+    if entry in names:
+      indices.append(names.index(entry))
+    elif entry.isdigit() and int(entry) < len(names):
+      indices.append(int(entry))
+    else:
+      raise ConfigError(f"Unknown class {entry!r} in --config.classes; {dataset} has the classes "
+                        f"{', '.join(names)} (names, or indices 0-{len(names) - 1}).")
+  if len(set(indices)) < len(indices):
+    raise ConfigError(f"classes={classes!r} names the same class twice (by name and by index).")
+  return indices
+
+
+def _keep(split: Split | None, mapping: np.ndarray) -> Split | None:
+  """The examples of `split` whose class is kept, relabelled by `mapping` (old -> new, -1: drop)."""
+  if split is None:
+    return None
+  mask = mapping[split.labels] >= 0
+  return Split(split.images[mask], mapping[split.labels[mask]].astype(np.int32),
+               split.indices[mask])
+
+
+def per_class_positions(split: Split, n: int, seed: int) -> np.ndarray:
+  """Sorted positions of at most `n` examples of each class of `split`. Each example's rank is a
+  seeded random key of its index in the source split, so the choice depends only on the seed and
+  `n` (not on the other classes), and the choice for n + 1 contains the one for n."""
+  if not len(split):
+    return np.zeros((0,), np.int64)
+  keys = np.random.default_rng([seed, 1]).random(int(split.indices.max()) + 1)[split.indices]
+  chosen = []
+  for c in np.unique(split.labels):
+    members = np.flatnonzero(split.labels == c)
+    chosen.append(members[np.argsort(keys[members], kind="stable")[:n]])
+  return np.sort(np.concatenate(chosen))
+
+
+def select(ds: Dataset, classes: str = "", max_per_class: int = 0, seed: int = 0) -> Dataset:
+  """`ds` with only `classes` (names or indices, comma-separated; "" = all), relabelled 0..k-1 in
+  the order given, in every split; and at most `max_per_class` training examples of each class
+  (0 = all), chosen reproducibly from `seed` (validation and test are left whole)."""
+  if classes.strip():
+    indices = class_indices(classes, ds.class_names, ds.name)
+    mapping = np.full(ds.num_classes, -1, np.int64)
+    mapping[indices] = np.arange(len(indices))
+    validation = _keep(ds.validation, mapping)
+    ds = dataclasses.replace(
+        ds, train=_keep(ds.train, mapping), test=_keep(ds.test, mapping),
+        validation=validation if validation is not None and len(validation) else None,
+        num_classes=len(indices), class_names=[ds.class_names[i] for i in indices])
+  if max_per_class:
+    keep = per_class_positions(ds.train, max_per_class, seed)
+    ds = dataclasses.replace(ds, train=Split(ds.train.images[keep], ds.train.labels[keep],
+                                             ds.train.indices[keep]))
+  return ds

@@ -1,0 +1,51 @@
+"""The classifier's train state: parameters, optimizer state and step, batch-norm statistics,
+the base RNG key and, when kept, a moving average of the weights."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and step, plus BatchNorm statistics, the base RNG key and,
+  when enabled, an exponential moving average of the weights."""
+  batch_stats: Any
+  rng: jax.Array  # base key; each step folds in its step number
+  ema: Any = flax.struct.field(default_factory=dict)  # {"params", "batch_stats"} or {} (off)
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+  def eval_variables(self) -> dict[str, Any]:
+    """What evaluation uses: the moving average when it is kept, else the live weights."""
+    if not self.ema:
+      return self.variables()
+    return {"params": self.ema["params"],
+            **({"batch_stats": self.ema["batch_stats"]} if self.batch_stats else {})}
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array,
+                       ema: bool = False) -> TrainState:
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      init_key, jnp.zeros((1, *image_shape), jnp.float32))
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  return TrainState.create(
+      apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=train_key,
+      ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+      if ema else {})
+
+
+def ema_update(average: Any, live: Any, step: jax.Array, decay: float) -> Any:
+  """The moving average `average` moved towards the `live` weights after step `step`, with the
+  usual warm-up: early on it follows the weights closely, so that a short run's average is not
+  dominated by the random initialization."""
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, average, live)

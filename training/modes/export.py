@@ -1,0 +1,355 @@
+"""Deploy a trained workdir: files that classify images without this project's code.
+
+    python train.py --mode=export --workdir=runs/cnn [--checkpoint=best|latest|STEP]
+                    [--output=DIR] [--overwrite]
+
+writes into DIR (default `<workdir>/export`):
+
+  model.jax   a `jax.export` artifact (serialized StableHLO, for CPU, CUDA, ROCm and TPU):
+              `jax.export.deserialize(data).call(images)` with jax (and flatbuffers) alone;
+  model.onnx  the same function as an ONNX model (converted by jax2onnx; written when the
+              `export` extra is installed), for onnxruntime and other ONNX runtimes;
+  model.json  what a caller needs to know: the input's shape and dtype, the class names, the
+              background convention and image fitting, the source checkpoint, its test accuracy.
+
+Both models take the raw input, uint8 pixels of shape (N, H, W, C) for any batch size N (what
+`training.data.images.load` returns), and return float32 class probabilities (N, classes): the scaling
+to [0, 1] and the softmax are inside. The weights are the checkpoint's evaluation weights (the
+moving average when the run kept one), as `--mode=evaluate` and `--mode=predict` use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from training.errors import ConfigError
+from training.model import steps
+from training.store.checkpoint import Checkpointer
+from training.tasks.restore import Restored, restore
+
+JAX_FILE, ONNX_FILE, META_FILE = "model.jax", "model.onnx", "model.json"
+FILES = (JAX_FILE, ONNX_FILE, META_FILE)
+# The jax.export artifact carries a lowering for each; a machine runs the one of its backend.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# ONNX opset 17 (of 2022): current runtimes read it (onnxruntime since 1.13), and every model
+# here converts to it.
+ONNX_OPSET = 17
+# An exported model's probabilities may differ from the in-process model's by this much (they
+# agree to about 1e-7: the same operations, in another order); more is a converter bug.
+TOLERANCE = 1e-5
+# jnp.shape as JAX defines it (jax2onnx replaces it while it traces: see `_with_static_jnp_shape`).
+_JNP_SHAPE = jnp.shape
+
+Probabilities = Callable[[jax.Array], jax.Array]
+
+
+class ExportError(ConfigError):
+  """An export that cannot be made as asked; the message says why and what to do."""
+
+
+class OutputExistsError(ExportError):
+  """The output directory already holds an export."""
+
+
+class UnsupportedOperationError(ExportError):
+  """The model uses an operation that the target format (or its converter) cannot express."""
+
+
+def export(workdir: str, which: str = "best", output: str | None = None,
+           overwrite: bool = False, onnx: bool | None = None) -> dict[str, Any]:
+  """Exports checkpoint `which` of `workdir` into `output`; returns model.json's content (and
+  "directory": where the files went).
+
+  `onnx`: None writes the ONNX model when jax2onnx and onnxruntime are installed (and says so
+  in model.json when they are not), True requires them, False skips it. Nothing is written
+  unless every file could be made and checked."""
+  output = os.path.abspath(output or os.path.join(workdir, "export"))
+  _check_output(output, overwrite)
+  r = restore(workdir, which)
+  probabilities = probabilities_fn(r)
+  shape = tuple(r.dataset_info["image_shape"])
+  files = {JAX_FILE: export_jax(probabilities, shape)}
+  if onnx is None:
+    onnx = onnx_available()
+  if onnx:
+    files[ONNX_FILE] = export_onnx(probabilities, shape, r.config.model.name)
+  meta = metadata(r, workdir, files)
+  meta["max_abs_difference"] = verify(probabilities, shape, files)
+  files[META_FILE] = (json.dumps(meta, indent=2) + "\n").encode()
+  _write(output, files)
+  return {**meta, "directory": output}
+
+
+def probabilities_fn(r: Restored) -> Probabilities:
+  """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoint's
+  evaluation weights as constants: the exported function."""
+  variables = jax.device_get(r.state.eval_variables())
+  apply_fn = r.state.apply_fn
+
+  def probabilities(images: jax.Array) -> jax.Array:
+    logits = apply_fn(variables, steps.preprocess(images), train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return probabilities
+
+
+def input_spec(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+  """uint8 images of `shape` (H, W, C) with a symbolic batch size."""
+  dims = jax.export.symbolic_shape(f"batch, {', '.join(str(d) for d in shape)}")
+  return jax.ShapeDtypeStruct(dims, jnp.uint8)
+
+
+def export_jax(probabilities: Probabilities, shape: tuple[int, ...]) -> bytes:
+  """The serialized `jax.export` artifact of `probabilities` (needs the flatbuffers package)."""
+  if importlib.util.find_spec("flatbuffers") is None:  # jax.export's serialization format
+    raise ExportError("Serializing a jax.export artifact needs the flatbuffers package: "
+                      "pip install flatbuffers.")
+  exported = jax.export.export(jax.jit(probabilities), platforms=PLATFORMS)(input_spec(shape))
+  return bytes(exported.serialize())
+
+
+def onnx_available() -> bool:
+  return all(importlib.util.find_spec(m) is not None for m in ("jax2onnx", "onnxruntime"))
+
+
+def export_onnx(probabilities: Probabilities, shape: tuple[int, ...], model_name: str) -> bytes:
+  """The ONNX model of `probabilities`, converted by jax2onnx; raises UnsupportedOperationError
+  naming the first operation that it cannot convert."""
+  if not onnx_available():
+    raise ExportError("ONNX export needs jax2onnx and onnxruntime: pip install -e '.[export]' "
+                      "(in a venv of its own, see docs/export.md).")
+  import jax2onnx
+  import onnx
+  # onnx_ir warns of every shape-only value it skips: intermediate shapes, dropped anyway.
+  logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)
+  try:
+    proto = jax2onnx.to_onnx(_with_static_jnp_shape(probabilities), [input_spec(shape)],
+                             model_name=model_name, opset=ONNX_OPSET, input_names=["images"],
+                             output_names=["probabilities"])
+  except NotImplementedError as e:
+    found = re.search(r"primitive '([^']+)'", str(e))
+    if not found:
+      raise
+    raise UnsupportedOperationError(
+        f"Cannot export {model_name!r} to ONNX: jax2onnx {_version('jax2onnx')} has no "
+        f"conversion for the JAX operation {found.group(1)!r}"
+        f"{_where(probabilities, shape, found.group(1))}.") from e
+  _tidy(proto.graph, onnx)
+  return proto.SerializeToString()
+
+
+def _with_static_jnp_shape(fn: Probabilities) -> Probabilities:
+  """`fn`, traced with JAX's own `jnp.shape`.
+
+  While it traces, jax2onnx (0.17) replaces `jnp.shape` by an operation that returns the shape
+  as a traced array. Flax's `nn.scan` (inside `nn.RNN`) calls `jnp.shape` to build its carry's
+  type and fails on a traced one ("Shapes must be 1D sequences of concrete values"). The models
+  here never need a traced shape (the symbolic batch size stays symbolic either way), so the
+  original is put back while the model is traced."""
+  def traced(images: jax.Array) -> jax.Array:
+    replaced, jnp.shape = jnp.shape, _JNP_SHAPE
+    try:
+      return fn(images)
+    finally:
+      jnp.shape = replaced
+  return traced
+
+
+def _where(fn: Probabilities, shape: tuple[int, ...], primitive: str) -> str:
+  """' (at file:line (function))': where the model's code uses `primitive`, if found."""
+  from jax.extend import core, source_info_util
+  pending = [jax.make_jaxpr(fn)(input_spec(shape)).jaxpr]
+  while pending:
+    jaxpr = pending.pop()
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == primitive:
+        return f" (at {source_info_util.summarize(eqn.source_info)})"
+    pending.extend(core.subjaxprs(jaxpr))
+  return ""
+
+
+def _tidy(graph: Any, onnx: Any) -> None:
+  """Drops what jax2onnx 0.17 leaves that runtimes warn about: intermediate shapes, some in
+  the wrong layout (NHWC for NCHW convolutions), which onnxruntime infers again anyway, and
+  constants that a loop body no longer uses."""
+  del graph.value_info[:]
+  used = {name for node in graph.node for name in node.input}
+  used.update(output.name for output in graph.output)
+  for node in graph.node:
+    for attribute in node.attribute:
+      if attribute.type == onnx.AttributeProto.GRAPH:
+        _tidy(attribute.g, onnx)
+        used.update(_outer_names(attribute.g, onnx))
+  kept = [init for init in graph.initializer if init.name in used]
+  del graph.initializer[:]
+  graph.initializer.extend(kept)
+
+
+def _outer_names(graph: Any, onnx: Any) -> set[str]:
+  """Every name that the nodes of `graph` and of its subgraphs read (some from outer scopes)."""
+  names = {name for node in graph.node for name in node.input}
+  for node in graph.node:
+    for attribute in node.attribute:
+      if attribute.type == onnx.AttributeProto.GRAPH:
+        names |= _outer_names(attribute.g, onnx)
+  return names
+
+
+def verify(probabilities: Probabilities, shape: tuple[int, ...],
+           files: dict[str, bytes]) -> dict[str, float]:
+  """Runs the exported models on a few images (noise, and a blank one); raises ExportError if
+  their probabilities differ from the in-process model's by more than TOLERANCE."""
+  images = np.random.default_rng(0).integers(0, 256, (4, *shape), dtype=np.uint8)
+  images[0] = 0
+  expected = np.asarray(jax.jit(probabilities)(images))
+  got = {"jax": np.asarray(jax.export.deserialize(bytearray(files[JAX_FILE])).call(images))}
+  if ONNX_FILE in files:
+    import onnxruntime
+    session = onnxruntime.InferenceSession(files[ONNX_FILE], providers=["CPUExecutionProvider"])
+    got["onnx"] = session.run(None, {"images": images})[0]
+  differences = {k: float(np.abs(v - expected).max()) for k, v in got.items()}
+  bad = {k: d for k, d in differences.items() if not d <= TOLERANCE}
+  if bad:
+    raise ExportError(f"The exported model(s) {', '.join(bad)} give other probabilities than "
+                      f"the trained model (largest difference {max(bad.values()):.2g}, over "
+                      f"{TOLERANCE:g}): a converter bug; nothing was written.")
+  return differences
+
+
+def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, Any]:
+  """model.json: what a caller of the exported models needs to know."""
+  info = r.dataset_info
+  accuracy, accuracy_source = _test_accuracy(workdir, r.step)
+  meta = {
+      "format": "mnist-flax model export 1",
+      "model": r.config.model.name,
+      "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(r.state.params))),
+      "files": {"jax": JAX_FILE, "onnx": ONNX_FILE if ONNX_FILE in files else None},
+      "input": {"name": "images", "shape": [None, *info["image_shape"]], "dtype": "uint8",
+                "layout": "NHWC: (batch, height, width, channels); pixels 0-255, scaled to "
+                          "[0, 1] inside the model"},
+      "output": {"name": "probabilities", "shape": [None, info["num_classes"]],
+                 "dtype": "float32"},
+      "class_names": [str(n) for n in info["class_names"]],
+      "dataset": info["name"],
+      "background": "light_on_dark",
+      "background_note": "Light ink on a dark background, as in MNIST. Invert dark-on-light "
+                         "images (scans, drawings on paper) first: images.load(..., "
+                         "invert=True), --invert in --mode=predict and in examples/.",
+      # How training.images fits an image of another size: MNIST's box-and-centre or a resize.
+      "fit": "digit" if info["name"] == "mnist" else "resize",
+      "source": {"workdir": os.path.abspath(workdir), "checkpoint": r.which, "step": r.step,
+                 "weights": "ema" if r.state.ema else "params"},
+      "test_accuracy": accuracy,
+      "test_accuracy_source": accuracy_source,
+      "jax_platforms": list(PLATFORMS),
+      "onnx_opset": ONNX_OPSET if ONNX_FILE in files else None,
+      "versions": {name: _version(name) for name in ("jax", "jaxlib", "flax", "jax2onnx", "onnx")
+                   if name in ("jax", "jaxlib", "flax") or ONNX_FILE in files},
+  }
+  if ONNX_FILE not in files:
+    meta["onnx_missing"] = ("jax2onnx and onnxruntime were not installed where the export ran: "
+                            "pip install -e '.[export]' (see docs/export.md)")
+  return meta
+
+
+def _test_accuracy(workdir: str, step: int) -> tuple[float | None, str]:
+  """The test accuracy of checkpoint `step` if it was measured, and where the figure is from."""
+  evaluated = f"eval_test_step{step}.json"
+  if os.path.isfile(os.path.join(workdir, evaluated)):
+    return (_read_accuracy(os.path.join(workdir, evaluated)),
+            f"{evaluated}: --mode=evaluate of this checkpoint")
+  measure = f"--mode=evaluate --checkpoint={step} measures it; export again to record it"
+  final = os.path.join(workdir, "test_metrics.json")
+  if not os.path.isfile(final):
+    return None, f"not measured: no test_metrics.json in the workdir ({measure})"
+  accuracy = _read_accuracy(final, "test")
+  ckpt = Checkpointer.reader(workdir)
+  try:
+    latest = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  shown = "unreadable" if accuracy is None else f"{accuracy:.2%}"
+  if step == latest:
+    return accuracy, "test_metrics.json: the end of training, which is this checkpoint (the latest)"
+  return None, (f"not measured for this checkpoint: test_metrics.json holds the end of "
+                f"training's (the latest checkpoint, step {latest}: {shown}); {measure}")
+
+
+def _read_accuracy(path: str, key: str | None = None) -> float | None:
+  try:
+    with open(path) as f:
+      result = json.load(f)
+    return float((result[key] if key else result)["accuracy"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def _version(package: str) -> str | None:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ExportError(f"The output {output} is a file; give a directory with --output.")
+  existing = [f for f in FILES if os.path.exists(os.path.join(output, f))]
+  if existing and not overwrite:
+    raise OutputExistsError(f"{output} already holds an export ({', '.join(existing)}); pass "
+                            "--overwrite to replace it, or another --output.")
+
+
+def _write(output: str, files: dict[str, bytes]) -> None:
+  """Writes all files under temporary names, then renames them (and removes an older export's
+  file that this one lacks): a failed write leaves the previous export whole."""
+  try:
+    os.makedirs(output, exist_ok=True)
+    for name, data in files.items():
+      with open(os.path.join(output, name + ".tmp"), "wb") as f:
+        f.write(data)
+    for name in files:
+      os.replace(os.path.join(output, name + ".tmp"), os.path.join(output, name))
+    for name in set(FILES) - set(files):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output, name))
+  except OSError as e:
+    raise ExportError(f"Cannot write the export to {output}: {e.strerror or e}.") from e
+
+
+def format_summary(meta: dict[str, Any]) -> str:
+  """What --mode=export prints: where the files went, their sizes, the check."""
+  source = meta["source"]
+  accuracy = meta["test_accuracy"]
+  lines = [f"{meta['model']} from the {source['checkpoint']} checkpoint (step {source['step']}, "
+           f"{'EMA' if source['weights'] == 'ema' else 'live'} weights"
+           + (f", test accuracy {accuracy:.2%}" if accuracy is not None else "")
+           + f") exported to {meta['directory']}:"]
+  described = {
+      JAX_FILE: f"jax.export (StableHLO) for {', '.join(meta['jax_platforms'])}",
+      ONNX_FILE: f"ONNX opset {meta['onnx_opset']}",
+      META_FILE: "input uint8 (N, {}), class probabilities (N, {})".format(
+          ", ".join(str(d) for d in meta["input"]["shape"][1:]), meta["output"]["shape"][1])}
+  for name, what in described.items():
+    path = os.path.join(meta["directory"], name)
+    if os.path.exists(path):
+      size = os.path.getsize(path)
+      shown = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+      lines.append(f"  {name:<11} {shown:>9}  {what}")
+  if "onnx_missing" in meta:
+    lines.append(f"  {ONNX_FILE:<11} not written: {meta['onnx_missing']}")
+  checked = meta["max_abs_difference"]
+  lines.append("checked: " + ", ".join(f"{k} within {v:.1g}" for k, v in checked.items())
+               + " of the in-process model's probabilities")
+  return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""The report of one run: its checkpoint's predictions on the test split, the figures, the page
+and the figures as TensorBoard images."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from training import data
+from training.errors import ConfigError, DataNotFoundError
+from training.model import scores as scores_lib, steps
+from training.modes import show
+from training.modes.report import figures
+from training.modes.report.figures import FIGURES, MISTAKES_GRID, STYLE
+from training.modes.report.page import report_html
+from training.modes.report.records import (ReportError, TEST_METRICS, check_run_dir, read_json,
+                                           read_metrics, status, write_file)
+from training.tasks import restore as restore_lib
+
+
+def predict_log_probs(state: Any, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+  """Log class probabilities of uint8 `images` (N, H, W, C) under the state's eval variables, in
+  fixed-size batches (one compiled program; the last batch is padded)."""
+  apply = jax.jit(lambda v, x: jax.nn.log_softmax(
+      state.apply_fn(v, steps.preprocess(x), train=False), axis=-1))
+  variables = state.eval_variables()
+  batch_size = max(1, min(batch_size, len(images)))
+  out = []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+    out.append(np.asarray(apply(variables, batch), np.float64)[:n])
+  return np.concatenate(out)
+
+
+def confident_mistakes(probs: np.ndarray, labels: np.ndarray, k: int = 32
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The misclassified examples, most confident first: (indices, predicted classes, probability
+  of the predicted class), at most `k` of them. Ties keep the examples' order."""
+  predicted = probs.argmax(axis=1)
+  confidence = probs[np.arange(len(probs)), predicted]
+  wrong = np.flatnonzero(predicted != labels)
+  chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:k]
+  return chosen, predicted[chosen], confidence[chosen]
+
+
+def scores(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+  """Test metrics as `metrics.summarize` gives them, plus per-class precision, recall and F1."""
+  predicted = log_probs.argmax(axis=1)
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (labels, predicted), 1)
+  result = scores_lib.summarize({"confusion": cm, "count": len(labels),
+                                  "loss_sum": -log_probs[np.arange(len(labels)), labels].sum()})
+  tp, support, called = np.diag(cm).astype(float), cm.sum(1), cm.sum(0)
+  precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+  recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+  total = precision + recall
+  f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+  result.update(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+                support=support.tolist())
+  return result
+
+
+def model_summary(restored: Any) -> str:
+  """flax's per-layer table (inputs, outputs, parameter shapes and counts) of the checkpoint's
+  model, as `--mode=show` prints it; the parameters' shapes alone if tabulating fails."""
+  info = restored.dataset_info
+  try:
+    return show.model_summary(restored.config, tuple(info["image_shape"]), info["num_classes"])
+  except Exception as e:  # the table is a convenience: the parameters say the essentials
+    lines = [f"(flax's tabulate failed: {type(e).__name__}: {e}; the parameters:)"]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(restored.state.params)[0]:
+      lines.append(f"{jax.tree_util.keystr(path):60} {str(tuple(leaf.shape)):>20} "
+                   f"{int(np.prod(leaf.shape)):>12,}")
+    return "\n".join(lines)
+
+
+def _leaves(tree: Any) -> list[Any]:
+  return jax.tree_util.tree_leaves(tree)
+
+
+def _predict_test(restored: Any, data_dir: str | None, dataset: Any = None
+                  ) -> tuple[Any, np.ndarray]:
+  """The test split as the run evaluated it (all of it unless its max_eval_examples capped it),
+  from `dataset` when given, and the log probabilities of its classes."""
+  c = restored.config
+  if dataset is None:
+    dataset = data.load(c.dataset, data_dir=data_dir or c.get("data_dir"),
+                        cache_dir=c.get("cache_dir"), validation_fraction=c.validation_fraction,
+                        split_seed=c.split_seed, max_eval_examples=c.max_eval_examples)
+  test = dataset.test
+  return test, predict_log_probs(restored.state, test.images, c.eval_batch_size)
+
+
+def _figures(records, restored, test, log_probs) -> tuple[dict[str, bytes], dict[str, Any]]:
+  """The four figures as PNG bytes, and the test scores and mistakes they show."""
+  import matplotlib
+  names = [str(n) for n in restored.dataset_info["class_names"]]
+  result = scores(log_probs, test.labels, len(names))
+  chosen = confident_mistakes(np.exp(log_probs), test.labels, MISTAKES_GRID[0] * MISTAKES_GRID[1])
+  wrong = int(result["count"] - round(result["accuracy"] * result["count"]))
+  run = f"{restored.config.model.name} on {restored.dataset_info['name']}"
+  ckpt = f"{restored.which} checkpoint, step {restored.step}"
+  with matplotlib.rc_context(STYLE):
+    pngs = {
+        "learning_curves": figures.plot_learning_curves(records, f"{run}: learning curves"),
+        "confusion_matrix": figures.plot_confusion_matrix(
+            result["confusion_matrix"], names,
+            f"Test confusion matrix: {result['accuracy']:.2%} correct\n({ckpt})"),
+        "per_class": figures.plot_per_class(result, names, f"{run}: per-class scores on the test split "
+                                    f"(macro F1 {result['macro_f1']:.4f}, {ckpt})"),
+        "mistakes": figures.plot_mistakes(test.images, test.labels, chosen, names,
+                                  f"The {len(chosen[0])} most confident of {wrong} test mistakes "
+                                  f"({run}, {ckpt})"),
+    }
+  mistakes = [{"index": int(i), "label": int(test.labels[i]), "predicted": int(p),
+               "probability": float(q)} for i, p, q in zip(*chosen)]
+  return pngs, {"test": result, "mistakes": mistakes, "wrong": wrong}
+
+
+def _tensorboard_images(workdir: str, pngs: dict[str, bytes], step: int) -> None:
+  """The figures as TensorBoard images (tag report/<name>) at the checkpoint's step."""
+  from PIL import Image
+  from tensorboardX import SummaryWriter
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), filename_suffix=".report")
+  try:
+    for name, png in pngs.items():
+      image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+      writer.add_image(f"report/{name}", image, step, dataformats="HWC")
+  finally:
+    writer.close()
+
+
+def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, Any],
+            dataset: Any) -> dict[str, Any]:
+  t0 = time.perf_counter()
+  restored = restore_lib.restore(workdir, which)
+  test, log_probs = _predict_test(restored, data_dir, dataset)
+  t1 = time.perf_counter()
+  pngs, found = _figures(records, restored, test, log_probs)
+  found["params"] = sum(int(np.prod(p.shape)) for p in _leaves(restored.state.params))
+  t2 = time.perf_counter()
+  summary = model_summary(restored)
+  t3 = time.perf_counter()
+  final = read_json(os.path.join(workdir, TEST_METRICS))
+  page = report_html(workdir, restored, records, found, final, pngs, summary)
+  files = {name: os.path.join(workdir, f"{name}.png") for name in pngs}
+  for name, path in files.items():
+    write_file(path, pngs[name])
+  files["report"] = os.path.join(workdir, "report.html")
+  write_file(files["report"], page)
+  _tensorboard_images(workdir, pngs, restored.step)
+  t4 = time.perf_counter()
+  return {"files": files, "checkpoint": restored.which, "step": restored.step, **found,
+          "dataset": restored.dataset_info["name"], "model": restored.config.model.name,
+          "status": status(records, restored.config, final is not None),
+          "seconds": {"restore_and_predict": t1 - t0, "figures": t2 - t1,
+                      "model_summary": t3 - t2, "write": t4 - t3}}
+
+
+def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
+                 dataset: Any = None) -> dict[str, Any]:
+  """Writes the report of the run in `workdir` from its checkpoint `which` ("best", falling back
+  to the latest when none ranks best; "latest"; or a step): the figures, `report.html` and the
+  figures as TensorBoard images. The test split is loaded as the checkpoint's config says (from
+  `data_dir` if given), or taken from `dataset` (a `data.Dataset`: the training loop's own).
+
+  Returns {"files": {name: path}, "checkpoint", "step", "status", "model", "dataset",
+  "test": scores of the checkpoint on the test split, "wrong": its number of mistakes,
+  "mistakes": the examples shown in mistakes.png, "params", "seconds": each part's time}.
+
+  Raises ReportError (a ConfigError) for a workdir that is not a run, has no metrics or no
+  checkpoint, or cannot be written, and for any failure while writing: the run's own files
+  (metrics, checkpoints) are never touched, so a caller can take it as a warning.
+  """
+  t0, cpu0 = time.perf_counter(), time.process_time()
+  check_run_dir(workdir)
+  try:
+    records = read_metrics(workdir)
+    out = _report(workdir, which, data_dir, records, dataset)
+  except ReportError:
+    raise
+  except (ConfigError, DataNotFoundError) as e:  # no checkpoint, or no data to predict
+    raise ReportError(f"Cannot write the report of {workdir}: {e}") from e
+  except Exception as e:
+    raise ReportError(f"Writing the report of {workdir} failed: {type(e).__name__}: {e}") from e
+  out["seconds"].update(total=time.perf_counter() - t0, cpu=time.process_time() - cpu0)
+  return out
+
+
+def format_result(result: dict[str, Any]) -> str:
+  """What `write_report` did, in a few lines for the terminal."""
+  t = result["test"]
+  files = result["files"]
+  return (f"{result['model']} on {result['dataset']}, {result['checkpoint']} checkpoint (step "
+          f"{result['step']}); {result['status']}\n"
+          f"test: accuracy {t['accuracy']:.2%}  macro F1 {t['macro_f1']:.4f}  "
+          f"({result['wrong']} mistakes; the {len(result['mistakes'])} most confident are shown)\n"
+          f"wrote {files['report']} and {', '.join(os.path.basename(files[n]) for n in FIGURES)} "
+          f"in {result['seconds']['total']:.1f}s")
+

@@ -1,0 +1,37 @@
+"""`--mode=sample`: a PNG grid of a trained GAN's images, of one class or of every class."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from training.errors import ConfigError
+from training.tasks import restore as restore_lib
+from training.tasks.gan import grid
+from training.tasks.gan.task import Gan
+
+
+def sample(workdir: str, which: str = "latest", label: int | None = None, num: int = 64,
+           output: str | None = None, seed: int = 0) -> str:
+  """`python train.py --mode=sample`: a grid of `num` samples of a trained GAN (all of class
+  `label`, or every class in turn when conditional) written to a PNG; returns its path."""
+  r = restore_lib.restore(workdir, which, task="gan")
+  task = Gan(r.config, r.dataset_info["num_classes"], tuple(r.dataset_info["image_shape"]))
+  if num < 1:
+    raise ConfigError(f"--num must be at least 1, got {num}.")
+  if label is not None and not task.conditional:
+    raise ConfigError(f"{workdir} holds an unconditional GAN ({r.config.model.name}): it takes "
+                      "no --label; train configs/cgan.py for digits of a chosen class.")
+  if label is not None and not 0 <= label < task.num_classes:
+    raise ConfigError(f"--label={label} is not a class of this GAN: choose 0-{task.num_classes - 1}"
+                      f" ({', '.join(map(str, r.dataset_info['class_names']))}).")
+  labels = (np.full(num, label, np.int32) if label is not None
+            else np.arange(num, dtype=np.int32) % task.num_classes)
+  images = task.sample(r.state, num, seed, labels)[0]
+  name = f"sample_step{r.step}{'' if label is None else f'_label{label}'}_seed{seed}.png"
+  path = output or os.path.join(workdir, "samples", name)
+  try:
+    return grid.save_grid(images, path, nrow=min(task.grid_columns(), num))
+  except OSError as e:
+    raise ConfigError(f"Cannot write {path}: {e.strerror or e}; pass --output=FILE.png.") from e

@@ -1,0 +1,72 @@
+"""A run's config and workdir checked before anything is loaded or written: every refusal here
+costs the user seconds, not a data load or a compilation."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+import ml_collections
+from flax import traverse_util
+
+import nets
+from training import tasks
+from training.data import sources
+from training.errors import ConfigError
+from training.model import optim
+from training.model.build import DTYPES
+from training.run import finetune
+
+
+# The smallest value each numeric field may take.
+_AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_steps": 1,
+             "checkpoint.every_epochs": 1, "checkpoint.keep": 1, "checkpoint.every_steps": 0,
+             "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
+             "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
+             "folder.image_size": 1, "weight_decay": 0.0,
+             "grad_clip_norm": 0.0}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before the data is loaded, on config values that cannot work."""
+  for field, choices in (("dtype", DTYPES), ("optimizer", optim.OPTIMIZERS),
+                         ("schedule", optim.SCHEDULES)):
+    if config[field] not in choices:
+      raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  for field, low in _AT_LEAST.items():
+    if (value := flat[field]) < low:
+      raise ConfigError(f"{field} must be at least {low}, got {value}.")
+  if not config.learning_rate > 0:
+    raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
+  if not 0.0 <= config.get("decay_fraction", 0.3) <= 1.0:
+    raise ConfigError(f"decay_fraction must be in [0, 1], got {config.decay_fraction}.")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
+  for field in ("shift", "rotate"):
+    if config.augment[field] < 0:
+      raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
+                        f"{config.augment[field]}.")
+  sources.check_options(config.dataset, config.classes, config.folder.to_dict())
+  nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+  tasks.check(config)
+  finetune.validate(config)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails fast, before the data is loaded, if `workdir` cannot be written or created; creates
+  nothing, so that a refused run leaves no empty workdir behind."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    if not os.path.isdir(path):
+      raise NotADirectoryError(errno.ENOTDIR, f"{path} is a file")
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ConfigError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}); pass a "
+                      "writable directory with --workdir=...") from e

@@ -1,0 +1,201 @@
+"""A run's set-up, in one pass from top to bottom: the config and workdir checked, the data, the
+task, the plan of steps and devices, the initial state (with `init_from`'s weights), the workdir
+lock, a resumed checkpoint, and the outputs. `setup` reads in that order; each step is one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from training import data, tasks
+from training.console import log
+from training.data import Dataset
+from training.errors import ConfigError, workdir_write_error
+from training.model import device, mesh as mesh_lib, optim
+from training.model.build import model_error, param_count
+from training.run import checks, finetune
+from training.store.checkpoint import Checkpointer
+from training.store.lock import WorkdirLock
+from training.store.records import MetricWriter
+
+
+@dataclasses.dataclass
+class Run:
+  """What a run's epochs share, fixed at set-up."""
+  config: ml_collections.ConfigDict
+  workdir: str | None
+  ds: Dataset
+  task: tasks.Task
+  driver: device.DeviceSteps
+  schedule: Callable[[Any], Any]  # the learning rate at a step (optax)
+  learning_rates: np.ndarray  # the schedule's value at each step, computed once
+  steps_per_epoch: int
+  shuffle_key: jax.Array | None = None  # each epoch's order is a permutation drawn from it
+  ckpt: Checkpointer | None = None
+  lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
+  writer: MetricWriter | None = None
+  arrays: dict[str, Any] = dataclasses.field(default_factory=dict)  # device-resident splits
+  start_step: int = 0
+  stop_at: int = 0  # the global step where stop_after_steps stops this process (0: none)
+  t_train: float = 0.0
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.num_epochs * self.steps_per_epoch
+
+  @property
+  def primary(self) -> bool:  # every process computes the same metrics; process 0 writes them
+    return jax.process_index() == 0
+
+  def close(self) -> None:
+    try:
+      try:
+        if self.writer:
+          self.writer.close()
+      finally:
+        if self.ckpt:
+          self.ckpt.wait()  # a save in flight completes even when training stops with an error
+          self.ckpt.close()
+    finally:
+      if self.lock:
+        self.lock.release()
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str | None
+          ) -> tuple[Any, Run, dict[str, str] | None]:
+  """Everything a run needs before its first step: (the state on the devices, the Run, the
+  config's changes since the checkpoint it resumes, or None for a fresh run). Nothing is written
+  to the workdir until the config, the data and any checkpoint there were accepted."""
+  checks.validate(config)
+  if config.stop_after_steps and (workdir is None or not config.checkpoint.enabled):
+    raise ConfigError("stop_after_steps needs checkpoints: set --workdir and keep "
+                      "--config.checkpoint.enabled=True.")
+  if workdir is not None:
+    checks.check_workdir(workdir)
+  ds = data.from_config(config)
+  task = tasks.get(config, ds.num_classes, ds.image_shape)
+  run = _plan(config, ds, task)
+  state = _initial_state(run)
+  task.start(run)  # e.g. loads what evaluation needs: its errors come before any write
+  changes = None
+  try:
+    if workdir is not None:  # taken before anything in the workdir is read or written
+      run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
+      if run.lock.note:
+        log(run.lock.note)
+    if workdir is not None and config.checkpoint.enabled:
+      state, changes = _resume(run, state, workdir)
+    run.workdir, run.start_step = workdir, int(state.step)
+    run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
+    _open_outputs(run, state, changes)
+  except BaseException:
+    run.close()
+    raise
+  return state, run, changes
+
+
+def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> Run:
+  """The run's steps, learning rates, mesh and device steps."""
+  steps_per_epoch = len(ds.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(ds.train)} training "
+                      "examples; lower --config.batch_size.")
+  schedule = optim.make_schedule(config, steps_per_epoch)
+  # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
+  mesh = mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes)
+  driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
+                              chunk=device.steps_per_call(config),
+                              steps_per_epoch=steps_per_epoch, step=task.train_step)
+  return Run(config, None, ds, task, driver, schedule,
+             _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch)
+
+
+def _initial_state(run: Run) -> Any:
+  """The task's freshly initialized state (with `init_from`'s weights, if set: a resumed run then
+  restores its own checkpoint over them), on the devices."""
+  config = run.config
+  init_key, train_key, run.shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  try:
+    state = run.task.init_state(run.schedule, init_key, train_key)
+  except (ValueError, TypeError, ZeroDivisionError) as e:
+    raise ConfigError(model_error(config, run.ds.image_shape, e)) from e
+  state = finetune.initialize(config, state, run.ds.info(), run.schedule)
+  return run.driver.put(state)
+
+
+def write_file(workdir: str, name: str, text: str) -> None:
+  try:
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text)
+  except OSError as e:  # a full disk: one clear line, as for checkpoints and metrics
+    raise workdir_write_error(name, workdir, e) from e
+
+
+def _learning_rates(schedule, total_steps: int) -> np.ndarray:
+  """The schedule at every step, in one call: the loop then logs it without device work."""
+  return np.asarray(jax.jit(jax.vmap(schedule))(np.arange(max(total_steps, 1))))
+
+
+def _resume(run: Run, state: Any, workdir: str
+            ) -> tuple[Any, dict[str, str] | None]:
+  """Opens the workdir's checkpoints and restores the latest: (state, the config's changes since
+  it, or None for a fresh run). Refusals leave the workdir as it was."""
+  config = run.config
+  run.ckpt = Checkpointer(workdir, config, run.ds.info())
+  if run.ckpt.latest_step() is None:
+    return state, None
+  state, changes = run.ckpt.resume(state)
+  if int(state.step) > run.total_steps:
+    raise ConfigError(
+        f"The checkpoint in {run.ckpt.directory} is at step {int(state.step)}, past the "
+        f"{config.num_epochs} epochs ({run.total_steps} steps) of this config. Raise "
+        f"--config.num_epochs to at least {-(-int(state.step) // run.steps_per_epoch)}, "
+        f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or use "
+        "another --workdir.")
+  return state, changes
+
+
+def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
+  """The metric writer, config.json, the data on the devices, and the run's opening lines."""
+  config, ds, workdir = run.config, run.ds, run.workdir
+  # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
+  run.writer = MetricWriter(workdir, enabled=workdir is not None and run.primary,
+                                        resume_step=None if changes is None else run.start_step)
+  if workdir is not None and run.primary:
+    write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
+    run.writer.write_text("config", str(config))
+  run.arrays["train"] = run.driver.put_train(ds.train.images, ds.train.labels)
+  if ds.validation:
+    run.arrays["validation"] = run.driver.put_eval(ds.validation.images, ds.validation.labels)
+  run.arrays["test"] = run.driver.put_eval(ds.test.images, ds.test.labels)
+  mesh = run.driver.mesh
+  procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  log(f"{config.model.name}: {param_count(state.params):,} parameters | {ds.name}: "
+      f"{len(ds.train)} train, {len(ds.validation) if ds.validation else 0} validation, "
+      f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s){procs}, mesh "
+      f"{dict(mesh.shape)} | {config.num_epochs} epoch{'s' * (config.num_epochs != 1)} of "
+      f"{run.steps_per_epoch} steps")
+  if config.dtype == "bfloat16" and jax.default_backend() == "cpu":
+    log("Note: bfloat16 compute is slower than float32 on CPU (see docs/performance.md); it is "
+        "meant for GPU/TPU. On CPU use --config.dtype=float32.")
+  if changes is not None:
+    _log_resume(run, changes)
+
+
+def _log_resume(run: Run, changes: dict[str, str]) -> None:
+  config, step = run.config, run.start_step
+  log(f"Resuming from the checkpoint at step {step} in {run.ckpt.directory}"
+      + (f" (config changed: {'; '.join(changes.values())})" if changes else ""))
+  if "num_epochs" in changes and config.schedule != "constant" and step < run.total_steps:
+    log(f"Note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
+        f"epochs, so the rate at step {step} is {run.learning_rates[step]:.3g}.")
+  if step == run.total_steps:
+    log(f"This run is complete ({config.num_epochs} epochs): evaluating only. Raise "
+        "--config.num_epochs to train on, or pass another --workdir for a new run.")
+

@@ -1,0 +1,37 @@
+"""Config helpers that every layer may use: setting fields by dotted name, and reading back a
+config saved as JSON (with a checkpoint, or as a run's config.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:
+  """Sets fields by dotted name, in place: {"augment.shift": 0.0, "num_epochs": 1}."""
+  for name, value in fields.items():
+    *groups, leaf = name.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[leaf] = value
+
+
+def tuples(x: Any) -> Any:
+  """JSON turned the config's tuples into lists; the models' fields want tuples back."""
+  if isinstance(x, dict):
+    return {k: tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(tuples(v) for v in x)
+  return x
+
+
+def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a checkpoint's, config.json) as a ConfigDict, tuples restored."""
+  return ml_collections.ConfigDict(tuples(saved))
+
+
+def task_name(config: ml_collections.ConfigDict) -> str:
+  """The config's task; configs saved before tasks existed are classifiers."""
+  return config.get("task", "classify")

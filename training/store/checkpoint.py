@@ -1,0 +1,390 @@
+"""Orbax checkpoints in `<workdir>/checkpoints`: the last N plus the best by validation accuracy.
+
+A checkpoint holds all that exact resumption needs: parameters, optimizer state, batch-norm
+statistics, the step (which fixes the data position: epoch = step // steps_per_epoch, offset =
+step % steps_per_epoch, as each epoch's order is a pure function of the seed and the epoch), the
+RNG key, the config that produced it, and what inference needs to know of the data (image shape,
+class names). Orbax writes each checkpoint to a temporary directory and renames it when complete,
+so a process killed mid-save leaves no checkpoint that a restart would read; the restart deletes
+such leftovers.
+
+A save that cannot be written (a full disk, a lost mount) surfaces wherever orbax reports it: at
+the `save` that starts it, at the next `save`, at `wait` or at `close`. Each of them raises the
+same `CheckpointWriteError` (a ConfigError: one `error:` line on the command line) that says what
+failed, the free space, and the last committed checkpoint, which is left intact; the partial
+temporary directory is removed. Orbax's and tensorstore's own reports of the failure (logged
+tracebacks from their threads, "Event loop is closed") are dropped by the filters that
+`runtime.quiet_library_noise` installs at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
+
+BEST_METRIC = "validation/accuracy"
+
+class CheckpointMismatchError(ConfigError):
+  """The workdir's checkpoint was written by a model of other shapes."""
+
+
+class ConfigChangedError(CheckpointMismatchError):
+  """The workdir's checkpoint was trained with other settings than the config's."""
+
+
+class DamagedCheckpointError(ConfigError):
+  """A committed checkpoint whose files cannot be read (a disk fault, a stray edit)."""
+
+
+class CheckpointWriteError(WorkdirWriteError):
+  """A checkpoint could not be written (a full disk, a lost mount); the committed ones are intact
+  and the partial one was removed."""
+
+
+# Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
+# Config fields that may differ when a run resumes: where things are and how often they are
+# logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
+# other change would continue one run with another's settings, or hand back a finished run's
+# result for a config that never trained (a seed sweep into the default workdir).
+RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
+                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
+                     "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
+                     "progress_bar", "test_every_epoch", "report")  # and checkpoint.*
+
+
+# What orbax and tensorstore raise on unreadable files and metadata.
+_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
+
+
+def _read_error(e: BaseException) -> BaseException | None:
+  """The read error behind `e`, the innermost one: orbax re-raises tensorstore's failed reads of
+  array chunks as a bare `Exception` whose cause is the real error."""
+  found = None
+  while e is not None:
+    if isinstance(e, _READ_ERRORS):
+      found = e
+    e = e.__cause__ or e.__context__
+  return found
+
+
+@contextlib.contextmanager
+def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[None]:
+  """Re-raises a failed read of checkpoint files as `explain(the read error)`; our own
+  ConfigErrors, already explained, and unrelated errors pass unchanged."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except Exception as e:
+    cause = _read_error(e)
+    if cause is None:
+      raise
+    raise explain(cause) from e
+
+
+def _join_orbax_threads(timeout_s: float) -> None:
+  """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
+  would recreate files of the partial checkpoint after it was removed). Orbax's threads re-raise
+  their own failure from `join`: it is the one being reported, so it is not raised again here."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread() and not thread.daemon
+        and type(thread).__module__.startswith("orbax.")):
+      with contextlib.suppress(Exception):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _state_tree(state: Any) -> dict[str, Any]:
+  """A train state's arrays as one tree, {field: value}: every field but the static ones (the
+  apply function and the optimizer, which are code), for any task's state dataclass."""
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if f.metadata.get("pytree_node", True)}
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey (namedtuples), SequenceKey
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  """{"params/Dense_0/kernel": shape, ...}; optax's namedtuples and orbax's metadata dicts of them
+  give the same names."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in flat}
+
+
+class Checkpointer:
+  """Saves asynchronously (the step waits only for the device-to-host copy) and restores."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None,
+               dataset_info: dict[str, Any] | None = None, *, read_only: bool = False):
+    """For a run that writes `workdir`: its config and dataset info go into every checkpoint.
+    `Checkpointer.reader(workdir)` opens one to read only."""
+    if (config is None) != read_only:
+      raise TypeError("A Checkpointer writes with the run's config, or reads without one: use "
+                      "Checkpointer(workdir, config, dataset_info) or Checkpointer.reader(workdir).")
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.config, self.dataset_info = config, dataset_info
+    self._saving: int | None = None  # the step of the last save started, until waited for
+    self._failed: CheckpointWriteError | None = None  # a failed save, once raised
+    self._state_bytes = 0  # the size of a checkpoint's arrays
+    if config is None:
+      if not os.path.isdir(self.directory):
+        raise ConfigError(f"No checkpoints in {self.directory}: train first with "
+                          f"`python train.py --config=... --workdir={workdir}`.")
+      policy, keep_best = None, 0
+    else:
+      c = config.checkpoint
+      keep_best = c.keep_best
+      policies = [ocp.checkpoint_managers.LatestN(n=c.keep)]
+      if keep_best:
+        policies.append(ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
+            keep_checkpoints_without_metrics=False))
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+        enable_async_checkpointing=True, create=config is not None, read_only=config is None,
+        # Leftovers of a save that a kill interrupted: never read, deleted on the next start.
+        cleanup_tmp_directories=config is not None)
+    # Handlers named up front, so a fresh process can read the metadata of what is on disk.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "dataset": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def choose(self, which: str = "best") -> tuple[int, str]:
+    """(step, "best" | "latest" | "step") of the checkpoint `which` names: the best by
+    validation accuracy (the latest when none ranks best), the latest, or a step number."""
+    available = self.all_steps()
+    if not available:
+      raise ConfigError(f"No complete checkpoint in {self.directory}; train first (or let the "
+                        "run reach its first checkpoint).")
+    if which == "latest":
+      return self.latest_step(), which
+    if which == "best":
+      step = self.best_step()
+      if step is None:  # trained without a validation split: nothing ranks the checkpoints
+        return self.latest_step(), "latest"
+      return step, which
+    if which.isdigit() and int(which) in available:
+      return int(which), "step"
+    raise ConfigError(f"No checkpoint {which!r} in {self.directory}; use best, latest or one "
+                      f"of the steps {sorted(available)}.")
+
+  @classmethod
+  def reader(cls, workdir: str) -> "Checkpointer":
+    """`workdir`'s checkpoints, read-only (evaluation, prediction, reports, export): it writes
+    and deletes nothing, not even the leftovers of an interrupted save, and cannot save."""
+    return cls(workdir, None, read_only=True)
+
+  def save(self, state: Any, metrics: dict[str, float] | None = None) -> None:
+    """Starts writing a checkpoint of `state` (asynchronously, after the previous one is
+    complete). Raises CheckpointWriteError if this one or the previous one cannot be written."""
+    if self.config is None:
+      raise TypeError(f"The checkpoints in {self.directory} were opened read-only "
+                      "(Checkpointer.reader): nothing can be saved through this Checkpointer.")
+    if self._failed:
+      raise self._failed
+    self._wait()  # orbax's save would wait for it too; this tells which step failed
+    step = int(state.step)
+    if step in self.manager.all_steps():
+      return
+    tree = _state_tree(state)
+    self._state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree))
+    self._saving = step
+    with self._write_errors():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree),
+          config=ocp.args.JsonSave(self.config.to_dict()),
+          dataset=ocp.args.JsonSave(self.dataset_info or {})),
+          metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
+
+  def _wait(self) -> None:
+    if self._saving is not None:
+      with self._write_errors():
+        self.manager.wait_until_finished()
+      self._saving = None
+
+  @contextlib.contextmanager
+  def _write_errors(self) -> Iterator[None]:
+    """Re-raises a failure of the save in flight as one CheckpointWriteError."""
+    try:
+      yield
+    except (KeyboardInterrupt, SystemExit):
+      raise
+    except BaseException as e:
+      if isinstance(e, CheckpointWriteError):
+        raise
+      raise self._write_failed(e) from e
+
+  def _write_failed(self, e: BaseException) -> CheckpointWriteError:
+    """Removes the partial checkpoint; the error names the cause, the free space and the way on."""
+    step, self._saving = self._saving, None
+    _join_orbax_threads(timeout_s=60)  # its other writes of the failed save are still under way
+    removed = self._remove_partial()
+    committed = [s for s in self._committed() if s != step]
+    size = (f"; a checkpoint of this run takes about {mib(self._state_bytes)}"
+            if self._state_bytes else "")
+    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    way_on = (f"The last committed checkpoint (step {max(committed)}) is intact: free some space "
+              "or fix the file system, then re-run the same command to resume from it."
+              if committed else
+              "No checkpoint was committed yet: free some space or fix the file system (or pass "
+              "another --workdir), then re-run the same command; it starts from the beginning.")
+    self._failed = CheckpointWriteError(
+        f"Could not write {what} to {self.directory}: {os_reason(e)} "
+        f"({free_space(self.directory)} on that file system{size})."
+        f"{' The partial checkpoint was removed.' if removed else ''}\n{way_on}")
+    return self._failed
+
+  def _remove_partial(self) -> bool:
+    """Deletes the temporary directories of unfinished saves (process 0 of several: they are
+    shared). Whether any was there."""
+    if jax.process_index() != 0:
+      return False
+    found = glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN))
+    for attempt in range(3):  # a write still in flight may add a file as the tree goes
+      for path in glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
+        shutil.rmtree(path, ignore_errors=True)
+      if not glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
+        break
+      time.sleep(0.1 * (attempt + 1))
+    return bool(found)
+
+  def _committed(self) -> list[int]:
+    """The steps of the committed checkpoints on disk."""
+    try:
+      return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    except OSError:
+      return []
+
+  def read_json(self, step: int, item: str) -> dict[str, Any]:
+    """The `config` or `dataset` item saved with checkpoint `step`."""
+    problem = (f"Checkpoint {step} in {self.directory} has no usable {item!r} item: it was not "
+               "written by this version of the trainer, or it is damaged. Train again into a new "
+               "--workdir (or pass --checkpoint=<another step>).")
+    # orbax's own error only lists the items present, without saying what to do.
+    with _read_errors_as(lambda _: CheckpointMismatchError(problem)):
+      value = self.manager.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.JsonRestore()}))[item]
+    if not value:
+      raise CheckpointMismatchError(problem)
+    return value
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """`state` (freshly initialized) gives the expected shapes and shardings."""
+    step = self.latest_step() if step is None else step
+    target = _state_tree(state)
+    with _read_errors_as(lambda cause: self._damaged(step, cause)):
+      self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(jax.tree_util.tree_map(
+              ocp.utils.to_shape_dtype_struct, target))))["state"]
+    return state.replace(**restored)
+
+  def _damaged(self, step: int, cause: BaseException) -> DamagedCheckpointError:
+    """Names the step and the way out; the files are left as they are, for a look or a rescue."""
+    earlier = [s for s in self.all_steps() if s < step]
+    detail = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+    way_out = (f"To resume from the previous checkpoint (step {max(earlier)}), move this one "
+               f"out of the way: mv {self.directory}/{step} "
+               f"{os.path.dirname(self.directory)}/damaged_checkpoint_{step}"
+               if earlier else "There is no earlier checkpoint to fall back on")
+    return DamagedCheckpointError(
+        f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
+        f"{way_out}; or start afresh with another --workdir.")
+
+  def resume(self, state: Any) -> tuple[Any, dict[str, str]]:
+    """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
+    each config field that differs from the checkpoint's). Refuses changes of settings."""
+    step = self.latest_step()
+    state = self.restore(state, step)
+    saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
+    # Through JSON, so that tuples compare as the saved lists.
+    now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
+    for side in (saved, now):
+      side.pop("checkpoint.allow_config_changes", None)
+    changes = {k: f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+               for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+    # A field that only one side has was added or removed by a newer version of this code.
+    refused = [line for k, line in changes.items() if k in saved and k in now
+               and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
+    if refused and not self.config.checkpoint.get("allow_config_changes", False):
+      raise ConfigChangedError(
+          f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
+          "changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
+          "Resuming would continue that run with these settings. Start a new run with another "
+          "--workdir, or run again with the checkpoint's values, or pass "
+          "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
+    return state, changes
+
+  def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
+    have, want = _shapes(saved), _shapes(target)
+    lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
+             for k in sorted(set(have) | set(want))
+             if k.startswith("params/") and have.get(k) != want.get(k)]
+    other = sorted(k for k in set(have) | set(want)
+                   if not k.startswith("params/") and have.get(k) != want.get(k))
+    if other and not lines:
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} holds a training state of another "
+          f"structure than the config's (the optimizer, its settings or ema_decay on/off "
+          f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
+          "wrote the checkpoint (saved beside it), or use another --workdir.")
+    if lines:
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} was written by a model of other "
+          f"shapes than the config's; mismatching parameters:\n"
+          + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+          + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
+          "(its config is saved beside it).")
+
+  def wait(self) -> None:
+    """Waits for the save in flight; raises CheckpointWriteError if it failed (once: after that,
+    a failure already raised is not raised again)."""
+    if not self._failed:
+      self._wait()
+
+  def close(self) -> None:
+    """Waits for the save in flight (raising its failure, if not raised yet) and closes."""
+    try:
+      self.wait()
+    finally:
+      if self._failed:
+        with contextlib.suppress(Exception):  # orbax re-raises the failure already reported
+          self.manager.close()
+      elif self.config is None:  # read-only: nothing was written
+        self.manager.close()
+      else:
+        with self._write_errors():
+          self.manager.close()

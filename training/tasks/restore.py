@@ -1,0 +1,58 @@
+"""A task's train state restored from a workdir's checkpoint, with the config and dataset
+description saved beside it: what every mode (evaluate, predict, report, export, sample), the
+GAN's judge and fine-tuning start from. Nothing is initialized or compiled for it: the checkpoint
+is read into the state's shapes alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from training import settings
+from training.errors import ConfigError
+from training.model import optim
+from training.store.checkpoint import Checkpointer
+from training.tasks import base
+
+
+@dataclasses.dataclass
+class Restored:
+  state: Any  # the task's train state
+  config: ml_collections.ConfigDict  # the config that trained it
+  dataset_info: dict[str, Any]  # image_shape, num_classes, class_names, name
+  step: int
+  which: str  # "best", "latest" or "step"
+
+
+def abstract_state(config: ml_collections.ConfigDict, dataset_info: dict[str, Any]) -> Any:
+  """The train state that `config`'s task would start from, as shapes and dtypes on the first
+  local device: a restore target that costs no initialization."""
+  task = base.get(config, dataset_info["num_classes"], tuple(dataset_info["image_shape"]))
+  key = jax.random.PRNGKey(0)
+  schedule = optim.make_schedule(config, steps_per_epoch=1)
+  shapes = jax.eval_shape(lambda: task.init_state(schedule, key, key))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+
+
+def restore(workdir: str, which: str = "best", task: str | None = "classify") -> Restored:
+  """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number) of a
+  run of `task` (None: any task; another task's run is refused: its state and uses differ)."""
+  ckpt = Checkpointer.reader(workdir)
+  try:
+    step, which = ckpt.choose(which)
+    config = settings.from_json(ckpt.read_json(step, "config"))
+    found = settings.task_name(config)
+    if task is not None and found != task:
+      use = "--mode=sample" if found == "gan" else "--mode=evaluate or predict"
+      raise ConfigError(f"{workdir} holds a {found} run ({config.model.name}), and a {task} "
+                        f"run is needed here; for that run use {use}.")
+    info = ckpt.read_json(step, "dataset")
+    state = ckpt.restore(abstract_state(config, info), step)
+  finally:
+    ckpt.close()
+  return Restored(state, config, info, step, which)
