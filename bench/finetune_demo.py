@@ -28,7 +28,6 @@ import sys
 import time
 
 import numpy as np
-from training import settings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the project's packages
@@ -56,6 +55,7 @@ def overrides(model: str, setting: str, per_class: int, seed: int, pretrained: s
 
 
 def make_config(model: str, dataset: str, fields: dict):
+  from training import settings  # after the argument parsing, as the rest of the project
   config = importlib.import_module(f"configs.{model}").get_config()
   settings.set_fields(config, {"dataset": dataset, "progress_bar": False, "report": False,
                                **fields})

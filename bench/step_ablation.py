@@ -43,11 +43,6 @@ import sys
 import time
 from typing import Callable
 from unittest import mock
-from training.model import build
-from training import settings
-from training.tasks import classify
-from training.model import state as state_lib
-from training.model import device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -94,6 +89,7 @@ def _matmul_warp():
 
 def _set(fields: dict) -> Callable:
   """An edit that sets config fields by dotted name: {"augment.shift": 0.0}."""
+  from training import settings
   return lambda config: settings.set_fields(config, fields)
 
 
@@ -153,7 +149,8 @@ class _Runner:
 
   def __init__(self, name: str, variant: Variant, steps: int, mesh, data):
     import jax
-    from training.model import optim
+    from training.model import build, device, optim, state as state_lib
+    from training.tasks import classify
     self.name, self.variant, self.steps = name, variant, steps
     config = _load_config(variant.config)
     if variant.edit:

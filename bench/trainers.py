@@ -16,9 +16,6 @@ import math
 import os
 import sys
 import time
-from training.model import build
-from training.model import state as state_lib
-from training.model import steps
 
 T0 = float(os.environ.get("BENCH_T0", time.time()))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +59,7 @@ def jax_recipe(config) -> dict:
   """The usual Flax-example loop: numpy batches from the host, one jitted step per batch."""
   import jax
   import numpy as np
-  from training.model import optim
+  from training.model import build, optim, state as state_lib, steps
   ds = load_data(config)
   model = build.build_model(config, ds.num_classes)
   spe = len(ds.train) // config.batch_size
