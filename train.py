@@ -63,6 +63,8 @@ flags.DEFINE_integer("label", None, "sample: the class to draw (a conditional GA
 flags.DEFINE_integer("num", 64, "sample: how many images.")
 flags.DEFINE_integer("sample_seed", 0, "sample: the noise's seed.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing export in --output.")
+flags.DEFINE_integer("member", None, "evaluate/predict/export of a population: member K "
+                     "alone (default: the ensemble, its members' probabilities averaged).")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -152,13 +154,13 @@ def _run(argv: list[str]) -> None:
   """The mode's work; what it returns is printed by the modules themselves or here."""
   if FLAGS.mode == "evaluate":
     from training.modes import evaluate
-    evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir)
+    evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir, FLAGS.member)
   elif FLAGS.mode == "predict":
     # Each file's line as its batch is scored; a file that cannot be used gets an `error:` line
     # and the others go on; any such file makes the exit status 1.
     from training.modes import predict
     failed = predict.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
-                                     FLAGS.fit)
+                                     FLAGS.fit, member=FLAGS.member)
     if failed:
       sys.exit(f"error: {len(failed)} of {len(argv) - 1} files could not be classified.")
   elif FLAGS.mode == "report":
@@ -171,7 +173,7 @@ def _run(argv: list[str]) -> None:
   elif FLAGS.mode == "export":
     from training.modes import export
     print(export.format_summary(export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output,
-                                              FLAGS.overwrite)))
+                                              FLAGS.overwrite, member=FLAGS.member)))
   elif FLAGS.mode == "sample":
     from training.modes import sample
     print(sample.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from training import ConfigError, NonFiniteLossError, Preempted, train_and_evaluate
-from training.run import loop
+from training.run import progress
 from training.tasks import gan
 
 from conftest import GAN_CONFIGS, REPO, load_config, shrink
@@ -133,4 +133,4 @@ def test_a_discriminator_that_wins_outright_is_reported_with_its_steps(capsys):
 
 def test_a_nan_in_either_loss_stops_at_its_step():
   with pytest.raises(NonFiniteLossError, match="training d loss became nan at step 12"):
-    loop._check_finite({"d_loss": np.array([0.7, np.nan]), "g_loss": np.array([1.0, 1.0])}, 11)
+    progress.check_finite({"d_loss": np.array([0.7, np.nan]), "g_loss": np.array([1.0, 1.0])}, 11)

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
-from training.run import loop
+from training.run import progress
 from training.model import optim
 from training.model import build
 from training.tasks import classify
@@ -173,8 +173,8 @@ def test_no_checkpoint_is_saved_past_a_non_finite_loss(mock_mnist, tmp_path):
 
 def test_an_infinite_gradient_norm_stops_too():
   with pytest.raises(NonFiniteLossError, match=r"gradient norm became inf at step 6\b"):
-    loop._check_finite({"loss": np.array([0.5, 0.4]), "grad_norm": np.array([3.0, np.inf])}, 5)
-  loop._check_finite({"loss": np.array([0.5]), "grad_norm": np.array([3.0])}, 5)
+    progress.check_finite({"loss": np.array([0.5, 0.4]), "grad_norm": np.array([3.0, np.inf])}, 5)
+  progress.check_finite({"loss": np.array([0.5]), "grad_norm": np.array([3.0])}, 5)
 
 
 def test_an_unwritable_workdir_fails_before_the_data_is_loaded(tmp_path):

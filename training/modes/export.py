@@ -67,16 +67,18 @@ class UnsupportedOperationError(ExportError):
 
 
 def export(workdir: str, which: str = "best", output: str | None = None,
-           overwrite: bool = False, onnx: bool | None = None) -> dict[str, Any]:
+           overwrite: bool = False, onnx: bool | None = None, member: int | None = None
+           ) -> dict[str, Any]:
   """Exports checkpoint `which` of `workdir` into `output`; returns model.json's content (and
   "directory": where the files went).
 
   `onnx`: None writes the ONNX model when jax2onnx and onnxruntime are installed (and says so
   in model.json when they are not), True requires them, False skips it. Nothing is written
-  unless every file could be made and checked."""
+  unless every file could be made and checked. A population exports its ensemble (its members'
+  probabilities averaged, in one function), or member `member` alone."""
   output = os.path.abspath(output or os.path.join(workdir, "export"))
   _check_output(output, overwrite)
-  r = restore(workdir, which)
+  r = restore(workdir, which, member=member)
   probabilities = probabilities_fn(r)
   shape = tuple(r.dataset_info["image_shape"])
   files = {JAX_FILE: export_jax(probabilities, shape)}
@@ -93,13 +95,11 @@ def export(workdir: str, which: str = "best", output: str | None = None,
 
 def probabilities_fn(r: Restored) -> Probabilities:
   """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoint's
-  evaluation weights as constants: the exported function."""
-  variables = jax.device_get(r.state.eval_variables())
-  apply_fn = r.state.apply_fn
+  evaluation weights as constants: the exported function (a population's ensemble's)."""
+  state, population = jax.device_get(r.state), bool(r.members)
 
   def probabilities(images: jax.Array) -> jax.Array:
-    logits = apply_fn(variables, steps.preprocess(images), train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.exp(steps.log_probabilities(state, steps.preprocess(images), population))
   return probabilities
 
 
@@ -234,6 +234,10 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
       "format": "mnist-flax model export 1",
       "model": r.config.model.name,
       "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(r.state.params))),
+      # A population's export averages its members' probabilities; else one member's, or None.
+      "members": len(r.members) or None,
+      "member": None if r.member is None else {"member": r.member.index, "seed": r.member.seed,
+                                               **r.member.values},
       "files": {"jax": JAX_FILE, "onnx": ONNX_FILE if ONNX_FILE in files else None},
       "input": {"name": "images", "shape": [None, *info["image_shape"]], "dtype": "uint8",
                 "layout": "NHWC: (batch, height, width, channels); pixels 0-255, scaled to "

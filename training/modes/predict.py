@@ -10,6 +10,7 @@ import sys
 from typing import Any, Iterator, Sequence, TextIO
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from training.data import folder, images
@@ -22,15 +23,17 @@ PREDICT_BATCH = 256  # files read and scored at a time: memory does not grow wit
 
 def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
                      invert: bool = False, fit: str | None = None, top: int = 3,
-                     batch_size: int = PREDICT_BATCH) -> Iterator[dict[str, Any]]:
+                     batch_size: int = PREDICT_BATCH, member: int | None = None
+                     ) -> Iterator[dict[str, Any]]:
   """For each image file, in order, as soon as its batch is scored: its label and class
   probabilities, or {"file", "error"} for a file that cannot be used (missing, unreadable, over
   PIL's size limit); the others go on. "warnings" lists why a label may mean nothing (a blank
-  or tiny image, dark ink on a light background without `invert`)."""
+  or tiny image, dark ink on a light background without `invert`). A population's ensemble
+  predicts (its members' probabilities averaged), or member `member` alone."""
   if not paths:
     raise ConfigError("Give the image files to classify, e.g. `python train.py --mode=predict "
                       "--workdir=runs/cnn digit.png`.")
-  r = restore_lib.restore(workdir, which)
+  r = restore_lib.restore(workdir, which, member=member)
   info = r.dataset_info
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
@@ -40,8 +43,9 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
   names = [str(n) for n in info["class_names"]]
   # A folder's images keep their own background, which the model learnt: no --invert note.
   ink_note = not str(info["name"]).startswith(folder.PREFIX)
-  apply = jax.jit(lambda s, x: jax.nn.softmax(
-      s.apply_fn(s.eval_variables(), steps.preprocess(x), train=False), axis=-1))
+  population = bool(r.members)
+  apply = jax.jit(lambda s, x: jnp.exp(steps.log_probabilities(s, steps.preprocess(x),
+                                                               population)))
   batch = np.zeros((batch_size, *shape), np.uint8)  # one shape: compiled once
   for start in range(0, len(paths), batch_size):
     chunk = paths[start:start + batch_size]
@@ -71,20 +75,21 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: bool = False,
-            fit: str | None = None, top: int = 3) -> list[dict[str, Any]]:
+            fit: str | None = None, top: int = 3, member: int | None = None
+            ) -> list[dict[str, Any]]:
   """`iter_predictions` as a list: one entry per file, failures ({"file", "error"}) included."""
-  return list(iter_predictions(workdir, paths, which, invert, fit, top))
+  return list(iter_predictions(workdir, paths, which, invert, fit, top, member=member))
 
 
 def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
                     invert: bool = False, fit: str | None = None, out: TextIO | None = None,
-                    err: TextIO | None = None) -> list[dict[str, Any]]:
+                    err: TextIO | None = None, member: int | None = None) -> list[dict[str, Any]]:
   """--mode=predict: prints each file's prediction as its batch is scored (stdout), and each file
   that cannot be used as an `error:` line (stderr), then goes on; returns those failures."""
   out, err = out or sys.stdout, err or sys.stderr
   width = max(len(p) for p in paths) if paths else 0
   failures = []
-  for p in iter_predictions(workdir, paths, which, invert, fit):
+  for p in iter_predictions(workdir, paths, which, invert, fit, member=member):
     if "error" in p:
       failures.append(p)
       out.flush()

@@ -11,7 +11,7 @@ import ml_collections
 from flax import traverse_util
 
 import nets
-from training import tasks
+from training import members, tasks
 from training.data import sources
 from training.errors import ConfigError
 from training.model import optim
@@ -52,6 +52,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"{config.augment[field]}.")
   sources.check_options(config.dataset, config.classes, config.folder.to_dict())
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+  members.check(config)
   tasks.check(config)
   finetune.validate(config)
 

@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
+from training.members import step_of
 
 BEST_METRIC = "validation/accuracy"
 
@@ -65,7 +66,8 @@ TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
-                     "progress_bar", "test_every_epoch", "report")  # and checkpoint.*
+                     "progress_bar", "test_every_epoch", "report",
+                     "population_mode")  # and checkpoint.*
 
 
 # What orbax and tensorstore raise on unreadable files and metadata.
@@ -216,7 +218,7 @@ class Checkpointer:
     if self._failed:
       raise self._failed
     self._wait()  # orbax's save would wait for it too; this tells which step failed
-    step = int(state.step)
+    step = step_of(state)
     if step in self.manager.all_steps():
       return
     tree = _state_tree(state)
