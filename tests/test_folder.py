@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import logging
 import os
@@ -237,7 +239,7 @@ def test_class_subset_keeps_the_order_given_and_takes_names_or_indices(mnist):
   assert ds.class_names == ["9", "3"]
   assert np.array_equal(ds.test.images[ds.test.labels == 0], mnist.test.images[mnist.test.labels
                                                                                 == 9])
-  words = data.dataclasses.replace(mnist, class_names=list(WORDS))
+  words = dataclasses.replace(mnist, class_names=list(WORDS))
   assert data.select(words, "nine,3").class_names == ["nine", "three"]
   with pytest.raises(ConfigError, match=r"Unknown class 'ten'.*zero, one, two"):
     data.select(words, "ten,one")

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from training import ConfigError, NonFiniteLossError, Preempted, train_and_evaluate
+from training.modes import sample
 from training.run import progress
-from training.tasks import gan
+from training.tasks.gan import task as gan
 
 from conftest import GAN_CONFIGS, REPO, load_config, shrink
 
@@ -86,8 +87,8 @@ def test_sample_command_writes_a_grid_of_the_requested_class(judge, mock_mnist, 
 def test_an_unconditional_gan_takes_no_label(judge, mock_mnist, tmp_path):
   train_and_evaluate(_gan("dcgan", judge), str(tmp_path))
   with pytest.raises(ConfigError, match="unconditional GAN .* takes no --label"):
-    gan.sample(str(tmp_path), label=3)
-  assert gan.sample(str(tmp_path), num=5, output=str(tmp_path / "five.png")).endswith("five.png")
+    sample.sample(str(tmp_path), label=3)
+  assert sample.sample(str(tmp_path), num=5, output=str(tmp_path / "five.png")).endswith("five.png")
 
 
 def test_a_missing_judge_names_the_command_that_trains_one(mock_mnist, tmp_path):
