@@ -134,4 +134,7 @@ def base() -> ml_collections.ConfigDict:
   c.test_every_epoch = False  # also evaluate the test split after every epoch (for curves)
   # At the end of a run, write its figures and report.html to the workdir (docs/report.md).
   c.report = True
+  # Trace this many train steps with jax.profiler after the first call (which compiles), into
+  # <workdir>/tensorboard/plugins/profile, for TensorBoard or Perfetto (0: no trace).
+  c.profile_steps = 0
   return c

@@ -25,7 +25,7 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
              "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
              "folder.image_size": 1, "weight_decay": 0.0,
-             "grad_clip_norm": 0.0}
+             "grad_clip_norm": 0.0, "profile_steps": 0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -36,7 +36,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, low in _AT_LEAST.items():
-    if (value := flat[field]) < low:
+    if (value := flat.get(field, low)) < low:
       raise ConfigError(f"{field} must be at least {low}, got {value}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")

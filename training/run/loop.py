@@ -36,8 +36,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
 def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
                  ) -> tuple[Any, dict[str, float] | None]:
   """Trains steps i.. of `epoch`; returns (state, the epoch's metrics), or (state, None) when a
-  stop was requested. Logs and saves fall at multiples of their interval counted from the
-  epoch's start, so that every epoch is cut into the same calls (see DeviceSteps.train_steps)."""
+  stop came before its last step (a stop at the last step still ends the epoch: its evaluation
+  and record, as an uninterrupted run has them). Logs and saves fall at multiples of their
+  interval counted from the epoch's start, so that every epoch is cut into the same calls (see
+  DeviceSteps.train_steps)."""
   config, spe, t_epoch = run.config, run.steps_per_epoch, time.time()
   epoch_start = (epoch - 1) * spe
   save_every = config.checkpoint.every_steps if run.ckpt else 0
@@ -48,7 +50,8 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
     while i < spe:
       n = run.driver.call_length(i, spe, run.stop_at - epoch_start if run.stop_at else None)
       state, step_metrics = run.driver.train_steps(state, *run.arrays["train"], perm, i, n)
-      progress.pending.append((step_metrics, n))
+      progress.add(step_metrics, n)
+      run.profiler.after_call(state, n)
       i, step = i + n, epoch_start + i + n
       if step == run.stop_at and step < run.total_steps:
         stop.request("stop_after_steps")
@@ -60,7 +63,7 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
           or (stop.requested and jax.process_count() == 1)):
         progress.flush(step)
         stop.sync(step, run.ckpt)
-      if stop.requested:
+      if stop.requested and i < spe:
         return state, None
       if saving:
         run.ckpt.save(state)
@@ -96,17 +99,18 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
     for epoch in range(first_epoch, config.num_epochs + 1):
       first = run.start_step - (epoch - 1) * spe if epoch == first_epoch else 0
       state, epoch_metrics = _train_epoch(run, state, epoch, first, stop)
-      if epoch_metrics is None:
-        run.ckpt.save(state)
+      if epoch_metrics is not None:
+        history.append(epoch_metrics)
+        if run.ckpt and (epoch % config.checkpoint.every_epochs == 0
+                         or epoch == config.num_epochs):
+          best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
+          run.ckpt.save(state, best)
+      if stop.requested and step_of(state) < run.total_steps:  # at the end: finish as usual
+        run.ckpt.save(state)  # nothing new when the epoch's save has just written this step
         run.ckpt.wait()
         raise Preempted(f"Stopped by {stop.signal_name} at step {step_of(state)}; a "
                         f"checkpoint was saved in {run.ckpt.directory}. Re-run the same command "
                         "to resume.")
-      history.append(epoch_metrics)
-      if run.ckpt and (epoch % config.checkpoint.every_epochs == 0
-                       or epoch == config.num_epochs):
-        best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
-        run.ckpt.save(state, best)
   return state
 
 
@@ -150,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                if changes is not None and run.primary else [])
     run.t_train = time.time()
     state = _train(run, state, history)
+    run.profiler.stop(state)  # a run shorter than profile_steps
     summary = _finish(run, state, history, t_start)
     if config.report and run.task.reports and run.ckpt is not None and run.primary and (
         jax.process_count() == 1):

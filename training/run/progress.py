@@ -18,6 +18,11 @@ from training.store import records as records_lib
 from training.store.checkpoint import Checkpointer
 
 
+# Calls dispatched beyond the one the devices are running: enough to keep them busy (a call is
+# a step on CPU, a scan of log_every_steps steps on GPU/TPU), few enough to stop promptly.
+IN_FLIGHT = 2
+
+
 class Progress:
   """The device results not yet fetched, the log records behind the epoch's means, the bar."""
 
@@ -31,6 +36,13 @@ class Progress:
     self.bar = tqdm(total=run.steps_per_epoch, initial=first,
                     desc=f"epoch {epoch}/{run.config.num_epochs}", unit="step", leave=False,
                     disable=not (run.config.progress_bar and run.primary), mininterval=0.5)
+
+  def add(self, metrics: Any, n: int) -> None:
+    """A call's metrics, not fetched yet. The host runs at most IN_FLIGHT calls ahead of the
+    devices: a stop (SIGTERM, Ctrl-C) is seen within that many calls, not at the next log step."""
+    self.pending.append((metrics, n))
+    if len(self.pending) > IN_FLIGHT:
+      jax.block_until_ready(self.pending[-IN_FLIGHT - 1][0])
 
   def flush(self, step: int) -> None:
     """The only host sync of the loop: fetches the metrics of the calls since the last one,

@@ -22,6 +22,7 @@ from training.model import device, optim
 from training.model import mesh as mesh_lib
 from training.model.build import model_error, param_count
 from training.run import checks, finetune
+from training.run.profile import Profiler
 from training.store.checkpoint import Checkpointer
 from training.store.lock import WorkdirLock
 from training.store.records import MetricWriter
@@ -40,6 +41,7 @@ class Run:
   steps_per_epoch: int
   members: list[members.Member]  # a population's members; [] for a single model
   shuffle_key: jax.Array | None = None  # each epoch's order is drawn from it (each member's)
+  profiler: Profiler = dataclasses.field(default_factory=lambda: Profiler(0, None))
   ckpt: Checkpointer | None = None
   lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
   writer: MetricWriter | None = None
@@ -101,6 +103,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
       state, changes = _resume(run, state, workdir)
     run.workdir, run.start_step = workdir, step_of(state)
     run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
+    run.profiler = Profiler(config.get("profile_steps", 0), workdir if run.primary else None)
     _open_outputs(run, state, changes)
   except BaseException:
     run.close()
@@ -183,6 +186,8 @@ def _resume(run: Run, state: Any, workdir: str
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   """The metric writer, config.json, the data on the devices, and the run's opening lines."""
   config, ds, workdir = run.config, run.ds, run.workdir
+  if changes is None and workdir is not None and run.primary:
+    _keep_aside(workdir)
   # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
   run.writer = MetricWriter(workdir, enabled=workdir is not None and run.primary,
                             resume_step=None if changes is None else run.start_step,
@@ -210,6 +215,27 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
         "meant for GPU/TPU. On CPU use --config.dtype=float32.")
   if changes is not None:
     _log_resume(run, changes)
+
+
+def _keep_aside(workdir: str) -> None:
+  """A fresh run in a workdir that holds an earlier run's records (one killed before its first
+  checkpoint, or trained without checkpoints) starts records of its own: the earlier ones are
+  renamed metrics.jsonl.N and tensorboard.N, with the first free N, never deleted."""
+  old = [name for name in ("metrics.jsonl", "tensorboard")
+         if os.path.exists(os.path.join(workdir, name))]
+  if not old:
+    return
+  n = 1
+  while any(os.path.exists(os.path.join(workdir, f"{name}.{n}")) for name in old):
+    n += 1
+  try:
+    for name in old:
+      os.replace(os.path.join(workdir, name), os.path.join(workdir, f"{name}.{n}"))
+  except OSError as e:
+    raise workdir_write_error(f"{old[0]}.{n}", workdir, e) from e
+  log(f"Note: {workdir} held the records of an earlier run that left no checkpoint to resume; "
+      f"they were kept as {' and '.join(f'{name}.{n}' for name in old)}, and this run starts "
+      "its own.")
 
 
 def _log_resume(run: Run, changes: dict[str, str]) -> None:

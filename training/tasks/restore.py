@@ -14,8 +14,11 @@ import ml_collections
 from training import members, settings
 from training.errors import ConfigError
 from training.model import optim
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import Checkpointer, CheckpointGoneError
 from training.tasks import base
+
+
+READ_ATTEMPTS = 5  # a training run rotates a checkpoint away at most once per save
 
 
 @dataclasses.dataclass
@@ -58,7 +61,19 @@ def restore(workdir: str, which: str = "best", task: str | None = "classify",
             member: int | None = None) -> Restored:
   """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number) of a
   run of `task` (None: any task; another task's run is refused: its state and uses differ).
-  Of a population, its members' states stacked, or member `member` alone."""
+  Of a population, its members' states stacked, or member `member` alone. A "best" or "latest"
+  checkpoint that a run training in the workdir rotates away while it is read is chosen again."""
+  for attempt in range(READ_ATTEMPTS):
+    try:
+      restored = _restore(workdir, which, task)
+      break
+    except CheckpointGoneError:
+      if which not in ("best", "latest") or attempt == READ_ATTEMPTS - 1:
+        raise
+  return restored if member is None else take_member(restored, member, workdir)
+
+
+def _restore(workdir: str, which: str, task: str | None) -> Restored:
   ckpt = Checkpointer.reader(workdir)
   try:
     step, which = ckpt.choose(which)
@@ -72,9 +87,8 @@ def restore(workdir: str, which: str = "best", task: str | None = "classify",
     state = ckpt.restore(abstract_state(config, info), step)
   finally:
     ckpt.close()
-  restored = Restored(state, config, info, step, which,
-                      members.members(config) if members.is_population(config) else [])
-  return restored if member is None else take_member(restored, member, workdir)
+  return Restored(state, config, info, step, which,
+                  members.members(config) if members.is_population(config) else [])
 
 
 def take_member(restored: Restored, k: int, workdir: str) -> Restored:
