@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -109,14 +110,14 @@ def test_folder_trains_evaluates_and_predicts_with_its_class_names(mnist_folder,
 
 def test_flat_folder_carves_test_and_validation_reproducibly(tmp_path):
   root = _folder(tmp_path / "flat", {"cat": 20, "dog": 30, "emu": 10})
-  ds = _load(root, validation_fraction=0.1, split_seed=3, folder={"test_fraction": 0.2})
+  ds = _load(root, validation_fraction=0.1, split_seed=3, folder_options={"test_fraction": 0.2})
   assert ds.class_names == ["cat", "dog", "emu"]
   assert np.array_equal(np.bincount(ds.test.labels), [4, 6, 2])  # a fifth of each class
   assert len(ds.train) + len(ds.validation) + len(ds.test) == 60 and len(ds.validation) == 5
   parts = [set(s.indices) for s in (ds.train, ds.validation, ds.test)]
   assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-  again = _load(root, validation_fraction=0.1, split_seed=3, folder={"test_fraction": 0.2})
-  other = _load(root, validation_fraction=0.1, split_seed=4, folder={"test_fraction": 0.2})
+  again = _load(root, validation_fraction=0.1, split_seed=3, folder_options={"test_fraction": 0.2})
+  other = _load(root, validation_fraction=0.1, split_seed=4, folder_options={"test_fraction": 0.2})
   assert np.array_equal(again.test.indices, ds.test.indices)
   assert np.array_equal(again.validation.indices, ds.validation.indices)
   assert not np.array_equal(other.test.indices, ds.test.indices)
@@ -129,7 +130,7 @@ def test_images_of_any_size_and_mode_become_the_configured_shape(tmp_path):
   Image.new("RGBA", (40, 40), (255, 0, 0, 128)).save(tmp_path / "f" / "b" / "x.png")
   Image.new("RGB", (50, 30), (0, 255, 0)).save(tmp_path / "f" / "b" / "y.jpg")
   for size, channels in ((28, 1), (16, 3)):
-    ds = _load(tmp_path / "f", folder={"image_size": size, "channels": channels,
+    ds = _load(tmp_path / "f", folder_options={"image_size": size, "channels": channels,
                                       "test_fraction": 0.5}, validation_fraction=0.0)
     assert ds.image_shape == (size, size, channels)
     assert ds.train.images.shape[1:] == ds.test.images.shape[1:] == (size, size, channels)
@@ -150,7 +151,7 @@ def test_decoded_folder_is_cached_and_decoded_again_when_it_changes(tmp_path, mo
   changed = _load(root, cache_dir=cache, validation_fraction=0.0)
   assert calls and len(changed.train) + len(changed.test) == 9
   assert len(os.listdir(cache)) == 1  # overwritten, not piled up
-  _load(root, cache_dir=cache, validation_fraction=0.0, folder={"image_size": 14})
+  _load(root, cache_dir=cache, validation_fraction=0.0, folder_options={"image_size": 14})
   assert len(os.listdir(cache)) == 2  # another size is another file
 
 
@@ -161,7 +162,7 @@ def test_unreadable_files_are_skipped_with_a_count_and_names(tmp_path, caplog):
   (tmp_path / "f" / "b" / "notes.txt").write_text("hello")
   (tmp_path / "f" / "b" / ".hidden.png").write_bytes(b"ignored: hidden")
   with caplog.at_level(logging.WARNING):
-    ds = _load(root, validation_fraction=0.0, folder={"test_fraction": 0.2})
+    ds = _load(root, validation_fraction=0.0, folder_options={"test_fraction": 0.2})
   assert len(ds.train) + len(ds.test) == 10
   [message] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
   assert "Skipped 8 unreadable file(s)" in message and "a/broken0.png" in message
@@ -237,7 +238,7 @@ def test_class_subset_keeps_the_order_given_and_takes_names_or_indices(mnist):
   assert ds.class_names == ["9", "3"]
   assert np.array_equal(ds.test.images[ds.test.labels == 0], mnist.test.images[mnist.test.labels
                                                                                 == 9])
-  words = data.dataclasses.replace(mnist, class_names=list(WORDS))
+  words = dataclasses.replace(mnist, class_names=list(WORDS))
   assert data.select(words, "nine,3").class_names == ["nine", "three"]
   with pytest.raises(ConfigError, match=r"Unknown class 'ten'.*zero, one, two"):
     data.select(words, "ten,one")
