@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -90,9 +89,15 @@ def test_a_download_is_verified_and_then_read_offline(tmp_path, capsys):
     again = data.load("mnist", data_dir=str(dest), data_url=url, cache_dir="none")
     assert len(requests) == 4
   assert _files_under(dest) == sorted(f"mnist/{n}" for n in idx.gz_names())
-  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Downloaded")]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {(p.stat().st_mode & 0o777) for p in (dest / "mnist").iterdir()} == {0o666 & ~umask}
+  out = capsys.readouterr().out.splitlines()
+  assert out.count(f"Downloading mnist's IDX files into {dest / 'mnist'}") == 1
+  lines = [l for l in out if l.startswith("Downloaded")]  # one per file, with its size
+  assert lines[:2] == [f"Downloaded {url}train-images-idx3-ubyte.gz (9.2 MiB, checksum verified)",
+                       f"Downloaded {url}train-labels-idx1-ubyte.gz (28.2 KiB, checksum verified)"]
   assert len(lines) == 4
-  assert f"Downloaded {url}train-images-idx3-ubyte.gz (9.2 MiB, checksum verified)" in lines[0]
   assert (len(ds.train), len(ds.validation), len(ds.test)) == (54_000, 6_000, 10_000)
   np.testing.assert_array_equal(again.train.images, ds.train.images)
   # The files' order is kept: the test split is the t10k file, example for example.
@@ -107,7 +112,7 @@ def _cut(name: str) -> bytes:
 
 
 @pytest.mark.parametrize("case, reason", [
-    ("truncated", "failed the checksum of mnist's t10k-labels-idx1-ubyte.gz: it is truncated"),
+    ("truncated", "t10k-labels-idx1-ubyte.gz failed the checksum: it is truncated or damaged"),
     ("wrong file", "failed the checksum: its SHA-256 is 3552534a"),
     ("404", "t10k-labels-idx1-ubyte.gz: HTTP 404 File not found"),
     ("closed mid-file", "t10k-labels-idx1-ubyte.gz: the connection closed after 2,000 of 4,542 "
@@ -159,7 +164,7 @@ def test_an_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
 def test_a_data_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
   (tmp_path / "a_file").write_text("")  # a file, where a folder is needed (even root fails)
   with pytest.raises(download.DataDirError, match=r"Cannot write the download into .*a_file/"
-                                                   r"mnist: Not a directory. Set --config.data_dir"):
+                                                  r"mnist: Not a directory. Set --config.data_dir"):
     data.load("mnist", data_dir=str(tmp_path / "a_file"), data_url=unused_url(),
               cache_dir="none")
 

@@ -52,8 +52,8 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def from_arrays(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                *, class_names: Sequence[str], image_shape: tuple[int, ...],
+def from_arrays(name: str, train: tuple[np.ndarray, np.ndarray],
+                test: tuple[np.ndarray, np.ndarray], *, class_names: Sequence[str], image_shape: tuple[int, ...],
                 validation_fraction: float, split_seed: int, order: str = "") -> Dataset:
   """A Dataset of a source's whole train and test (images, labels), with `validation_fraction`
   of train carved out (seeded by `split_seed`); indices are positions in the source's splits."""

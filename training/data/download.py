@@ -13,7 +13,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from training.console import log
 from training.data import idx
 from training.errors import ConfigError, DataNotFoundError, mib, os_reason
 
@@ -57,6 +56,11 @@ def _reason(e: BaseException) -> str:
   return str(e) or type(e).__name__
 
 
+def _log(line: str) -> None:
+  from training.console import log  # here: it imports JAX, which examples/ run without
+  log(line)
+
+
 def _write_error(dest: str, e: OSError) -> DataDirError:
   return DataDirError(f"Cannot write the download into {dest}: {os_reason(e)}. Set "
                       "--config.data_dir to a writable folder (the files go into its "
@@ -96,21 +100,21 @@ def _fetch(spec: idx.IdxDataset, role: str, url: str, dest: str) -> str:
   except BaseException:
     os.remove(tmp)
     raise
-  log(f"Downloaded {url} ({mib(size)}, checksum verified) into {dest}")
+  shown = f"{size / 2**10:.1f} KiB" if size < 2**20 else mib(size)
+  _log(f"Downloaded {url} ({shown}, checksum verified)")
   return tmp
 
 
 def _failure(spec: idx.IdxDataset, role: str, dest: str, tried: list[str], own_url: bool
              ) -> DownloadError:
   name = f"{idx.FILES[role]}.gz"
-  checksum = "checksum" in " ".join(tried)
   way = ("point --config.data_url at another mirror" if own_url else
          "point --config.data_url=URL at a mirror that has them")
   return DownloadError(
-      f"Could not download {spec.name}'s {name}: {'; '.join(tried)}. Nothing was written to "
-      f"{dest}. {'A file that fails the checksum is not the published one. ' * checksum}To fix "
-      f"it, download the four files ({', '.join(idx.gz_names())}) by hand into {dest}, or "
-      f"{way}, or point --config.data_dir at a folder that holds them (it works offline).")
+      f"Could not download {spec.name}'s {name}: {'; '.join(tried)}. Nothing was left in "
+      f"{dest} (the files are kept once all four pass). To fix it, download the four files "
+      f"({', '.join(idx.gz_names())}) by hand into {dest}, or {way}, or point "
+      "--config.data_dir at a folder that holds them (it works offline).")
 
 
 def _fetch_any(spec: idx.IdxDataset, role: str, bases: list[str], dest: str, own_url: bool
@@ -151,10 +155,15 @@ def fetch(name: str, dest: str, base_url: str | None = None) -> dict[str, str]:
     raise _write_error(dest, e) from e
   temps = {}
   try:
+    if any(idx.file_path(dest, role) is None for role in idx.FILES):
+      _log(f"Downloading {name}'s IDX files into {dest}")
     for role in idx.FILES:
       if idx.file_path(dest, role) is None:
         temps[role] = _fetch_any(spec, role, bases, dest, own_url=bool(base_url))
+    umask = os.umask(0)
+    os.umask(umask)
     for role, tmp in temps.items():
+      os.chmod(tmp, 0o666 & ~umask)  # as a plain download would be, not mkstemp's owner-only
       os.replace(tmp, os.path.join(dest, f"{idx.FILES[role]}.gz"))
   except BaseException:
     for tmp in temps.values():

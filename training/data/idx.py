@@ -130,8 +130,7 @@ def verified(spec: IdxDataset, role: str, data: bytes, where: str, strict: bool 
   try:
     raw = gzip.decompress(data) if compressed else data
   except (EOFError, OSError, zlib.error) as e:  # cut short, or not gzip past its first bytes
-    raise ChecksumError(f"{where} failed the checksum of {spec.name}'s {name}: it is truncated "
-                        f"or damaged ({e}).") from e
+    raise ChecksumError(f"{where} failed the checksum: it is truncated or damaged ({e})") from e
   if digest.raw is not None and _sha256(raw) == digest.raw:
     return raw
   if digest.raw is None and not strict:
@@ -142,7 +141,7 @@ def verified(spec: IdxDataset, role: str, data: bytes, where: str, strict: bool 
   raise ChecksumError(f"{where} failed the checksum: its SHA-256 is {_sha256(data)}, while "
                       f"{spec.name}'s {name} has {digest.gz}"
                       + (f" (decompressed: {digest.raw})" if digest.raw else "")
-                      + "; it is damaged, truncated or another dataset's file.")
+                      + "; it is damaged, truncated or another dataset's file")
 
 
 def parse(raw: bytes, where: str) -> np.ndarray:
