@@ -22,6 +22,11 @@ runtime.quiet_library_noise()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_NAMES = configs.names()
+# The tests' MNIST is tfds-prepared: without $TFDS_DATA_DIR, ../shared's (as real_data_dir finds
+# it), so that a test on tfds's mock data never falls through to the IDX files' download.
+_SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
+if not os.environ.get("TFDS_DATA_DIR") and _SHARED_TFDS.is_dir():
+  os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:

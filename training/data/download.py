@@ -111,8 +111,8 @@ def _failure(spec: idx.IdxDataset, role: str, dest: str, tried: list[str], own_u
   way = ("point --config.data_url at another mirror" if own_url else
          "point --config.data_url=URL at a mirror that has them")
   return DownloadError(
-      f"Could not download {spec.name}'s {name}: {'; '.join(tried)}. Nothing was left in "
-      f"{dest} (the files are kept once all four pass). To fix it, download the four files "
+      f"Could not download {spec.name}'s {name}: {'; '.join(tried)}. None of this download was "
+      f"kept in {dest} (its files are kept once all pass). To fix it, download the four files "
       f"({', '.join(idx.gz_names())}) by hand into {dest}, or {way}, or point "
       "--config.data_dir at a folder that holds them (it works offline).")
 
