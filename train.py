@@ -44,8 +44,10 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "e
 flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export: best (by validation "
                     "accuracy), latest, or a step number.")
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
-flags.DEFINE_string("data_dir", None, "evaluate/report: the tfds data dir, if not the training "
-                    "run's.")
+flags.DEFINE_string("data_dir", None, "evaluate/report: the data directory (prepared tfds data, "
+                    "or IDX files), if not the training run's.")
+flags.DEFINE_string("data_url", None, "evaluate/report: the base URL to download missing IDX "
+                    "files from, if not the training run's (default: the dataset's mirrors).")
 flags.DEFINE_bool("invert", False, "predict: the images are dark ink on a light background.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes run together.")
@@ -154,7 +156,8 @@ def _run(argv: list[str]) -> None:
   """The mode's work; what it returns is printed by the modules themselves or here."""
   if FLAGS.mode == "evaluate":
     from training.modes import evaluate
-    evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir, FLAGS.member)
+    evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
+                      FLAGS.data_url, FLAGS.member)
   elif FLAGS.mode == "predict":
     # Each file's line as its batch is scored; a file that cannot be used gets an `error:` line
     # and the others go on; any such file makes the exit status 1.
@@ -169,7 +172,7 @@ def _run(argv: list[str]) -> None:
       print(report.write_comparison(argv[1:], FLAGS.workdir or os.path.join("runs", "comparison")))
     else:
       print(report.format_result(report.write_report(FLAGS.workdir, FLAGS.checkpoint,
-                                                     FLAGS.data_dir)))
+                                                     FLAGS.data_dir, data_url=FLAGS.data_url)))
   elif FLAGS.mode == "export":
     from training.modes import export
     print(export.format_summary(export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output,

@@ -13,11 +13,18 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # --- Data ---
-  # Any tfds image-classification dataset prepared in array_record format, or folder:/path for a
-  # directory of images in one subfolder per class (docs/data.md).
+  # mnist, fashion_mnist or kmnist (prepared tfds data if there is some, else their IDX files,
+  # downloaded when missing), any other tfds image-classification dataset prepared in
+  # array_record format, or folder:/path for a directory of images in one subfolder per class
+  # (docs/data.md).
   c.dataset = "mnist"
-  # Where the prepared tfds data lives; unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  # Where the data lives: prepared tfds data, or the IDX files (in it or its <dataset>/ folder,
+  # where downloads go). Unset: tfds data in $TFDS_DATA_DIR, else ~/tensorflow_datasets; IDX
+  # files in ~/.cache/mnist_flax/data/<dataset>/.
   c.data_dir = config_dict.placeholder(str)
+  # The base URL that missing IDX files are downloaded from, e.g. a local mirror (unset: the
+  # dataset's published mirrors, tried in order).
+  c.data_url = config_dict.placeholder(str)
   # Decoded arrays are cached here after the first load (unset: ~/.cache/mnist_flax/datasets;
   # "none" or "": no cache).
   c.cache_dir = config_dict.placeholder(str)

@@ -22,6 +22,11 @@ runtime.quiet_library_noise()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_NAMES = configs.names()
+# The tests' MNIST is tfds-prepared: without $TFDS_DATA_DIR, ../shared's (as real_data_dir finds
+# it), so that a test on tfds's mock data never falls through to the IDX files' download.
+_SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
+if not os.environ.get("TFDS_DATA_DIR") and _SHARED_TFDS.is_dir():
+  os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
@@ -52,6 +57,16 @@ def real_data_dir() -> str:
   return path
 
 
+def unused_url() -> str:
+  """An http:// URL on 127.0.0.1 where nothing listens: a download from it fails at once, and no
+  test reaches outside the machine."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return f"http://127.0.0.1:{port}/"
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> str:
   """One decoded-data cache for the session: the real data is decoded once, not per test."""
@@ -59,7 +74,12 @@ def data_cache(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def mock_mnist():
+def mock_mnist(monkeypatch):
+  """tfds's random examples in place of any tfds dataset. mnist, fashion_mnist and kmnist are
+  read from tfds only where prepared tfds data is found (else from their IDX files): here the
+  mock counts as prepared."""
   import tensorflow_datasets as tfds
+  from training.data import tfds_source
+  monkeypatch.setattr(tfds_source, "is_prepared", lambda name, data_dir: True)
   with tfds.testing.mock_data(num_examples=64):
     yield

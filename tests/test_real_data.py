@@ -16,7 +16,7 @@ from training.data import tfds_source
 
 _decode = tfds_source._decode  # the real one, for tests that count calls
 
-from conftest import REPO, load_config, real_data_dir
+from conftest import REPO, load_config, real_data_dir, unused_url
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +182,16 @@ def test_cli_names_a_damaged_checkpoint_without_tracebacks(tmp_path, data_cache)
 @pytest.mark.parametrize("override, message", [
     ("--config.model.name=resnet9000", "error: Unknown model 'resnet9000'. Known models:"),
     ("--config.num_epoch=3", "num_epoch"),
-    ("--config.data_dir=/nonexistent/tfds", "is not prepared in '/nonexistent/tfds'"),
+    ("--config.dataset=cifar10 --config.data_dir=/nonexistent/tfds",
+     "is not prepared in '/nonexistent/tfds'"),
+    # No network here: the download from a local port where nothing listens fails.
+    ("--config.data_dir={tmp}/none --config.data_url={url}",
+     "error: Could not download mnist's train-images-idx3-ubyte.gz: {url}"),
 ])
 def test_cli_errors_are_clear(tmp_path, override, message):
-  run = _train_cli(tmp_path, "--config.cache_dir=none", override)
+  url = unused_url()
+  override, message = (s.format(tmp=tmp_path, url=url) for s in (override, message))
+  run = _train_cli(tmp_path, "--config.cache_dir=none", *override.split())
   assert run.returncode != 0
   assert message in run.stderr, run.stderr[-3000:]
   # The error is the first thing said: no library's warnings above it, and no traceback.

@@ -23,7 +23,7 @@ from training.tasks import classify
 from training.model import state as state_lib
 from training.model import steps
 
-from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink
+from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink, unused_url
 
 # Loss of the first two train steps on a fixed synthetic batch (seed 0), per config: pins the
 # model's init, the loss and the optimizer update. Re-pin only for an intended change.
@@ -155,9 +155,10 @@ def test_a_refused_run_leaves_no_workdir_behind(override, mock_mnist, tmp_path):
 
 def test_missing_data_leaves_no_workdir_behind(tmp_path):
   with pytest.raises(DataNotFoundError):
-    train_and_evaluate(shrink(load_config("mlp"), data_dir=str(tmp_path / "no_data")),
+    train_and_evaluate(shrink(load_config("mlp"), data_dir=str(tmp_path / "no_data"),
+                              data_url=unused_url()),
                        str(tmp_path / "new" / "run"))
-  assert not (tmp_path / "new").exists()
+  assert not (tmp_path / "new").exists() and not (tmp_path / "no_data").exists()
 
 
 def test_no_checkpoint_is_saved_past_a_non_finite_loss(mock_mnist, tmp_path):
@@ -185,11 +186,19 @@ def test_an_unwritable_workdir_fails_before_the_data_is_loaded(tmp_path):
 
 
 def test_missing_data_names_the_dir_and_the_fixes(tmp_path):
-  config = shrink(load_config("mlp"), data_dir=str(tmp_path / "empty"))
+  # MNIST is downloaded when missing: a failed download names the URL, the folder and the ways on.
+  url = unused_url()
+  config = shrink(load_config("mlp"), data_dir=str(tmp_path / "empty"), data_url=url)
   with pytest.raises(DataNotFoundError) as e:
     train_and_evaluate(config)
   msg = str(e.value)
-  assert str(tmp_path / "empty") in msg and "TFDS_DATA_DIR" in msg and "tfds build mnist" in msg
+  assert f"{url}train-images-idx3-ubyte.gz" in msg and str(tmp_path / "empty" / "mnist") in msg
+  assert "by hand" in msg and "--config.data_url" in msg and "--config.data_dir" in msg
+  # Other tfds datasets are read only where prepared: the message says how to prepare them.
+  with pytest.raises(DataNotFoundError) as e:
+    train_and_evaluate(shrink(config, dataset="cifar10"))
+  msg = str(e.value)
+  assert str(tmp_path / "empty") in msg and "TFDS_DATA_DIR" in msg and "tfds build cifar10" in msg
 
 
 @pytest.mark.parametrize("field, value, match", [

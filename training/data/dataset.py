@@ -5,6 +5,7 @@ caps."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +33,9 @@ class Dataset:
   class_names: Sequence[str]
 
   image_shape: tuple[int, ...]  # (H, W, C)
+  # What `Split.indices` count, for a person to look an example up, e.g. "position in the file
+  # t10k-images-idx3-ubyte" (the report names its mistakes' indices with it).
+  order: str = ""
 
   def info(self) -> dict[str, object]:
     """What inference needs to know of the data; saved with every checkpoint."""
@@ -46,6 +50,21 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
   perm = np.random.default_rng(seed).permutation(n)
   n_val = int(round(n * fraction))
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def from_arrays(name: str, train: tuple[np.ndarray, np.ndarray],
+                test: tuple[np.ndarray, np.ndarray], *, class_names: Sequence[str], image_shape: tuple[int, ...],
+                validation_fraction: float, split_seed: int, order: str = "") -> Dataset:
+  """A Dataset of a source's whole train and test (images, labels), with `validation_fraction`
+  of train carved out (seeded by `split_seed`); indices are positions in the source's splits."""
+  (images, labels), (test_images, test_labels) = train, test
+  train_idx, val_idx = carve_validation(len(labels), validation_fraction, split_seed)
+  validation = Split(images[val_idx], labels[val_idx], val_idx) if len(val_idx) else None
+  return Dataset(name=name, train=Split(images[train_idx], labels[train_idx], train_idx),
+                 validation=validation,
+                 test=Split(test_images, test_labels, np.arange(len(test_labels))),
+                 num_classes=len(class_names), class_names=list(class_names),
+                 image_shape=tuple(image_shape), order=order)
 
 
 def _head(split: Split | None, n: int) -> Split | None:
@@ -81,19 +100,30 @@ def parse_classes(classes: str) -> list[str]:
 
 
 def class_indices(classes: str, class_names: Sequence[str], dataset: str) -> list[int]:
-  """The dataset's indices of the entries of `classes`: a class name, else an index."""
+  """The dataset's indices of the entries of `classes`: a class name, else an index. An index
+  into names that are not the indices themselves (a folder's sorted folder names) is easily
+  mistaken for a name: taken, with a warning that names the classes it picked."""
   names = [str(n) for n in class_names]
-  indices = []
+  indices, by_position = [], []
   for entry in parse_classes(classes):
     if entry in names:
       indices.append(names.index(entry))
     elif entry.isdigit() and int(entry) < len(names):
       indices.append(int(entry))
+      by_position.append(f"{entry} -> {names[int(entry)]}")
     else:
       raise ConfigError(f"Unknown class {entry!r} in --config.classes; {dataset} has the classes "
                         f"{', '.join(names)} (names, or indices 0-{len(names) - 1}).")
   if len(set(indices)) < len(indices):
     raise ConfigError(f"classes={classes!r} names the same class twice (by name and by index).")
+  if by_position:
+    logging.warning("--config.classes=%s: %s has no class named %s, so %s read as %s in its "
+                    "list of classes: %s. Give class names to be sure of the choice, e.g. "
+                    "--config.classes=%s.", classes, dataset,
+                    " or ".join(e.split(" ->")[0] for e in by_position),
+                    *(("that is", "a position") if len(by_position) == 1 else
+                      ("those are", "positions")), ", ".join(by_position),
+                    ",".join(names[i] for i in indices))
   return indices
 
 

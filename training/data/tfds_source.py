@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from training.data import cache
-from training.data.dataset import Dataset, Split, carve_validation
+from training.data.dataset import Dataset, from_arrays
 from training.errors import ConfigError, DataCorruptError, DataNotFoundError
 
 
@@ -21,6 +21,16 @@ def resolve_data_dir(data_dir: str | None) -> str:
   if os.environ.get("TFDS_DATA_DIR"):
     return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
   return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
+
+
+def is_prepared(name: str, data_dir: str) -> bool:
+  """Whether `data_dir` holds a prepared version of `name` (a folder with its dataset_info.json),
+  found without importing tfds."""
+  root = os.path.join(data_dir, name)
+  try:
+    return any(os.path.isfile(os.path.join(root, v, "dataset_info.json")) for v in os.listdir(root))
+  except OSError:
+    return False
 
 
 def _missing_data_error(name: str, data_dir: str) -> DataNotFoundError:
@@ -142,18 +152,14 @@ def load(name: str, data_dir: str, cache_dir: str, validation_fraction: float,
     raise ConfigError(f"Dataset {name!r} has features {list(features)}; an image classification "
                      "dataset with 'image' and 'label' features is needed.")
 
-  images, labels = load_split(builder, "train", cache_dir, data_dir)
-  train_idx, val_idx = carve_validation(len(labels), validation_fraction, split_seed)
-  train = Split(images[train_idx], labels[train_idx], train_idx)
-  validation = Split(images[val_idx], labels[val_idx], val_idx) if len(val_idx) else None
-  test_images, test_labels = load_split(builder, "test", cache_dir, data_dir)
-  test = Split(test_images, test_labels, np.arange(len(test_labels)))
-
+  train = load_split(builder, "train", cache_dir, data_dir)
+  test = load_split(builder, "test", cache_dir, data_dir)
   label = features["label"]
   image_shape = tuple(features["image"].shape)
-  if None in image_shape or tuple(train.images.shape[1:]) != image_shape:
+  if None in image_shape or tuple(train[0].shape[1:]) != image_shape:
     raise ConfigError(f"Dataset {name!r} has images of shape {image_shape} (tfds info), "
-                      f"decoded as {train.images.shape[1:]}; a fixed image size is needed.")
-  return Dataset(name=name, train=train, validation=validation, test=test,
-                 num_classes=label.num_classes, class_names=list(label.names),
-                 image_shape=image_shape)
+                      f"decoded as {train[0].shape[1:]}; a fixed image size is needed.")
+  names = list(label.names) if label.names else [str(i) for i in range(label.num_classes)]
+  return from_arrays(name, train, test, class_names=names, image_shape=image_shape,
+                     validation_fraction=validation_fraction, split_seed=split_seed,
+                     order=f"tfds's order of {builder.info.full_name} (not the original files')")

@@ -8,16 +8,34 @@ from typing import Any
 
 from training import data, members
 from training.console import log
-from training.errors import ConfigError
+from training.data import sources
+from training.errors import ConfigError, DataNotFoundError
 from training.model import device, mesh as mesh_lib, scores
 from training.tasks import restore as restore_lib
 
 
 SPLITS = ("test", "validation", "train")
+# The data options as the modes that read a trained run's data (evaluate, report) spell them.
+MODE_FLAGS = {"--config.data_dir": "--data_dir", "--config.data_url": "--data_url"}
+
+
+def load_data(config, data_dir: str | None, data_url: str | None) -> data.Dataset:
+  """The dataset of a checkpoint's `config`, from `data_dir`/`data_url` when given; a data error
+  names this mode's flags, not the training run's --config options."""
+  config = config.copy_and_resolve_references()  # the checkpoint's own stays as it was
+  if data_dir:
+    config.data_dir = data_dir
+  if data_url:
+    config.data_url = data_url
+  try:
+    return data.from_config(config)
+  except (DataNotFoundError, ConfigError) as e:
+    raise sources.with_flags(e, MODE_FLAGS) from e
 
 
 def evaluate(workdir: str, which: str = "best", split: str = "test",
-             data_dir: str | None = None, member: int | None = None) -> dict[str, Any]:
+             data_dir: str | None = None, data_url: str | None = None,
+             member: int | None = None) -> dict[str, Any]:
   """Full metrics of a checkpoint on `split` (all of it); also written to the workdir. Of a
   population: its ensemble's, with each member's under "members" (or member `member`'s alone)."""
   if split not in SPLITS:
@@ -26,9 +44,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   config = r.config
   config.max_eval_examples = 0  # every example of the split, whatever the training run used
   config.max_train_examples = 0
-  if data_dir:
-    config.data_dir = data_dir
-  ds = data.from_config(config)
+  ds = load_data(config, data_dir, data_url)
   part = {"test": ds.test, "validation": ds.validation, "train": ds.train}[split]
   if part is None:
     raise ConfigError("This run was trained without a validation split "

@@ -17,7 +17,7 @@ import ml_collections
 from flax import traverse_util
 
 import nets
-from training.data import folder, tfds_source
+from training.data import folder, idx, tfds_source
 from training.data.dataset import parse_classes
 from training.model import build
 
@@ -108,14 +108,17 @@ def _default(value: Any) -> str:
 
 def image_shape_and_classes(config: ml_collections.ConfigDict
                             ) -> tuple[tuple[int, ...], int] | None:
-  """The dataset's image shape and class count (after `classes`) from its prepared metadata or,
-  for an image folder, its options and class folders (no images are read); None when it is not
-  there to look at."""
+  """The dataset's image shape and class count (after `classes`) from its prepared metadata, the
+  IDX datasets' table or, for an image folder, its options and class folders (no images are
+  read); None when it is not there to look at."""
   try:
     if config.dataset.startswith(folder.PREFIX):
       size = config.folder.image_size
       shape = (size, size, config.folder.channels)
       num_classes = len(folder.class_names(config.dataset[len(folder.PREFIX):]))
+    elif config.dataset in idx.DATASETS:  # known without its files, which may be downloaded
+      spec = idx.DATASETS[config.dataset]
+      shape, num_classes = spec.image_shape, len(spec.class_names)
     else:
       import tensorflow_datasets as tfds
       info = tfds.builder(config.dataset,

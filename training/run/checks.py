@@ -50,7 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.augment[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
                         f"{config.augment[field]}.")
-  sources.check_options(config.dataset, config.classes, config.folder.to_dict())
+  sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
+                        config.get("data_url"))
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
   members.check(config)
   tasks.check(config)

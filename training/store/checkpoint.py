@@ -68,7 +68,7 @@ TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 # logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
 # other change would continue one run with another's settings, or hand back a finished run's
 # result for a config that never trained (a seed sweep into the default workdir).
-RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
+RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "cache_dir",
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
                      "progress_bar", "test_every_epoch", "report",

@@ -19,7 +19,7 @@ from training.store.checkpoint import Checkpointer
 
 # Settings that say where or how verbosely a run went, not what it trained: left out of the
 # comparison table.
-NOT_SETTINGS = ("data_dir", "cache_dir", "compilation_cache_dir", "progress_bar",
+NOT_SETTINGS = ("data_dir", "data_url", "cache_dir", "compilation_cache_dir", "progress_bar",
                 "log_every_steps", "eval_batch_size", "steps_per_call", "mesh_shape",
                 "mesh_axes", "stop_after_steps", "test_every_epoch", "checkpoint.")
 

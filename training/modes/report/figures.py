@@ -174,9 +174,10 @@ def plot_per_class(result: dict[str, Any], names: Sequence[str], title: str) -> 
 
 
 def plot_mistakes(images: np.ndarray, labels: np.ndarray, chosen: tuple[np.ndarray, ...],
-                  names: Sequence[str], title: str) -> bytes:
-  """A grid of the chosen test images, each titled with its index, true and predicted class and
-  the predicted class's probability."""
+                  names: Sequence[str], title: str, numbers: np.ndarray | None = None) -> bytes:
+  """A grid of the chosen test images (positions in `images`), each titled with its number
+  (`numbers[position]`, the source's index; else the position), true and predicted class and the
+  predicted class's probability."""
   fig = figure("mistakes", layout=None)  # a fixed grid: constrained layout would cost 2x
   rows, cols = MISTAKES_GRID
   axes = fig.subplots(rows, cols, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.01,
@@ -190,7 +191,7 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, chosen: tuple[np.ndarr
     i = indices[slot]
     image = images[i]
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-    ax.set_title(f"#{i}: true {short(names[labels[i]])}\npredicted {short(names[predicted[slot]])}"
+    ax.set_title(f"#{i if numbers is None else numbers[i]}: true {short(names[labels[i]])}\npredicted {short(names[predicted[slot]])}"
                  f"\np={confidence[slot]:.3f}", fontsize=9, color="#8b0000")
   if not len(indices):
     fig.text(0.5, 0.5, "No misclassified test examples.", ha="center", fontsize=16)

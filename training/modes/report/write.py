@@ -11,11 +11,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from training import data
 from training.errors import ConfigError, DataNotFoundError
 from training.model import scores as scores_lib, steps
-from training.modes import show
 from training import members as members_lib
+from training.modes import evaluate, show
 from training.modes.report import figures, population
 from training.modes.report.figures import MISTAKES_GRID, STYLE
 from training.modes.report.page import img, report_html
@@ -86,24 +85,25 @@ def _leaves(tree: Any) -> list[Any]:
   return jax.tree_util.tree_leaves(tree)
 
 
-def _predict_test(restored: Any, data_dir: str | None, dataset: Any = None
-                  ) -> tuple[Any, np.ndarray]:
-  """The test split as the run evaluated it (all of it unless its max_eval_examples capped it),
-  from `dataset` when given, and the log probabilities of its classes."""
-  c = restored.config
+def _predict_test(restored: Any, data_dir: str | None, dataset: Any = None,
+                  data_url: str | None = None) -> tuple[Any, np.ndarray, str]:
+  """The test split as the run evaluated it (its classes; all of it unless its
+  max_eval_examples capped it), from `dataset` when given; the log probabilities of its classes;
+  what its indices count (`Dataset.order`)."""
   if dataset is None:
-    dataset = data.load(c.dataset, data_dir=data_dir or c.get("data_dir"),
-                        cache_dir=c.get("cache_dir"), validation_fraction=c.validation_fraction,
-                        split_seed=c.split_seed, max_eval_examples=c.max_eval_examples)
+    dataset = evaluate.load_data(restored.config, data_dir, data_url)
   test = dataset.test
-  return test, predict_log_probs(restored.state, test.images, c.eval_batch_size,
-                                 bool(restored.members))
+  log_probs = predict_log_probs(restored.state, test.images, restored.config.eval_batch_size,
+                                bool(restored.members))
+  return test, log_probs, dataset.order
 
 
-def _figures(records, restored, test, log_probs, final
+def _figures(records, restored, test, log_probs, order: str, final
              ) -> tuple[dict[str, bytes], dict[str, Any]]:
   """The four figures as PNG bytes (a sweep's fifth), and the test scores and mistakes they
-  show (a population's: its ensemble's)."""
+  show (a population's: its ensemble's). A mistake's index is its test example's index in the
+  source (`order` says which: the original file's order where the source has one), so that a
+  person can look it up."""
   import matplotlib
   names = [str(n) for n in restored.dataset_info["class_names"]]
   result = scores(log_probs, test.labels, len(names))
@@ -121,17 +121,18 @@ def _figures(records, restored, test, log_probs, final
             f"Test confusion matrix: {result['accuracy']:.2%} correct\n({ckpt})"),
         "per_class": figures.plot_per_class(result, names, f"{run}: per-class scores on the test split "
                                     f"(macro F1 {result['macro_f1']:.4f}, {ckpt})"),
-        "mistakes": figures.plot_mistakes(test.images, test.labels, chosen, names,
-                                  f"The {len(chosen[0])} most confident of {wrong} test mistakes "
-                                  f"({run}, {ckpt})"),
+        "mistakes": figures.plot_mistakes(
+            test.images, test.labels, chosen, names,
+            f"The {len(chosen[0])} most confident of {wrong} test mistakes ({run}, {ckpt})"
+            + (f"\n#: index in {order}" if order else ""), test.indices),
     }
     swept = members_lib.swept(restored.config)
     if swept and final and final.get("members"):
       pngs["sweep"] = population.plot_sweep(final["members"], swept,
                                             f"{run}: test accuracy against the swept values")
-  mistakes = [{"index": int(i), "label": int(test.labels[i]), "predicted": int(p),
+  mistakes = [{"index": int(test.indices[i]), "label": int(test.labels[i]), "predicted": int(p),
                "probability": float(q)} for i, p, q in zip(*chosen)]
-  return pngs, {"test": result, "mistakes": mistakes, "wrong": wrong}
+  return pngs, {"test": result, "mistakes": mistakes, "wrong": wrong, "index_order": order}
 
 
 def _curves(records: dict[str, Any], restored: Any, title: str) -> bytes:
@@ -173,13 +174,13 @@ def _tensorboard_images(workdir: str, pngs: dict[str, bytes], step: int) -> None
 
 
 def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, Any],
-            dataset: Any) -> dict[str, Any]:
+            dataset: Any, data_url: str | None) -> dict[str, Any]:
   t0 = time.perf_counter()
   restored = restore_lib.restore(workdir, which)
-  test, log_probs = _predict_test(restored, data_dir, dataset)
+  test, log_probs, order = _predict_test(restored, data_dir, dataset, data_url)
   t1 = time.perf_counter()
   final = read_json(os.path.join(workdir, TEST_METRICS))
-  pngs, found = _figures(records, restored, test, log_probs, final)
+  pngs, found = _figures(records, restored, test, log_probs, order, final)
   found["params"] = sum(int(np.prod(p.shape)) for p in _leaves(restored.state.params)) // max(
       len(restored.members), 1)
   t2 = time.perf_counter()
@@ -202,15 +203,17 @@ def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, A
 
 
 def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
-                 dataset: Any = None) -> dict[str, Any]:
+                 dataset: Any = None, data_url: str | None = None) -> dict[str, Any]:
   """Writes the report of the run in `workdir` from its checkpoint `which` ("best", falling back
   to the latest when none ranks best; "latest"; or a step): the figures, `report.html` and the
   figures as TensorBoard images. The test split is loaded as the checkpoint's config says (from
-  `data_dir` if given), or taken from `dataset` (a `data.Dataset`: the training loop's own).
+  `data_dir`, or downloaded from `data_url`, if given), or taken from `dataset` (a
+  `data.Dataset`: the training loop's own).
 
   Returns {"files": {name: path}, "checkpoint", "step", "status", "model", "dataset",
   "test": scores of the checkpoint on the test split, "wrong": its number of mistakes,
-  "mistakes": the examples shown in mistakes.png, "params", "seconds": each part's time}.
+  "mistakes": the examples shown in mistakes.png (each with its "index" in the source's test
+  split), "index_order": what those indices count, "params", "seconds": each part's time}.
 
   Raises ReportError (a ConfigError) for a workdir that is not a run, has no metrics or no
   checkpoint, or cannot be written, and for any failure while writing: the run's own files
@@ -220,7 +223,7 @@ def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
   check_run_dir(workdir)
   try:
     records = read_metrics(workdir)
-    out = _report(workdir, which, data_dir, records, dataset)
+    out = _report(workdir, which, data_dir, records, dataset, data_url)
   except ReportError:
     raise
   except (ConfigError, DataNotFoundError) as e:  # no checkpoint, or no data to predict
@@ -239,6 +242,7 @@ def format_result(result: dict[str, Any]) -> str:
           f"{result['step']}); {result['status']}\n"
           f"test: accuracy {t['accuracy']:.2%}  macro F1 {t['macro_f1']:.4f}  "
           f"({result['wrong']} mistakes; the {len(result['mistakes'])} most confident are shown)\n"
-          f"wrote {files['report']} and {', '.join(os.path.basename(f) for n, f in files.items() if n != 'report')} "
+          f"wrote {files['report']} and "
+          f"{', '.join(os.path.basename(f) for n, f in files.items() if n != 'report')} "
           f"in {result['seconds']['total']:.1f}s")
 
