@@ -57,7 +57,9 @@ def test_a_sweep_that_cannot_share_one_program_is_refused_naming_the_field(sweep
 
 
 def test_a_population_of_three_writes_members_mean_std_and_an_ensemble(data_cache, tmp_path):
-  state, summary = train_and_evaluate(_real(data_cache, population=3), str(tmp_path))
+  # The whole test split, as --mode=evaluate scores it.
+  state, summary = train_and_evaluate(_real(data_cache, population=3, max_eval_examples=0),
+                                      str(tmp_path))
   assert jax.tree_util.tree_leaves(state.params)[0].shape[0] == 3
   saved = json.loads((tmp_path / "test_metrics.json").read_text())
   accuracies = [m["accuracy"] for m in saved["members"]]
@@ -65,7 +67,7 @@ def test_a_population_of_three_writes_members_mean_std_and_an_ensemble(data_cach
   assert saved["mean"] == pytest.approx(np.mean(accuracies))
   assert saved["std"] == pytest.approx(np.std(accuracies, ddof=1))
   assert saved["ensemble"]["accuracy"] >= saved["mean"]  # averaged probabilities help
-  assert saved["ensemble"]["count"] == 2000 and summary["test"]["accuracy"] == saved["mean"]
+  assert saved["ensemble"]["count"] == 10_000 and summary["test"]["accuracy"] == saved["mean"]
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {r["member"] for r in records if "member" in r} == {0, 1, 2}
   last = [r for r in records if r.get("epoch") == 2 and "member" not in r][0]
