@@ -58,6 +58,17 @@ def test_every_gan_config_trains_scores_and_draws(config_name, judge, mock_mnist
   assert (tmp_path / "test_metrics.json").is_file()
 
 
+def test_a_population_of_gans_trains_each_member_as_its_own_run(judge, mock_mnist, tmp_path):
+  _, population = train_and_evaluate(_gan("cgan", judge, population=2), str(tmp_path / "pop"))
+  _, single = train_and_evaluate(_gan("cgan", judge, seed=1), str(tmp_path / "single"))
+  assert [m["seed"] for m in population["members"]] == [0, 1]
+  assert population["members"][1]["fd"] == pytest.approx(single["test"]["fd"], rel=1e-4)
+  assert population["test"]["fd"] == pytest.approx(np.mean([m["fd"] for m in
+                                                            population["members"]]))
+  with pytest.raises(ConfigError, match="populations of seeds"):
+    train_and_evaluate(_gan("cgan", judge, sweep='{"learning_rate": [0.001, 0.002]}'))
+
+
 def test_a_gan_run_resumes_bit_exactly(judge, mock_mnist, tmp_path):
   config = lambda **o: _gan("cgan", judge, num_epochs=2, **o)
   whole, _ = train_and_evaluate(config(), str(tmp_path / "whole"))

@@ -89,8 +89,9 @@ class Gan(base.Task):
                                            n=min(self.config.gan.eval_samples, len(run.ds.train)))
 
   def train_line(self, means: dict[str, float]) -> str:
-    return (f"D loss {means['train/d_loss']:.3f} G loss {means['train/g_loss']:.3f} "
-            f"D(real) {means['train/d_real']:.2f} D(fake) {means['train/d_fake']:.2f}")
+    return (f"D loss {spread(means['train/d_loss'], '.3f')} G loss "
+            f"{spread(means['train/g_loss'], '.3f')} D(real) {spread(means['train/d_real'], '.2f')}"
+            f" D(fake) {spread(means['train/d_fake'], '.2f')}")
 
   def sample(self, state, num: int, seed: int, labels: np.ndarray | None = None) -> tuple:
     """`num` generated uint8 images (and their requested classes, cycled 0..k-1 by default),
@@ -102,8 +103,11 @@ class Gan(base.Task):
               for i in range(0, num, 1000)]
     return np.concatenate(images), labels
 
-  def measure(self, state) -> dict[str, Any]:
-    images, labels = self.sample(state, self.config.gan.eval_samples, self.config.seed + 1)
+  def measure(self, state, seed: int | None = None) -> dict[str, Any]:
+    """The samples' scores, from noise fixed by the run's `seed` (a member's own, in a
+    population, so that it is scored as a run of its own would be)."""
+    seed = self.config.seed if seed is None else seed
+    images, labels = self.sample(state, self.config.gan.eval_samples, seed + 1)
     return gan_metrics.evaluate(self.classifier, images,
                                 self.reference, labels if self.conditional else None)
 
@@ -111,8 +115,8 @@ class Gan(base.Task):
     """`measure`: one model's numbers, or a population's arrays of each member's."""
     if not run.members:
       return self.measure(state)
-    each = [self.measure(members.take(state, k)) for k in range(len(run.members))]
-    return {k: np.asarray([m[k] for m in each]) for k in each[0]}
+    each = [self.measure(members.take(state, m.index), m.seed) for m in run.members]
+    return {k: np.asarray([m[k] for m in each]) for k in each[0] if np.ndim(each[0][k]) == 0}
 
   def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, Any], str]:
     _check_stability(run, epoch, means)
