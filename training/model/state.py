@@ -38,7 +38,8 @@ class TrainState(train_state.TrainState):
     (optim.make_optimizer builds one that reads them)."""
     if not self.hyper:
       return super().apply_gradients(grads=grads, **kwargs)
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, hyper=self.hyper)
+    tx = optax.with_extra_args_support(self.tx)  # one that reads no swept value ignores them
+    updates, opt_state = tx.update(grads, self.opt_state, self.params, hyper=self.hyper)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state, **kwargs)
 
