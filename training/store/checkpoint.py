@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
@@ -219,7 +220,9 @@ class Checkpointer:
     step = int(state.step)
     if step in self.manager.all_steps():
       return
-    tree = _state_tree(state)
+    # Scalars as 0-d arrays: orbax 0.11.17 refuses a numpy one ("Unsupported type").
+    tree = jax.tree_util.tree_map(lambda x: np.asarray(x) if np.isscalar(x) else x,
+                                  _state_tree(state))
     self._state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree))
     self._saving = step
     with self._write_errors():
@@ -328,8 +331,15 @@ class Checkpointer:
     """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
     each config field that differs from the checkpoint's). Refuses changes of settings."""
     step = self.latest_step()
-    state = self.restore(state, step)
     saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
+    model = (saved.get("model.name"), self.config.model.get("name"))
+    try:
+      state = self.restore(state, step)
+    except CheckpointMismatchError as e:
+      if model[0] != model[1]:  # named first: the parameters that differ follow from it
+        raise CheckpointMismatchError(f"The checkpoint was trained with another model: "
+                                      f"{model[0]} -> {model[1]} (checkpoint -> now).\n{e}") from e
+      raise
     # Through JSON, so that tuples compare as the saved lists.
     now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
     for side in (saved, now):
