@@ -2,7 +2,7 @@
 
     python train.py --config=configs/cnn.py [--workdir=runs/cnn] [--config.num_epochs=3 ...]
     python train.py --mode=evaluate --workdir=runs/cnn [--checkpoint=best|latest|STEP] [--split=test]
-    python train.py --mode=predict --workdir=runs/cnn digit.png photo.jpg [--invert] [--output=p.csv]
+    python train.py --mode=predict --workdir=runs/cnn digit.png scan.jpg [--invert] [--output=p.csv]
     python train.py --mode=report --workdir=runs/cnn          # figures + report.html in the workdir
     python train.py --mode=report runs/cnn                    # the same
     python train.py --mode=report runs/cnn runs/mlp [--workdir=runs/comparison]   # runs compared

@@ -98,8 +98,8 @@ def test_folder_trains_evaluates_and_predicts_with_its_class_names(mnist_folder,
   out = subprocess.run([sys.executable, "train.py", "--mode=predict", f"--workdir={workdir}",
                         *files], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
-  lines = out.stdout.strip().splitlines()
-  assert len(lines) == 2
+  *lines, summary = out.stdout.strip().splitlines()
+  assert len(lines) == 2 and summary.startswith("2 files: 2 classified")
   for line in lines:  # the folder's class names, and no --invert note (no ink convention)
     assert line.split()[1] in WORDS, line
     assert [w for w in re.findall(r"(\S+) [<\d.]+%", line)] and all(

@@ -304,12 +304,13 @@ class Checkpointer:
       raise CheckpointMismatchError(problem)
     return value
 
-  def restore(self, state: Any, step: int | None = None) -> Any:
-    """`state` (freshly initialized) gives the expected shapes and shardings."""
+  def restore(self, state: Any, step: int | None = None, why: str = "") -> Any:
+    """`state` (freshly initialized) gives the expected shapes and shardings; `why` leads a
+    refusal of other shapes."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
     with _read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
+      self._check_shapes(self.manager.item_metadata(step)["state"], target, step, why)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
@@ -332,14 +333,10 @@ class Checkpointer:
     each config field that differs from the checkpoint's). Refuses changes of settings."""
     step = self.latest_step()
     saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
-    model = (saved.get("model.name"), self.config.model.get("name"))
-    try:
-      state = self.restore(state, step)
-    except CheckpointMismatchError as e:
-      if model[0] != model[1]:  # named first: the parameters that differ follow from it
-        raise CheckpointMismatchError(f"The checkpoint was trained with another model: "
-                                      f"{model[0]} -> {model[1]} (checkpoint -> now).\n{e}") from e
-      raise
+    old, new = saved.get("model.name"), self.config.model.get("name")
+    state = self.restore(state, step, why=(  # named first: the parameters follow from it
+        f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
+        if old != new else ""))
     # Through JSON, so that tuples compare as the saved lists.
     now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
     for side in (saved, now):
@@ -358,7 +355,7 @@ class Checkpointer:
           "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
     return state, changes
 
-  def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
+  def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
     have, want = _shapes(saved), _shapes(target)
     lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
              for k in sorted(set(have) | set(want))
@@ -367,13 +364,13 @@ class Checkpointer:
                    if not k.startswith("params/") and have.get(k) != want.get(k))
     if other and not lines:
       raise CheckpointMismatchError(
-          f"The checkpoint at step {step} in {self.directory} holds a training state of another "
-          f"structure than the config's (the optimizer, its settings or ema_decay on/off "
+          f"{why}The checkpoint at step {step} in {self.directory} holds a training state of "
+          f"another structure than the config's (the optimizer, its settings or ema_decay on/off "
           f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
           "wrote the checkpoint (saved beside it), or use another --workdir.")
     if lines:
       raise CheckpointMismatchError(
-          f"The checkpoint at step {step} in {self.directory} was written by a model of other "
+          f"{why}The checkpoint at step {step} in {self.directory} was written by a model of other "
           f"shapes than the config's; mismatching parameters:\n"
           + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
           + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
