@@ -9,7 +9,7 @@ from typing import Any
 from training import data
 from training.console import log
 from training.data import sources
-from training.errors import ConfigError, DataNotFoundError
+from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import device, mesh as mesh_lib, scores
 from training.tasks import restore as restore_lib
 
@@ -57,6 +57,10 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}, on "
       f"{ds.name}/{split}:")
   log(scores.format_report(result, ds.class_names).replace("test:", f"{split}:", 1))
-  with open(os.path.join(workdir, f"eval_{split}_step{r.step}.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  name = f"eval_{split}_step{r.step}.json"
+  try:
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(result, f, indent=2)
+  except OSError as e:  # a read-only workdir: the metrics above are the result
+    log("note: " + unsaved(name, workdir, e))
   return result
