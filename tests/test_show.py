@@ -32,7 +32,7 @@ def test_fields_are_grouped_as_in_common_py_and_in_its_order():
   common = (REPO / "configs" / "common.py").read_text()
   assert sections == re.findall(r"# --- (.*) ---", common)  # all of them, in their order
   fields = [line.split(" = ")[0].strip() for line in lines if " = " in line]
-  assert fields[:3] == ["dataset", "data_dir", "cache_dir"]  # not alphabetical
+  assert fields[:4] == ["dataset", "data_dir", "data_url", "cache_dir"]  # not alphabetical
   model = [f for f in fields if f.startswith("model.")]
   assert model[0] == "model.name" and fields.index(model[-1]) - fields.index(model[0]) == len(
       model) - 1  # the config file's model fields join their group
