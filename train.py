@@ -2,11 +2,13 @@
 
     python train.py --config=configs/cnn.py [--workdir=runs/cnn] [--config.num_epochs=3 ...]
     python train.py --mode=evaluate --workdir=runs/cnn [--checkpoint=best|latest|STEP] [--split=test]
-    python train.py --mode=predict --workdir=runs/cnn digit.png photo.jpg [--invert]
+    python train.py --mode=predict --workdir=runs/cnn digit.png scan.jpg [--invert] [--output=p.csv]
     python train.py --mode=report --workdir=runs/cnn          # figures + report.html in the workdir
+    python train.py --mode=report runs/cnn                    # the same
     python train.py --mode=report runs/cnn runs/mlp [--workdir=runs/comparison]   # runs compared
-    python train.py --mode=export --workdir=runs/cnn [--output=DIR]   # jax.export + ONNX models
+    python train.py --mode=export --workdir=runs/cnn [--output=DIR] [--formats=jax,onnx]
     python train.py --config=configs/cnn.py --mode=show    # the settings and the model, untrained
+    python train.py --mode=show --workdir=runs/cnn         # a trained run's settings
     python train.py --mode=sample --workdir=runs/cgan [--label=7] [--num=64]   # a GAN's samples
 
 Multi-host: run the same command on every host, adding --coordinator_address=HOST0:PORT
@@ -17,9 +19,9 @@ SLURM, Open MPI).
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,11 +36,12 @@ flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard events and chec
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "export", "show",
                                     "sample"],
                   "train (resumes from the workdir's checkpoints); show: the --config's fields "
-                  "with their comments, its model's layers and the registered models; evaluate a "
-                  "trained workdir, "
+                  "with their comments, its model's layers and the registered models (with "
+                  "--workdir alone: a trained run's settings); evaluate a trained workdir, "
                   "predict the classes of the image files given as arguments, or report: "
-                  "figures and report.html of --workdir, or the runs given as arguments compared "
-                  "(into --workdir, default runs/comparison); export: a checkpoint as files "
+                  "figures and report.html of --workdir (or of the one run given as argument), "
+                  "or the runs given as arguments compared (into --workdir, default "
+                  "runs/comparison); export: a checkpoint as files "
                   "that run without this code (jax.export, ONNX; see docs/export.md); sample: a "
                   "PNG grid of a trained GAN's images.")
 flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export: best (by validation "
@@ -59,7 +62,12 @@ flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all proces
 flags.DEFINE_enum("fit", None, ["digit", "resize"], "predict: how images of another size are "
                   "fitted: digit (MNIST's box-and-centre; default for mnist) or resize.")
 flags.DEFINE_string("output", None, "export: the directory (default <workdir>/export); sample: "
-                    "the PNG file (default <workdir>/samples/sample_....png).")
+                    "the PNG file (default <workdir>/samples/sample_....png); predict: a .csv "
+                    "or .jsonl file of the predictions (file, class, probability, every "
+                    "class's probability, notes).")
+flags.DEFINE_list("formats", ["jax", "onnx"], "export: the formats to write; one that cannot be "
+                  "made (ONNX without jax2onnx, or an operation it cannot express) is left out "
+                  "and said so, the others are written.")
 flags.DEFINE_integer("label", None, "sample: the class to draw (a conditional GAN); default: "
                      "every class in turn.")
 flags.DEFINE_integer("num", 64, "sample: how many images.")
@@ -69,13 +77,22 @@ flags.DEFINE_integer("member", None, "evaluate/predict/export of a population: m
                      "alone (default: the ensemble, its members' probabilities averaged).")
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a bad config file or `--config.*` override reported as one line."""
   _check_config_file(argv)
   try:
     return FLAGS(argv)
+  except SystemExit as e:  # absl ends --help with status 1; help that was asked for is a success
+    if e.code == 1 and any(arg in HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
-    sys.exit(f"error: {e}\nSee --helpfull for the flags, --mode=show for the config's fields.")
+    explained = _explain_override(argv)
+    sys.exit(f"error: {f'bad --config override: {explained}' if explained else e}\n"
+             "See --helpfull for the flags, --mode=show for the config's fields.")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these for overrides of missing fields or of the wrong type.
     # Their text is a KeyError's repr ('name'\nDid you mean ...): unquote it.
@@ -116,43 +133,114 @@ def _check_config_file(argv: list[str]) -> None:
              f"configs: {known}.")
 
 
-def _explain_override(argv: list[str]) -> str | None:
-  """For an override that reaches into a field that is not a group (--config.optimizer.lr=...):
-  which field it is, its type and value."""
-  path = _config_path(argv)
+def _file_config(path: str | None) -> Any:
+  """The config file's own config (without the command line's overrides), or None."""
+  from training import settings
   try:
-    spec = importlib.util.spec_from_file_location("_config_for_errors", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    return settings.from_file(path)
   except Exception:  # the override's own message is all there is then
     return None
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    node, names = config, arg[len("--config."):].split("=", 1)[0].split(".")
-    for i, name in enumerate(names[:-1]):
+
+
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """(arg, dotted field) of each --config.FIELD=VALUE (or --config.FIELD VALUE) of `argv`."""
+  return [(arg, arg[len("--config."):].split("=", 1)[0]) for arg in argv
+          if arg.startswith("--config.")]
+
+
+def _explain_override(argv: list[str]) -> str | None:
+  """For an override that names a group of fields (--config.model=cnn), reaches into a field
+  that is not a group (--config.optimizer.lr=...) or sets a model field the config lacks: what
+  the field is, and the override that was probably meant."""
+  config = _file_config(_config_path(argv))
+  if config is None:
+    return None
+  for arg, field in _overrides(argv):
+    node, names = config, field.split(".")
+    for i, name in enumerate(names):
+      if not hasattr(node, "keys"):
+        return (f"--config.{field}: {'.'.join(names[:i])} is a {type(node).__name__} field "
+                f"({node!r}), not a group of fields, so it has no field {name!r}.")
       if name not in node:
+        explained = _missing_field(config, names[:i], name, argv)
+        if explained:
+          return explained
         break
       node = node[name]
-      if not hasattr(node, "keys"):
-        field = ".".join(names[:i + 1])
-        return (f"--{arg.split('=', 1)[0][2:]}: {field} is a {type(node).__name__} field "
-                f"({node!r}), not a group of fields, so it has no field {names[i + 1]!r}.")
+    else:
+      if hasattr(node, "keys"):
+        return _group_override(field, list(node.keys()), arg.partition("=")[2])
   return None
 
 
+def _group_override(field: str, keys: list[str], value: str) -> str:
+  """--config.model=cnn: a group of fields set as one value."""
+  meant = (f"to choose the architecture use --config.model.name={value or 'NAME'}"
+           if field == "model" else f"set one of them, e.g. --config.{field}.{keys[0]}=VALUE")
+  return (f"--config.{field} is a group of fields ({', '.join(keys)}), not one value: {meant}.")
+
+
+def _missing_field(config: Any, groups: list[str], name: str, argv: list[str]) -> str | None:
+  """An override of a model field that the config does not set (ml_collections' message covers
+  the other fields)."""
+  if groups != ["model"]:
+    return None
+  if name == "dtype":
+    return ("--config.model.dtype: the compute dtype is set for every model by --config.dtype "
+            "(float32 or bfloat16), not by a model field.")
+  import nets
+  model = next((arg.partition("=")[2] for arg, f in _overrides(argv) if f == "model.name"),
+               config.model.name)
+  try:
+    known = [f for f in nets.field_names(model) if f not in ("num_classes", "dtype")]
+  except nets.ModelConfigError:
+    return None
+  if name in known:
+    return (f"--config.model.{name}: {model} has that field, but the config file does not set "
+            "it and an override cannot add a field; set it in a copy of the config file"
+            + (f", or start from configs/{model}.py" if model != config.model.name else "") + ".")
+  return (f"--config.model.{name}: model {model!r} has no field {name!r}; its fields: "
+          f"{', '.join(known)}.")
+
+
 def _check_usage(argv: list[str]) -> None:
+  """Flags that do not fit the mode: one line each (absl's usage error would print the whole
+  help above it)."""
+  problem = None
   if FLAGS.mode not in ("predict", "report") and len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.mode in ("train", "show") and FLAGS.config is None:
-    raise app.UsageError(f"--mode={FLAGS.mode} needs --config, e.g. --config=configs/cnn.py.")
-  if (FLAGS.mode not in ("train", "show") and not FLAGS.workdir
-      and not (FLAGS.mode == "report" and argv[1:])):
-    raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir, the trained run's directory.")
+    problem = f"unexpected arguments {argv[1:]}: only --mode=predict and report take any."
+  elif FLAGS.mode == "train" and FLAGS.config is None:
+    problem = "training needs --config, e.g. --config=configs/cnn.py."
+  elif FLAGS.mode == "show" and FLAGS.config is None and not FLAGS.workdir:
+    problem = ("--mode=show needs --config (a config's settings) or --workdir (a trained run's), "
+               "e.g. --config=configs/cnn.py.")
+  elif FLAGS.mode == "report" and len(argv) == 2 and FLAGS.workdir:
+    problem = ("--mode=report takes the run as --workdir=DIR or as one argument, not both; give "
+               "two or more runs to compare them.")
+  elif (FLAGS.mode not in ("train", "show") and not FLAGS.workdir
+        and not (FLAGS.mode == "report" and argv[1:])):
+    problem = f"--mode={FLAGS.mode} needs --workdir, the trained run's directory."
+  if problem:
+    sys.exit(f"error: {problem} (python train.py --help lists the modes and flags)")
 
 
-def _run(argv: list[str]) -> None:
+def _config() -> tuple[Any, str | None]:
+  """The config of --config with its overrides, and a note when the command line switched the
+  model (--config.model.name): that model's defaults replace the file's model fields."""
+  if FLAGS.config is None:
+    return None, None
+  from training.model import build
+  file_config = _file_config(config_flags.get_config_filename(FLAGS["config"]))
+  if file_config is None or "model" not in file_config:
+    return FLAGS.config, None
+  # absl has taken the flags out of argv: the overrides are read from the command line itself.
+  given = [f.split(".", 1)[1] for _, f in _overrides(sys.argv) if f.startswith("model.")]
+  config, note = build.switch_model(FLAGS.config, file_config.model.name, given)
+  config.lock()
+  return config, note
+
+
+def _run(argv: list[str], config: Any, note: str | None) -> None:
   """The mode's work; what it returns is printed by the modules themselves or here."""
   if FLAGS.mode == "evaluate":
     from training.modes import evaluate
@@ -163,33 +251,41 @@ def _run(argv: list[str]) -> None:
     # and the others go on; any such file makes the exit status 1.
     from training.modes import predict
     failed = predict.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
-                                     FLAGS.fit, member=FLAGS.member)
+                                     FLAGS.fit, output=FLAGS.output, member=FLAGS.member)
     if failed:
       sys.exit(f"error: {len(failed)} of {len(argv) - 1} files could not be classified.")
   elif FLAGS.mode == "report":
     from training.modes import report
-    if argv[1:]:  # several runs: compared
-      print(report.write_comparison(argv[1:], FLAGS.workdir or os.path.join("runs", "comparison")))
-    else:
-      print(report.format_result(report.write_report(FLAGS.workdir, FLAGS.checkpoint,
+    if len(argv) > 2:  # several runs: compared
+      out = FLAGS.workdir or os.path.join("runs", "comparison")
+      print(report.format_comparison(report.write_comparison(argv[1:], out), out))
+    else:  # one run, as --workdir or as the argument
+      print(report.format_result(report.write_report(FLAGS.workdir or argv[1], FLAGS.checkpoint,
                                                      FLAGS.data_dir, data_url=FLAGS.data_url)))
   elif FLAGS.mode == "export":
     from training.modes import export
-    print(export.format_summary(export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output,
-                                              FLAGS.overwrite, member=FLAGS.member)))
+    meta = export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.overwrite,
+                         formats=FLAGS.formats, member=FLAGS.member)
+    print(export.format_summary(meta))
+    if meta["unsaved"]:  # the files were made and checked, but could not be written
+      sys.exit(f"error: {meta['unsaved']}")
   elif FLAGS.mode == "sample":
     from training.modes import sample
     print(sample.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,
                         FLAGS.sample_seed))
   elif FLAGS.mode == "show":
     from training.modes import show
-    print(show.show(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
+    print(show.show(config, config_flags.get_config_filename(FLAGS["config"]), note)
+          if config is not None else show.show_run(FLAGS.workdir))
   else:
     config_path = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or os.path.join(
         "runs", os.path.splitext(os.path.basename(config_path))[0])
+    from training.console import log
     from training.run.loop import train_and_evaluate
-    train_and_evaluate(FLAGS.config, workdir)
+    if note:
+      log(note)
+    train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -201,10 +297,11 @@ def main(argv: list[str]) -> None:
   from training.run import distributed, runtime
 
   try:
-    runtime.setup(FLAGS.config if FLAGS.mode == "train" else None)  # before JAX's backend starts
+    config, note = _config()
+    runtime.setup(config if FLAGS.mode == "train" else None)  # before JAX's backend starts
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto=FLAGS.distributed, timeout_s=FLAGS.distributed_timeout)
-    _run(argv)
+    _run(argv, config, note)
   except Preempted as e:
     print(str(e), file=sys.stderr)  # a clean stop: the checkpoint is complete
     sys.exit(EX_TEMPFAIL)  # not done: saved, re-run to continue (0: done, 1: an error)

@@ -17,12 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = common.base()
   c.model.name = "cnn"
   c.model.features = (32, 64)  # channels of each conv stage (each stage ends in a 2x2 pool)
-  c.model.kernel_size = 3
-  c.model.convs_per_stage = 1
+  c.model.kernel_size = 3  # 3x3 convolutions
+  c.model.convs_per_stage = 1  # convs in each stage before its pool
   c.model.dense = (128,)  # hidden dense widths before the classifier
   c.model.downsample = "max"  # how stages halve the resolution: max, avg or stride
-  c.model.dropout = 0.0
-  c.model.batch_norm = False
+  c.model.dropout = 0.0  # after each hidden dense layer
+  c.model.batch_norm = False  # after each conv
   c.schedule = "onecycle"
   c.learning_rate = 3e-3
   c.num_epochs = 5

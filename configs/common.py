@@ -30,9 +30,9 @@ def base() -> ml_collections.ConfigDict:
   c.cache_dir = config_dict.placeholder(str)
   c.validation_fraction = 0.1  # share of train held out for validation (0 disables validation)
   c.split_seed = 0  # seed of the train/validation carve, independent of `seed`
-  # Caps for quick runs and tests: use at most this many examples (0 = all).
-  c.max_train_examples = 0
-  c.max_eval_examples = 0
+  # Caps for quick runs and tests (0 = all):
+  c.max_train_examples = 0  # use at most this many training examples
+  c.max_eval_examples = 0  # ... and at most this many of each evaluation split
   # Keep only these classes (comma-separated names or indices, e.g. "0,1,2" or "cat,dog"; "" =
   # all), relabelled 0..k-1 in the order given, in every split.
   c.classes = ""
@@ -45,11 +45,14 @@ def base() -> ml_collections.ConfigDict:
   c.folder.channels = 1  # 1 (grey) or 3 (RGB)
   c.folder.test_fraction = 0.1  # share of each class held out for testing when there is no test/
 
+  # --- Task ---
   # What is learnt (training/tasks/): classify (the nets classifiers) or gan (configs/dcgan.py).
   c.task = "classify"
 
   # --- Model: `name` picks the architecture; the other fields are its module fields ---
   c.model = ml_collections.ConfigDict()
+  # The architecture: one of the models that nets/ registers (--mode=show lists them and their
+  # fields). Set on the command line, its own defaults replace the config file's model fields.
   c.model.name = "cnn"
   # Compute dtype: float32 or bfloat16 (parameters and loss stay float32). bfloat16 is for
   # GPU/TPU: on CPU it is slower than float32.
@@ -71,18 +74,17 @@ def base() -> ml_collections.ConfigDict:
   # the peak to end_lr_factor times it (the GANs' schedule).
   c.decay_fraction = 0.3
   c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
-  c.label_smoothing = 0.0
-  # On-device augmentation of training batches (never of evaluation): each image is shifted by
-  # up to `shift` pixels per axis and rotated by up to `rotate` degrees, at random.
+  c.label_smoothing = 0.0  # share of each target spread evenly over the classes (0: one-hot)
+  # On-device augmentation of training batches (never of evaluation), at random per image:
   c.augment = ml_collections.ConfigDict()
-  c.augment.shift = 0.0
-  c.augment.rotate = 0.0
+  c.augment.shift = 0.0  # shift by up to this many pixels along each axis (0: off)
+  c.augment.rotate = 0.0  # rotate by up to this many degrees either way (0: off)
   # Evaluate (and checkpoint) an exponential moving average of the weights with this decay,
   # e.g. 0.999; 0 disables it.
   c.ema_decay = 0.0
   c.batch_size = 128  # global training batch
-  c.eval_batch_size = 1000
-  c.num_epochs = 10
+  c.eval_batch_size = 1000  # examples per evaluation call (changes no result, only memory)
+  c.num_epochs = 10  # passes over the training examples
   c.seed = 0  # parameter init, shuffling and dropout
 
   # --- Populations: several models trained in one compiled program (docs/populations.md) ---
@@ -107,7 +109,7 @@ def base() -> ml_collections.ConfigDict:
 
   # --- Checkpoints (orbax, in <workdir>/checkpoints; re-running resumes from the latest) ---
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.enabled = True
+  c.checkpoint.enabled = True  # False: no checkpoints, so no resume (quick experiments)
   c.checkpoint.every_epochs = 1  # save after every N epochs (and always after the last)
   c.checkpoint.every_steps = 0  # also every N steps, counted from each epoch's start (0: off)
   c.checkpoint.keep = 2  # the latest N checkpoints are kept ...
@@ -124,7 +126,7 @@ def base() -> ml_collections.ConfigDict:
   # The device mesh: the batch is split along "data", parameters are replicated. -1 = all the
   # devices (of all processes); e.g. (4,) uses the first 4 of one host's devices.
   c.mesh_shape = (-1,)
-  c.mesh_axes = ("data",)
+  c.mesh_axes = ("data",)  # the mesh's axis names; the batch is split along "data"
 
   # --- Runtime ---
   # Persistent XLA compilation cache (unset: ~/.cache/mnist_flax/jax; "none": off).
@@ -137,7 +139,7 @@ def base() -> ml_collections.ConfigDict:
 
   # --- Logging ---
   c.log_every_steps = 100  # host-side metric fetch and NaN check, every N steps of an epoch
-  c.progress_bar = True
+  c.progress_bar = True  # a live bar of each epoch's steps and loss (process 0 only)
   c.test_every_epoch = False  # also evaluate the test split after every epoch (for curves)
   # At the end of a run, write its figures and report.html to the workdir (docs/report.md).
   c.report = True

@@ -5,18 +5,28 @@
 
 Needs jax, flatbuffers (jax.export's file format), numpy and pillow. Images are converted as
 `--mode=predict` does, by this repository's training/data/images.py (numpy and PIL only).
+Files are read and classified 256 at a time (one shape: compiled once), so memory does not grow
+with their number; a file that cannot be read gets an `error:` line and the others go on; the
+notes (blank, too small, light background) are those of --mode=predict.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
 import jax
 import numpy as np
+from jax import export  # a module that `import jax` alone does not load on every release
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from training.data import images
+# This repository's image reader alone, not the training.data package around it (which would
+# bring the data sources): it imports numpy, PIL and training/errors.py.
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+spec = importlib.util.spec_from_file_location("images", f"{ROOT}/training/data/images.py")
+images = sys.modules["images"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(images)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("export_dir", help="what --mode=export wrote (model.jax, model.json)")
@@ -24,13 +34,27 @@ parser.add_argument("files", nargs="+", help="PNG or JPEG images")
 parser.add_argument("--invert", action="store_true", help="dark ink on a light background")
 args = parser.parse_args()
 
-with open(os.path.join(args.export_dir, "model.json")) as f:
-  meta = json.load(f)
+try:
+  with open(os.path.join(args.export_dir, "model.json")) as f:
+    meta = json.load(f)
+  with open(os.path.join(args.export_dir, meta["files"]["jax"] or "model.jax"), "rb") as f:
+    model = export.deserialize(bytearray(f.read()))  # runs on this machine's CPU, GPU or TPU
+except (OSError, ValueError, KeyError) as e:
+  sys.exit(f"error: cannot read the export in {args.export_dir} ({e}); run --mode=export first.")
 shape = tuple(meta["input"]["shape"][1:])  # (H, W, C); the batch size is free
-loaded = [images.load(path, shape, invert=args.invert, fit=meta["fit"]) for path in args.files]
-with open(os.path.join(args.export_dir, meta["files"]["jax"]), "rb") as f:
-  model = jax.export.deserialize(bytearray(f.read()))  # runs on this machine's CPU, GPU or TPU
-probs = np.asarray(model.call(np.stack([array for array, _ in loaded])))
-for path, p, (_, light) in zip(args.files, probs, loaded):
-  note = "   (light background: use --invert)" if light and not args.invert else ""
-  print(f"{path}  {meta['class_names'][p.argmax()]}  p={p.max():.4f}{note}")
+call = jax.jit(model.call)
+light_matters = not meta["dataset"].startswith("folder:")  # a folder's model learnt its own
+failed = 0
+for paths, loaded, batch in images.read_batches(args.files, shape, invert=args.invert,
+                                                fit=meta["fit"]):
+  probs = np.asarray(call(batch))
+  for path, item, p in zip(paths, loaded, probs):
+    if isinstance(item, images.ImageError):
+      failed += 1
+      print(f"error: {item}", file=sys.stderr, flush=True)
+      continue
+    notes = images.notes(item, args.invert, light_matters)
+    answer = "-  no class" if item.blank else f"{meta['class_names'][p.argmax()]}  p={p.max():.4f}"
+    print(f"{path}  {answer}" + (f"   ({'; '.join(notes)})" if notes else ""), flush=True)
+if failed:
+  sys.exit(f"error: {failed} of {len(args.files)} files could not be classified.")

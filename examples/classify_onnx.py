@@ -5,19 +5,26 @@
 
 Needs numpy, pillow and onnxruntime. Images are converted as `--mode=predict` does, by this
 repository's training/data/images.py, which imports only numpy and PIL (to deploy, copy it and
-training/errors.py along).
+training/errors.py along). Files are read and classified 256 at a time, so memory does not grow
+with their number; a file that cannot be read gets an `error:` line and the others go on; the
+notes (blank, too small, light background) are those of --mode=predict.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
-import numpy as np
 import onnxruntime
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from training.data import images
+# This repository's image reader alone, not the training.data package around it (which would
+# bring the data sources): it imports numpy, PIL and training/errors.py.
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+spec = importlib.util.spec_from_file_location("images", f"{ROOT}/training/data/images.py")
+images = sys.modules["images"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(images)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("export_dir", help="what --mode=export wrote (model.onnx, model.json)")
@@ -25,13 +32,29 @@ parser.add_argument("files", nargs="+", help="PNG or JPEG images")
 parser.add_argument("--invert", action="store_true", help="dark ink on a light background")
 args = parser.parse_args()
 
-with open(os.path.join(args.export_dir, "model.json")) as f:
-  meta = json.load(f)
+try:
+  with open(os.path.join(args.export_dir, "model.json")) as f:
+    meta = json.load(f)
+except (OSError, ValueError) as e:
+  sys.exit(f"error: cannot read {args.export_dir}/model.json ({e}); run --mode=export first.")
+if not meta["files"].get("onnx"):
+  why = meta.get("not_written", {}).get("onnx", "not asked for")
+  sys.exit(f"error: {args.export_dir} holds no ONNX model ({why}); use classify_jax.py.")
 shape = tuple(meta["input"]["shape"][1:])  # (H, W, C); the batch size is free
-loaded = [images.load(path, shape, invert=args.invert, fit=meta["fit"]) for path in args.files]
 session = onnxruntime.InferenceSession(os.path.join(args.export_dir, meta["files"]["onnx"]),
                                        providers=["CPUExecutionProvider"])
-probs = session.run(None, {"images": np.stack([array for array, _ in loaded])})[0]
-for path, p, (_, light) in zip(args.files, probs, loaded):
-  note = "   (light background: use --invert)" if light and not args.invert else ""
-  print(f"{path}  {meta['class_names'][p.argmax()]}  p={p.max():.4f}{note}")
+light_matters = not meta["dataset"].startswith("folder:")  # a folder's model learnt its own
+failed = 0
+for paths, loaded, batch in images.read_batches(args.files, shape, invert=args.invert,
+                                                fit=meta["fit"]):
+  probs = session.run(None, {"images": batch[:len(paths)]})[0]
+  for path, item, p in zip(paths, loaded, probs):
+    if isinstance(item, images.ImageError):
+      failed += 1
+      print(f"error: {item}", file=sys.stderr, flush=True)
+      continue
+    notes = images.notes(item, args.invert, light_matters)
+    answer = "-  no class" if item.blank else f"{meta['class_names'][p.argmax()]}  p={p.max():.4f}"
+    print(f"{path}  {answer}" + (f"   ({'; '.join(notes)})" if notes else ""), flush=True)
+if failed:
+  sys.exit(f"error: {failed} of {len(args.files)} files could not be classified.")

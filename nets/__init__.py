@@ -74,6 +74,18 @@ def field_names(name: str) -> list[str]:
           if f.init and f.name not in fixed and f.name not in ("parent", "name")]
 
 
+def field_defaults(name: str) -> dict[str, Any]:
+  """{field: default} of the fields a config may set on model `name` (dataclasses.MISSING for a
+  field without a default)."""
+  factory = get_factory(name)
+  cls = getattr(factory, "func", factory)
+  settable = field_names(name)
+  return {f.name: (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else
+                   dataclasses.MISSING)
+          for f in dataclasses.fields(cls) if f.name in settable}
+
+
 def get_factory(name: str) -> ModelFactory:
   _discover()
   if name not in _REGISTRY:

@@ -67,13 +67,13 @@ class CNN(nn.Module):
   cheapest: 4x less conv work), "max"/"avg" add a 2x2 pool.
   """
   num_classes: int = 10
-  features: Sequence[int] = (32, 64)
-  kernel_size: int = 3
-  convs_per_stage: int = 1
-  dense: Sequence[int] = (128,)
+  features: Sequence[int] = (32, 64)  # channels of each stage's convs (each halves the resolution)
+  kernel_size: int = 3  # side of the square conv kernels
+  convs_per_stage: int = 1  # convs in each stage before it halves the resolution
+  dense: Sequence[int] = (128,)  # hidden dense widths before the classifier
   downsample: str = "max"  # "max", "avg" or "stride"
-  dropout: float = 0.0
-  batch_norm: bool = False
+  dropout: float = 0.0  # after each hidden dense layer
+  batch_norm: bool = False  # after each conv (which then has no bias)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
@@ -83,7 +83,13 @@ class CNN(nn.Module):
                        f"{self.downsample!r}.")
     x = x.astype(self.dtype)
     k = (self.kernel_size, self.kernel_size)
-    for width in self.features:
+    size = "x".join(map(str, x.shape[1:3]))
+    for stage, width in enumerate(self.features):
+      if self.downsample != "stride" and min(x.shape[1:3]) < 2:
+        # A 2x2 pool of a 1-pixel side leaves nothing: say so, not a division by zero later.
+        raise ValueError(f"{size} images are too small for {len(self.features)} stages that "
+                         f"each halve them: after {stage} they are {x.shape[1]}x{x.shape[2]}; "
+                         f"give --config.model.features at most {stage} entries")
       for i in range(self.convs_per_stage):
         strided = self.downsample == "stride" and i == self.convs_per_stage - 1
         x = nn.Conv(width, k, strides=2 if strided else 1, use_bias=not self.batch_norm,

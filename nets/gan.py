@@ -91,12 +91,12 @@ class DCGAN(nn.Module):
   first doubling the side, and a last doubling to the image's channels; `d_widths`: the discriminator's strided convolutions' channels.
   `num_classes` and `labels` matter only when `conditional`.
   """
-  latent_dim: int = 64
-  widths: Sequence[int] = (64, 32)
-  d_widths: Sequence[int] = (32, 64)
+  latent_dim: int = 64  # size of the generator's normal noise input
+  widths: Sequence[int] = (64, 32)  # the generator's channels, smallest feature map first
+  d_widths: Sequence[int] = (32, 64)  # the discriminator's strided convolutions' channels
   num_classes: int = 10
-  conditional: bool = False
-  image_shape: tuple[int, int, int] = (28, 28, 1)
+  conditional: bool = False  # draw (and judge) images of a given class
+  image_shape: tuple[int, int, int] = (28, 28, 1)  # what the generator draws (H, W, C)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   def setup(self):

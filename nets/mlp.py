@@ -13,9 +13,9 @@ from nets import layers, register
 class MLP(nn.Module):
   """Dense -> [BatchNorm] -> ReLU -> [Dropout] blocks, then a linear classifier."""
   num_classes: int = 10
-  hidden: Sequence[int] = (512, 512)
-  dropout: float = 0.0
-  batch_norm: bool = False
+  hidden: Sequence[int] = (512, 512)  # widths of the hidden layers
+  dropout: float = 0.0  # after each hidden layer
+  batch_norm: bool = False  # after each hidden layer's Dense (which then has no bias)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact

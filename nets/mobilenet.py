@@ -53,8 +53,8 @@ class MobileNet(nn.Module):
   -> BN -> ReLU6 -> pointwise 1x1 to `features[i]` -> BN -> ReLU6; global average pool, linear.
   """
   num_classes: int = 10
-  stem_features: int = 16
-  stem_stride: int = 1
+  stem_features: int = 16  # channels of the full 3x3 stem conv
+  stem_stride: int = 1  # its stride (2 halves the resolution at once)
   features: Sequence[int] = (32, 64, 64, 128)  # pointwise output channels of each block
   strides: Sequence[int] = (1, 2, 1, 2)  # stride of each block's depthwise conv
   depthwise: str = "shifted"  # how depthwise convs are computed: "shifted" or "conv" (see above)

@@ -43,8 +43,8 @@ class ResNet(nn.Module):
   has stride `strides[i]` (2 halves the resolution, with a projection shortcut), then the mean
   over space and a linear classifier."""
   num_classes: int = 10
-  stem_features: int = 16
-  features: Sequence[int] = (16, 32, 64)
+  stem_features: int = 16  # channels of the 3x3 stem conv
+  features: Sequence[int] = (16, 32, 64)  # channels of each stage
   blocks: Sequence[int] = (1, 1, 1)  # residual blocks per stage
   strides: Sequence[int] = (1, 2, 2)  # stride of each stage's first block
   dropout: float = 0.0  # before the classifier

@@ -23,9 +23,9 @@ class RNN(nn.Module):
   """`layers` recurrent layers of `hidden` units (2*hidden when bidirectional), then Dense."""
   num_classes: int = 10
   cell: str = "lstm"  # "lstm" or "gru"
-  hidden: int = 128
-  layers: int = 1
-  bidirectional: bool = False
+  hidden: int = 128  # units of each layer's cell (per direction)
+  layers: int = 1  # stacked recurrent layers
+  bidirectional: bool = False  # also read the rows bottom-up, and concatenate
   pool: str = "last"  # "last": the final state of each direction; "mean": mean over time
   dropout: float = 0.0  # between layers and before the classifier
   dtype: Any = jnp.float32  # computation dtype; parameters (and the carried state) stay float32

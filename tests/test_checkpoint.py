@@ -73,8 +73,11 @@ def test_the_mlp_config_is_refused_on_a_cnn_workdir(mock_mnist, tmp_path):
   train_and_evaluate(_config(num_epochs=1), str(tmp_path))
   mlp = shrink(load_config("mlp"), num_epochs=2)
   with pytest.raises(CheckpointMismatchError, match=r"Conv_0.*checkpoint \(3, 3, 1, 32\) vs "
-                     r"config missing"):
+                     r"config missing") as e:
     train_and_evaluate(mlp, str(tmp_path))
+  # What changed comes first, then the parameters that differ because of it.
+  assert str(e.value).startswith("The checkpoint was trained with another model: cnn -> mlp "
+                                 "(checkpoint -> now).\nThe checkpoint at step 3 in ")
 
 
 def test_a_finished_run_evaluates_with_its_history_and_a_shorter_one_is_refused(mock_mnist,

@@ -28,13 +28,69 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
      "('adam'), not a group of fields, so it has no field 'learning_rate'."),
     (["--config=configs/cnn.py", "--config.num_epoch=3"],
      'error: bad --config override: num_epoch: Did you mean "num_epochs"'),
+    # A group set as one value: ml_collections' own message was a ConfigDict parse error.
+    (["--config=configs/cnn.py", "--config.model=nosuch"],
+     "error: bad --config override: --config.model is a group of fields (batch_norm, "
+     "convs_per_stage, dense, downsample, dropout, features, kernel_size, name), not one value: "
+     "to choose the architecture use --config.model.name=nosuch."),
+    # --mode=show lists no model a `dtype` field: it is --config.dtype, for every model.
+    (["--config=configs/cnn.py", "--config.model.dtype=bfloat16"],
+     "error: bad --config override: --config.model.dtype: the compute dtype is set for every "
+     "model by --config.dtype (float32 or bfloat16), not by a model field."),
+    (["--config=configs/cnn.py", "--config.model.width=3"],
+     "error: bad --config override: --config.model.width: model 'cnn' has no field 'width'; its "
+     "fields: features, kernel_size, convs_per_stage, dense, downsample, dropout, batch_norm."),
+    ([], "error: training needs --config, e.g. --config=configs/cnn.py. (python train.py --help "
+         "lists the modes and flags)\n"),
+    (["--mode=evaluate"], "error: --mode=evaluate needs --workdir, the trained run's directory."),
 ])
 def test_config_mistakes_are_one_clear_line(args, message, tmp_path):
-  run = _cli(*args, f"--workdir={tmp_path / 'w'}")
+  run = _cli(*args, *([f"--workdir={tmp_path / 'w'}"] if "--mode" not in str(args) else []))
   assert run.returncode == 1
   assert run.stderr.startswith(message), run.stderr[-3000:]
-  assert "Traceback" not in run.stderr
+  assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) <= 2
   assert not (tmp_path / "w").exists()
+
+
+def test_help_is_a_success():
+  for flag in ("--help", "--helpfull"):
+    run = _cli(flag)
+    assert run.returncode == 0 and "--mode" in run.stdout, run.stderr[-2000:]
+
+
+def test_the_model_can_be_switched_on_the_command_line(tmp_path):
+  # configs/cnn.py's model fields do not fit a resnet: resnet's defaults replace them.
+  run = _cli("--config=configs/cnn.py", "--config.model.name=resnet", "--config.model.dropout=0.1",
+             "--mode=show")
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = run.stdout
+  assert out.startswith("note: --config.model.name=resnet replaces cnn: the config's cnn fields "
+                        "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size) "
+                        "are dropped and resnet's defaults used (configs/resnet.py holds tuned "
+                        "ones)"), out[:500]
+  assert "* model.blocks = (1, 1, 1)  " in out and "model.kernel_size" not in out
+  assert "# channels of each stage\n" in out  # resnet's own comment, not cnn.py's
+  assert "* model.dropout = 0.1 [0.0]" in out  # given on the command line: kept
+  assert "Model 'resnet' on 28x28x1 images" in out and "BasicBlock" in out
+
+
+def test_show_of_a_trained_run(tmp_path, data_cache):
+  workdir = str(tmp_path / "run")
+  trained = _cli("--config=configs/mlp.py", f"--workdir={workdir}", "--config.num_epochs=1",
+                 "--config.max_train_examples=256", "--config.max_eval_examples=100",
+                 "--config.progress_bar=False", "--config.report=False",
+                 f"--config.cache_dir={data_cache}")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  # Item 9: where the results went.
+  assert f"workdir: {workdir} (config.json, metrics.jsonl" in trained.stdout
+  run = _cli("--mode=show", f"--workdir={workdir}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.startswith(f"Run {workdir}: the settings it was trained with (config.json")
+  assert "+ model.name = 'mlp' ['cnn']" in run.stdout
+  assert "+ num_epochs = 1 [10]" in run.stdout and "\n  seed = 0  " in run.stdout
+  assert "Model 'mlp' on 28x28x1 images, 10 classes:" in run.stdout
+  missing = _cli("--mode=show", f"--workdir={tmp_path / 'nothing'}")
+  assert missing.returncode == 1 and missing.stderr.startswith("error: No trained run in")
 
 
 def test_show_prints_the_settings_the_model_and_the_models_without_training(tmp_path):
@@ -42,8 +98,8 @@ def test_show_prints_the_settings_the_model_and_the_models_without_training(tmp_
              f"--workdir={tmp_path / 'w'}")
   assert run.returncode == 0, run.stderr[-3000:]
   out = run.stdout
-  assert "learning_rate = 0.003" in out and "# peak learning rate" in out
-  assert "model.dense = (64,)" in out  # with the overrides
+  assert "+ learning_rate = 0.003 [0.001]" in out and "# peak learning rate" in out
+  assert "* model.dense = (64,) [(128,)]" in out  # with the overrides
   assert "Model 'cnn' on 28x28x1 images, 10 classes:" in out
   assert "float32[3136,64]" in out  # the table of the overridden model
   assert "vit: patch_size=4" in out and "mobilenet: " in out

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from jax import export as jax_export  # jax 0.7.1 has no jax.export until it is imported
 from PIL import Image
 
 import configs
@@ -27,6 +28,7 @@ from training.modes import export
 from training.model import optim
 from training import train_and_evaluate
 from training.modes import predict
+from training.data import images
 from training.model import state as state_lib
 from training.model import steps
 
@@ -129,7 +131,7 @@ def _assert_same(got: np.ndarray, expected: np.ndarray) -> None:
 def test_jax_export_artifact_matches_the_trained_model(exported, mnist):
   case, workdir, meta, expected = exported
   with open(os.path.join(workdir, "export", "model.jax"), "rb") as f:
-    model = jax.export.deserialize(bytearray(f.read()))
+    model = jax_export.deserialize(bytearray(f.read()))
   assert str(model.in_avals[0]) == "uint8[batch,28,28,1]", model.in_avals
   assert set(model.platforms) == {"cpu", "cuda", "rocm", "tpu"}
   call = jax.jit(model.call)
@@ -157,19 +159,54 @@ def test_onnx_model_matches_the_trained_model(exported, mnist):
 
 
 @needs_onnx
-def test_an_operation_onnx_cannot_express_fails_in_one_line(tmp_path, mnist):
+def test_an_operation_onnx_cannot_express_leaves_out_onnx_alone(tmp_path, mnist):
   """Flax's LSTM cells split a random key to make their (zero) initial state: jax2onnx has no
-  conversion for that, so the LSTM variant of the RNN has no ONNX model (its jax.export model
-  is made as the GRU's is)."""
+  conversion for that, so the LSTM variant of the RNN has no ONNX model; its jax.export model
+  is written, and model.json says why the ONNX one is not."""
   config = load_config("rnn")
   config.model.cell = "lstm"
   _initialized_workdir(str(tmp_path), config, mnist.info())
-  with pytest.raises(export.UnsupportedOperationError) as e:
-    export.export(str(tmp_path), onnx=True)
+  with pytest.raises(export.ExportError) as e:  # ONNX alone: nothing can be written
+    export.export(str(tmp_path), formats=["onnx"])
   message = str(e.value)
   assert "\n" not in message and "'random_split'" in message and "'rnn' to ONNX" in message
   assert "recurrent.py" in message  # where: flax's initialize_carry
   assert not os.path.exists(tmp_path / "export")  # nothing half-written
+  meta = export.export(str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "export")) == ["model.jax", "model.json"]
+  assert meta["files"] == {"jax": "model.jax", "onnx": None}
+  assert "'random_split'" in meta["not_written"]["onnx"]
+
+
+def test_a_format_that_cannot_be_made_is_left_out_and_said_so(tmp_path, mnist, monkeypatch):
+  """As the export venv's LSTM (above), with a converter that fails here: the jax model and
+  model.json are written, the summary says what was not and why."""
+  _initialized_workdir(str(tmp_path), load_config("mlp"), mnist.info())
+
+  def refuses(probabilities, shape, model_name):
+    raise export.UnsupportedOperationError(f"Cannot export {model_name!r} to ONNX: no 'x'.")
+  monkeypatch.setattr(export, "export_onnx", refuses)
+  meta = export.export(str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "export")) == ["model.jax", "model.json"]
+  saved = json.load(open(tmp_path / "export" / "model.json"))
+  assert saved["files"] == {"jax": "model.jax", "onnx": None}
+  assert saved["not_written"] == {"onnx": "Cannot export 'mlp' to ONNX: no 'x'"}
+  summary = export.format_summary(meta)
+  assert "model.onnx  not written: Cannot export 'mlp' to ONNX: no 'x'" in summary
+  assert "checked: jax within" in summary and meta["unsaved"] is None
+  with pytest.raises(export.ExportError, match=r"Nothing could be exported to onnx: onnx: "
+                                               r"Cannot export 'mlp' to ONNX"):
+    export.export(str(tmp_path), output=str(tmp_path / "onnx_only"), formats=["onnx"])
+  with pytest.raises(export.ExportError, match="Unknown export format.*tflite"):
+    export.export(str(tmp_path), formats=["jax", "tflite"])
+  # A converter whose model disagrees with the trained one: left out as well, never written.
+  original = export.export_jax
+  monkeypatch.setattr(export, "export_jax", lambda p, shape: original(lambda x: p(x) * 0.5, shape))
+  monkeypatch.setattr(export, "export_onnx", refuses)
+  with pytest.raises(export.ExportError, match=r"jax: its probabilities differ from the trained "
+                                               r"model's by 0.\d+, over 1e-05 \(a converter bug\)"):
+    export.export(str(tmp_path), output=str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +224,7 @@ def test_model_json_describes_the_input_and_the_source(trained):
   workdir, summary, meta = trained
   with open(os.path.join(workdir, "export", "model.json")) as f:
     saved = json.load(f)
-  assert saved == {k: v for k, v in meta.items() if k != "directory"}
+  assert saved == {k: v for k, v in meta.items() if k not in ("directory", "sizes", "unsaved")}
   assert saved["input"]["shape"] == [None, 28, 28, 1] and saved["input"]["dtype"] == "uint8"
   assert saved["output"]["shape"] == [None, 10] and saved["class_names"] == list("0123456789")
   assert saved["background"] == "light_on_dark" and saved["fit"] == "digit"
@@ -195,7 +232,7 @@ def test_model_json_describes_the_input_and_the_source(trained):
                              "step": 100, "weights": "ema"}
   assert saved["test_accuracy"] == summary["test"]["accuracy"] > 0.85
   assert saved["files"]["onnx"] == ("model.onnx" if HAVE_ONNX else None)
-  assert ("onnx_missing" in saved) == (not HAVE_ONNX)
+  assert ("onnx" in saved.get("not_written", {})) == (not HAVE_ONNX)
 
 
 def test_bad_inputs_fail_with_one_clear_line(trained, tmp_path):
@@ -272,15 +309,54 @@ def test_examples_classify_image_files_as_predict_does(trained, mnist, tmp_path)
     # Dark-on-light scans of another size: fitted and inverted as --mode=predict does them.
     inverted = _run(script, export_dir, "--invert", *scans)
     assert inverted.returncode == 0 and _labels(inverted.stdout) == predicted, inverted.stdout
-    imported = {line.split("|")[-1].strip().split(".")[0]
-                for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "training" in imported and "numpy" in imported
+    modules = {line.split("|")[-1].strip()
+               for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {m.split(".")[0] for m in modules}
+    assert "numpy" in imported
+    # Of this repository: images.py (loaded by path) and what it imports, training/errors.py.
+    assert {m for m in modules if m.split(".")[0] == "training"} == {"training",
+                                                                     "training.errors"}
     if example == "classify_onnx.py":  # onnxruntime alone: no JAX, no Flax
       assert not imported & {"jax", "jaxlib", "flax", "optax", "orbax"}, imported
     else:
       assert not imported & {"flax", "optax", "orbax", "nets"}, imported
+    _bad_and_odd_files_in(script, export_dir, plain[0], tmp_path)
   if not HAVE_ONNX:
     pytest.skip("classify_onnx.py not run: no onnxruntime here (.ci/export-venv runs it)")
+
+
+def _bad_and_odd_files_in(script: str, export_dir: str, digit: str, tmp_path) -> None:
+  """An example goes on past files it cannot read (one `error:` line each, no traceback) and
+  notes blank, tiny and light-background images as --mode=predict does."""
+  (tmp_path / "text.png").write_text("not an image")
+  Image.new("L", (300, 200), 12).save(tmp_path / "blank.png")
+  Image.new("L", (5, 5), 0).save(tmp_path / "tiny.png")
+  Image.open(digit).point(lambda v: 255 - v).save(tmp_path / "light.png")
+  files = [str(tmp_path / n) for n in ("missing.png", "text.png", "blank.png", "tiny.png",
+                                       "light.png")] + [digit]
+  run = _run(script, export_dir, *files)
+  assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+  errors = run.stderr.strip().splitlines()
+  assert errors[0] == f"error: {files[0]}: no such file."
+  assert errors[1].startswith(f"error: {files[1]}: cannot be read as an image")
+  assert errors[-1] == "error: 2 of 6 files could not be classified."
+  blank, tiny, light, good = run.stdout.strip().splitlines()
+  assert blank == f"{files[2]}  -  no class   (blank: no ink found)"
+  assert tiny.startswith(f"{files[3]}  -  no class   (5x5 pixels: too small to hold a digit")
+  assert light.endswith("(light background: dark ink on paper needs --invert)")
+  assert good.startswith(digit) and "(" not in good
+
+
+def test_image_files_are_read_in_batches_of_one_shape(tmp_path):
+  paths = [str(tmp_path / f"{i}.png") for i in range(5)]
+  for i, path in enumerate(paths):
+    Image.new("L", (28, 28), 40 * i).save(path)
+  batches = list(images.read_batches(paths + [str(tmp_path / "none.png")], (28, 28, 1), 4))
+  assert [list(chunk) for chunk, _, _ in batches] == [paths[:4], paths[4:] + [
+      str(tmp_path / "none.png")]]
+  assert batches[0][2] is batches[1][2] and batches[0][2].shape == (4, 28, 28, 1)
+  assert isinstance(batches[1][1][1], images.ImageError)
+  assert batches[1][2][0].max() == 160  # refilled: the fifth image's pixels
 
 
 def test_importing_training_images_imports_no_jax():

@@ -100,8 +100,8 @@ def test_folder_trains_evaluates_and_predicts_with_its_class_names(mnist_folder,
   out = subprocess.run([sys.executable, "train.py", "--mode=predict", f"--workdir={workdir}",
                         *files], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
-  lines = out.stdout.strip().splitlines()
-  assert len(lines) == 2
+  *lines, summary = out.stdout.strip().splitlines()
+  assert len(lines) == 2 and summary.startswith("2 files: 2 classified")
   for line in lines:  # the folder's class names, and no --invert note (no ink convention)
     assert line.split()[1] in WORDS, line
     assert [w for w in re.findall(r"(\S+) [<\d.]+%", line)] and all(
@@ -136,6 +136,23 @@ def test_images_of_any_size_and_mode_become_the_configured_shape(tmp_path):
     assert ds.image_shape == (size, size, channels)
     assert ds.train.images.shape[1:] == ds.test.images.shape[1:] == (size, size, channels)
     assert ds.validation is None and len(ds.train) + len(ds.test) == 4
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+  """A 16-bit PNG of an MNIST-range digit trains as its 8-bit original: PIL's convert("L")
+  clipped it at 255, to pure black and white, without a word."""
+  digit = np.zeros((28, 28), np.uint8)
+  digit[6:22, 12:16] = np.linspace(40, 255, 16, dtype=np.uint8)[:, None]  # a grey-ramp stroke
+  for name, array in (("eight", digit), ("sixteen", digit.astype(np.uint16) * 257)):
+    os.makedirs(tmp_path / "f" / name)
+    for i in range(2):
+      Image.fromarray(array).save(tmp_path / "f" / name / f"{i}.png")
+  ds = _load(tmp_path / "f", folder_options={"image_size": 28, "channels": 1,
+                                             "test_fraction": 0.5}, validation_fraction=0.0)
+  eight, sixteen = (ds.train.images[ds.train.labels == ds.class_names.index(n)][0, :, :, 0]
+                    for n in ("eight", "sixteen"))
+  np.testing.assert_array_equal(sixteen, eight)
+  assert len(np.unique(sixteen)) > 10  # the grey levels survived
 
 
 def test_decoded_folder_is_cached_and_decoded_again_when_it_changes(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -115,6 +116,61 @@ def test_fit_digit_boxes_and_centres_like_mnist(tmp_path):
   assert resized[:2].max() > 0  # the whole frame, corner included
 
 
+def test_deep_images_are_scaled_by_their_bit_depth(tmp_path):
+  """16-bit PNGs and TIFFs (65535 white), 32-bit integer TIFFs (2**31 - 1, PIL's signed range)
+  and float TIFFs ([0, 1]; other ranges by what holds them) read as their 8-bit original."""
+  a = np.zeros((28, 28), np.uint8)
+  a[4:24, 10:18] = np.linspace(30, 255, 20, dtype=np.uint8)[:, None]
+  deep = {"16.png": a.astype(np.uint16) * 257, "16.tif": a.astype(np.uint16) * 257,
+          "32.tif": (a.astype(np.int64) * (2**31 - 1) // 255).astype(np.int32),
+          "unit.tif": (a / 255).astype(np.float32), "bytes.tif": a.astype(np.float32),
+          "signed.tif": (a / 127.5 - 1).astype(np.float32)}
+  for name, array in deep.items():
+    Image.fromarray(array).save(tmp_path / name)
+    got = images.read(str(tmp_path / name), (28, 28, 1), fit="resize")
+    np.testing.assert_allclose(got.array[:, :, 0], a, atol=1, err_msg=name)
+    assert not got.blank, name
+  # 16-bit values of an 8-bit range are dark in 16 bits: scaled by the depth, not stretched.
+  Image.fromarray(a.astype(np.uint16)).save(tmp_path / "dark.png")
+  assert images.read(str(tmp_path / "dark.png"), (28, 28, 1), fit="resize").array.max() <= 1
+
+
+def test_predictions_go_to_a_csv_or_jsonl_file(trained, tmp_path):
+  workdir, _, mnist = trained
+  odd = tmp_path / "odd, names"
+  odd.mkdir()
+  files = [_write(mnist.test.images[0], odd / 'a digit, "seven".png'),
+           str(odd / "missing file.png"), str(odd / "blank page.png")]
+  Image.new("L", (50, 50), 250).save(files[2])
+  for kind in ("csv", "jsonl"):
+    output = tmp_path / f"predictions.{kind}"
+    out, err = io.StringIO(), io.StringIO()
+    failed = predict.predict_command(workdir, files, output=str(output), out=out, err=err)
+    assert [f["file"] for f in failed] == [files[1]]
+    assert out.getvalue().splitlines()[-1] == (
+        f"3 files: 1 classified (0 of them flagged: see the notes), 1 blank (no class), 1 could "
+        f"not be read; written to {output}")
+    if kind == "csv":
+      rows = list(csv.DictReader(open(output, newline="", encoding="utf-8")))
+      probabilities = lambda row: [row[f"p_{c}"] for c in "0123456789"]
+    else:
+      rows = [json.loads(line) for line in open(output, encoding="utf-8")]
+      probabilities = lambda row: list((row["probabilities"] or {}).values()) or [""] * 10
+    assert [row["file"] for row in rows] == files  # commas, quotes and spaces survive
+    digit, missing, blank = rows
+    assert str(digit["class"]) == str(mnist.test.labels[0])
+    assert abs(sum(map(float, probabilities(digit))) - 1) < 1e-4
+    assert float(digit["probability"]) == max(map(float, probabilities(digit)))
+    assert "no such file" in missing["error"] and not missing["class"]
+    assert not blank["class"] and not blank["probability"] and "blank: no ink found" in (
+        blank["notes"] if kind == "csv" else blank["notes"][0])
+    assert not any(probabilities(blank)) and not os.path.exists(f"{output}.tmp")
+  with pytest.raises(ConfigError, match=r"--output=.*x.txt: give a .csv or .jsonl file"):
+    predict.predict_command(workdir, files, output=str(tmp_path / "x.txt"))
+  with pytest.raises(ConfigError, match="Cannot write --output=.*No such file or directory"):
+    predict.predict_command(str(tmp_path / "no_run"), files, output=str(tmp_path / "no" / "p.csv"))
+
+
 def test_bad_prediction_inputs_fail_clearly(trained, tmp_path):
   workdir, _, _ = trained
   (tmp_path / "text.png").write_text("not an image")
@@ -167,11 +223,17 @@ def test_predict_goes_on_past_files_that_cannot_be_used(trained, tmp_path):
   assert "is a directory" in out["folder"]["error"]
   assert out["good0"]["label"] == mnist.test.labels[0] and not out["good0"]["warnings"]
   assert out["good1"]["label"] == mnist.test.labels[1] and not out["good1"]["warnings"]
-  # An image without ink, or too small to hold a digit, still gets its label, with a warning.
+  # An image without ink gets no class (the model's answer would be noise, however sure), and
+  # says why; the raw probabilities stay in the entry.
   assert out["blank"]["warnings"] == ["blank: no ink found"]
   assert out["dot"]["warnings"] == ["1x1 pixels: too small to hold a digit",
                                     "blank: no ink found"]
-  assert "(blank: no ink found)" in predict.format_predictions([out["blank"]])
+  for name in ("blank", "dot"):
+    assert out[name]["blank"] and out[name]["label"] is None and out[name]["probability"] is None
+    assert len(out[name]["probabilities"]) == 10
+  assert not out["good0"]["blank"]
+  line = predict.format_predictions([out["blank"]])
+  assert line.endswith("-  no class   (blank: no ink found)") and "p=" not in line
 
 
 def test_predict_command_prints_the_good_and_reports_the_bad(trained, tmp_path):
@@ -180,10 +242,12 @@ def test_predict_command_prints_the_good_and_reports_the_bad(trained, tmp_path):
   run = subprocess.run([sys.executable, "train.py", "--mode=predict", f"--workdir={workdir}",
                         *files.values()], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert run.returncode == 1
-  lines = run.stdout.strip().splitlines()
+  *lines, summary = run.stdout.strip().splitlines()
   assert [line.split()[0] for line in lines] == [files[n] for n in ("good0", "good1", "blank",
                                                                      "dot")]
   assert "blank: no ink found" in lines[2]
+  assert summary == ("9 files: 2 classified (0 of them flagged: see the notes), 2 blank (no "
+                     "class), 5 could not be read")
   errors = run.stderr.strip().splitlines()
   assert len(errors) == 6 and all(line.startswith("error: ") for line in errors), run.stderr
   assert errors[-1] == "error: 5 of 9 files could not be classified."
@@ -214,7 +278,7 @@ def test_predict_memory_does_not_grow_with_the_number_of_files(trained, tmp_path
                         "--mode=predict", f"--workdir={workdir}", *names], cwd=images_dir,
                        capture_output=True, text=True, timeout=900)
   returncode, printed, peak_kib = map(int, run.stdout.split())
-  assert returncode == 0 and printed == n, run.stderr[-3000:]
+  assert returncode == 0 and printed == n + 1, run.stderr[-3000:]  # and the summary line
   assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for {n} files"
 
 
@@ -243,8 +307,9 @@ def test_evaluate_and_predict_commands(trained, tmp_path):
   files = [_write(im, tmp_path / f"{i}.png") for i, im in enumerate(mnist.test.images[:3])]
   pr = run("--mode=predict", f"--workdir={workdir}", *files)
   assert pr.returncode == 0, pr.stderr[-2000:]
-  lines = pr.stdout.strip().splitlines()
+  *lines, summary = pr.stdout.strip().splitlines()
   assert len(lines) == 3 and all(f in line for f, line in zip(files, lines))
+  assert summary.startswith("3 files: 3 classified")
   assert all("p=" in line and "top:" in line for line in lines)
   missing = str(tmp_path / "missing.png")
   bad = run("--mode=predict", f"--workdir={workdir}", missing)

@@ -243,11 +243,39 @@ def test_bad_workdirs_fail_with_one_clear_error(runs, tmp_path, monkeypatch):
           for f in os.listdir(parent / "a")} == before
   assert not [f for f in os.listdir(parent / "a") if f.endswith((".png", ".html", ".tmp"))]
 
-  # Unwritable: root writes anywhere, so the write itself is made to fail as it would.
+  # A comparison's unwritable output: root writes anywhere, so the write is made to fail as it
+  # would. (A run's own unwritable workdir gets its report printed: the next test.)
   def denied(*args, **kwargs):
     raise PermissionError(13, "Permission denied")
   monkeypatch.setattr(report_records.tempfile, "TemporaryFile", denied)
-  fails(parent / "a", r"Cannot write the report into .*\(Permission denied\)")
+  with pytest.raises(report.ReportError, match=r"Cannot write the report into .*\(Permission "
+                                               r"denied\)"):
+    report.write_comparison([str(parent / "a")], str(tmp_path / "out"))
+
+
+def test_the_report_of_a_read_only_run_is_printed_with_what_was_not_saved(runs, tmp_path,
+                                                                          monkeypatch):
+  """Every write fails as on a read-only file system (tests/test_read_only.py makes one for
+  real, where it can): the report is computed and printed, and one line says what was not
+  saved."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(runs["finished"], workdir)
+  before = sorted(os.listdir(workdir))
+
+  def read_only(*args, **kwargs):
+    raise OSError(30, "Read-only file system")
+  monkeypatch.setattr(report_write, "write_file", read_only)
+  monkeypatch.setattr(report_write.tempfile, "mkdtemp", read_only)
+  result = report.write_report(workdir)
+  assert result["files"] == {} and result["test"]["count"] == 10_000
+  assert result["unsaved"] == (
+      "note: could not write learning_curves.png, confusion_matrix.png, per_class.png, "
+      f"mistakes.png, report.html and the TensorBoard images into {workdir}: the workdir is "
+      "read-only.")
+  text = report.format_result(result)
+  assert text.splitlines()[-1] == result["unsaved"] and "wrote" not in text
+  assert f"test: accuracy {result['test']['accuracy']:.2%}" in text
+  assert sorted(os.listdir(workdir)) == before
 
 
 def test_report_command(runs, tmp_path):
@@ -265,9 +293,83 @@ def test_report_command(runs, tmp_path):
   both = run(runs["finished"], runs["killed"], f"--workdir={out}")
   assert both.returncode == 0, both.stderr[-2000:]
   assert "learning_rate" in both.stdout and os.path.isfile(os.path.join(out, "comparison.html"))
+  assert both.stdout.strip().splitlines()[-1] == (  # where it went
+      f"wrote {out}/comparison.html and comparison.png (the runs' curves overlaid)")
   bad = run(str(tmp_path / "nowhere"))
   assert bad.returncode == 1 and "error: No run in" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_one_run_given_as_an_argument_is_reported_and_reports_again_replace_their_images(
+    runs, tmp_path):
+  """`--mode=report DIR` reports DIR (it wrote a one-column comparison into ./runs/comparison),
+  and a report made again replaces its TensorBoard images instead of adding a copy."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(runs["finished"], workdir)
+  elsewhere = tmp_path / "cwd"
+  elsewhere.mkdir()
+  for _ in range(2):
+    one = subprocess.run([sys.executable, str(REPO / "train.py"), "--mode=report", workdir],
+                         cwd=elsewhere, env={**os.environ, "TFDS_DATA_DIR": real_data_dir()},
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert f"wrote {workdir}/report.html and learning_curves.png" in one.stdout
+  assert not os.listdir(elsewhere)  # no runs/comparison
+  events = [n for n in os.listdir(os.path.join(workdir, "tensorboard")) if n.endswith(".report")]
+  assert len(events) == 1, events
+  assert _image_events(workdir) == {f"report/{n}": [40] for n in figures.FIGURES}
+
+
+def _image_events(workdir: str) -> dict[str, list[int]]:
+  """{tag: the steps of every image event of it} in the workdir's TensorBoard files."""
+  from tensorboardX.proto import event_pb2
+  found: dict[str, list[int]] = {}
+  directory = os.path.join(workdir, "tensorboard")
+  for name in sorted(os.listdir(directory)):
+    buf = open(os.path.join(directory, name), "rb").read()
+    at = 0
+    while at + 12 <= len(buf):
+      (n,) = struct.unpack("<Q", buf[at:at + 8])
+      event = event_pb2.Event.FromString(buf[at + 12:at + 12 + n])
+      at += 12 + n + 4
+      for value in event.summary.value:
+        if value.HasField("image"):
+          found.setdefault(value.tag, []).append(event.step)
+  return found
+
+
+def _records(steps: list[tuple[int, float]], epochs: list[tuple[int, float]]) -> dict:
+  return {"steps": [{"step": s, "train/loss": 2.3 - a, "train/accuracy": a,
+                     "train/learning_rate": 1e-3, "train/grad_norm": 1.5} for s, a in steps],
+          "epochs": [{"step": s, "epoch": i + 1, "validation/accuracy": a, "validation/loss": 0.3,
+                      "train/accuracy": a, "train/loss": 0.4} for i, (s, a) in enumerate(epochs)]}
+
+
+def test_the_learning_curves_of_a_short_run_show_its_points():
+  """One log step (a run shorter than log_every_steps): each series is a marker, the x ticks
+  are whole steps around it, the learning-rate panel is not empty."""
+  fig = figures.learning_curves_figure(_records([(23, 0.6)], [(23, 0.6)]), "short")
+  loss, acc, lr = fig.axes[:3]
+  for ax in (loss, acc, lr):
+    per_step = ax.lines[0]
+    assert list(per_step.get_xdata()) == [23] and per_step.get_marker() == "o"
+  assert list(lr.lines[0].get_ydata()) == [1e-3]
+  ticks = [t for t in lr.get_xticks() if lr.get_xlim()[0] <= t <= lr.get_xlim()[1]]
+  assert ticks and all(float(t).is_integer() for t in ticks), ticks
+  assert lr.get_xlim()[0] <= 22 and lr.get_xlim()[1] >= 24
+  assert not acc.texts
+  lower = figures.learning_curves_figure(_records([(23, 0.4)], [(23, 0.6)]), "short").axes[1]
+  assert [t.get_text() for t in lower.texts] == ["1 log step below the axis (lowest 40.0%)"]
+
+
+def test_the_accuracy_panel_says_when_early_log_steps_fall_below_it():
+  steps = [(s, min(0.99, 0.1 * s)) for s in range(1, 41)]
+  fig = figures.learning_curves_figure(_records(steps, [(20, 0.97), (40, 0.98)]), "long")
+  loss, acc, lr = fig.axes[:3]
+  assert acc.get_ylim()[0] > 90
+  notes = [t.get_text() for t in acc.texts]
+  assert notes == ["9 log steps below the axis (lowest 10.0%)"], notes
+  assert loss.lines[0].get_marker() in ("None", None, "")  # 40 points: a plain line
 
 
 def _chromium() -> str | None:

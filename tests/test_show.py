@@ -3,6 +3,8 @@ training."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from flax import traverse_util
 
@@ -18,12 +20,36 @@ def test_every_field_is_listed_with_its_comment(config_name):
   path = str(REPO / "configs" / f"{config_name}.py")
   config = load_config(config_name)
   lines = show.describe_config(config, path).splitlines()
-  comments = show.field_comments(path)
-  assert len(lines) == len(traverse_util.flatten_dict(config.to_dict()))
-  for line in lines:
-    field = line.split(" = ")[0]
-    assert line.endswith(f"  # {comments[field]}") if field in comments else "#" not in line
-  assert "# ---" not in "\n".join(lines)  # configs/common.py's section headers are no comments
+  fields = [line for line in lines if not line.startswith("--- ")]
+  assert len(fields) == len(traverse_util.flatten_dict(config.to_dict()))
+  for line in fields:  # every field has a comment: here or on the model's field in nets/
+    assert re.match(r"^  [\w.]+ = .*\S  +# \S", line), line
+
+
+def test_fields_are_grouped_as_in_common_py_and_in_its_order():
+  lines = show.describe_config(load_config("cnn"), str(REPO / "configs" / "cnn.py")).splitlines()
+  sections = [line[4:-4] for line in lines if line.startswith("--- ")]
+  common = (REPO / "configs" / "common.py").read_text()
+  assert sections == re.findall(r"# --- (.*) ---", common)  # all of them, in their order
+  fields = [line.split(" = ")[0].strip() for line in lines if " = " in line]
+  assert fields[:4] == ["dataset", "data_dir", "data_url", "cache_dir"]  # not alphabetical
+  model = [f for f in fields if f.startswith("model.")]
+  assert model[0] == "model.name" and fields.index(model[-1]) - fields.index(model[0]) == len(
+      model) - 1  # the config file's model fields join their group
+
+
+def test_the_config_file_s_and_the_command_line_s_values_are_marked():
+  config = load_config("cnn")
+  config.num_epochs = 2
+  path = str(REPO / "configs" / "cnn.py")
+  marks = {**show.changes(show._flat(load_config("cnn")), show.defaults_of("cnn"), "+"),
+           **show.changes(show._flat(config), show._flat(load_config("cnn")), "*")}
+  lines = {line.split(" = ")[0][2:]: line for line in
+           show.describe_config(config, path, marks).splitlines() if " = " in line}
+  assert lines["learning_rate"].startswith("+ learning_rate = 0.003 [0.001]  ")  # cnn.py's
+  assert lines["num_epochs"].startswith("* num_epochs = 2 [5]  ")  # the command line's
+  assert lines["seed"].startswith("  seed = 0  ")  # the default
+  assert lines["model.features"].startswith("  model.features = (32, 64)  ")  # CNN's default
 
 
 def test_comments_come_from_the_line_or_the_lines_above():
@@ -31,7 +57,10 @@ def test_comments_come_from_the_line_or_the_lines_above():
   assert comments["learning_rate"] == "peak learning rate"
   assert comments["batch_size"] == "global training batch"
   assert comments["cache_dir"].startswith("Decoded arrays are cached here after the first load")
-  assert "eval_batch_size" not in comments  # it has none
+  assert comments["adam_b2"].startswith("Adam's second-moment")
+  dcgan = show.field_comments(str(REPO / "configs" / "dcgan.py"))
+  assert dcgan["adam_b1"] == dcgan["adam_b2"] == "the DCGAN paper's betas"  # `c.a, c.b = ...`
+  assert show.model_field_comments("resnet")["blocks"] == "residual blocks per stage"
 
 
 def test_a_config_s_own_comment_wins_over_its_base_s():
@@ -50,14 +79,15 @@ def test_the_model_table_counts_the_model_s_parameters():
   assert "Conv_0" in table and "float32[1,28,28,32]" in table
 
 
-def test_every_registered_model_is_listed_with_its_fields():
+def test_every_registered_model_is_listed_with_the_fields_a_config_can_set():
   text = show.list_models()
-  for name in nets.names():
+  for name in nets.names(kind=None):
     line = next(l for l in text.splitlines() if l.strip().startswith(f"{name}"))
     for field in nets.field_names(name):
-      if field != "num_classes":
-        assert f"{field}=" in line, (name, field)
+      # The classes come from the data; the compute dtype is --config.dtype, for every model.
+      assert (f"{field}=" in line) == (field not in ("num_classes", "dtype")), (name, field)
   assert "cnn_strided (a CNN with downsample='stride')" in text
+  assert "dcgan [gan]:" in text and "[gan]: a generator with its discriminator" in text
 
 
 def test_an_image_folder_is_shown_with_its_own_shape_and_classes(tmp_path):

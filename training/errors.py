@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
@@ -38,6 +39,15 @@ def workdir_write_error(what: str, workdir: str, e: BaseException) -> WorkdirWri
       f"Could not write {what} in the workdir {workdir}: {os_reason(e)} "
       f"({free_space(workdir)} on that file system). Free some space or fix the file system, "
       "then re-run the same command: it resumes from the last checkpoint.")
+
+
+def unsaved(what: str, directory: str, e: OSError, place: str = "the workdir") -> str:
+  """What a mode says after its results (as a note, or an error when saving was its purpose)
+  of the outputs (`what`: their names) that it could not save into `directory` (`place`)."""
+  why = {errno.EROFS: f"{place} is read-only", errno.EACCES: f"{place} is not writable",
+         errno.EPERM: f"{place} is not writable", errno.ENOSPC: f"{place}'s disk is full",
+         errno.EDQUOT: f"{place}'s disk quota is used up"}.get(e.errno, os_reason(e))
+  return f"could not write {what} into {directory}: {why}."
 
 
 def mib(n: float) -> str:

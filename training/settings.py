@@ -1,8 +1,9 @@
-"""Config helpers that every layer may use: setting fields by dotted name, and reading back a
-config saved as JSON (with a checkpoint, or as a run's config.json)."""
+"""Config helpers that every layer may use: setting fields by dotted name, reading a config file,
+and reading back a config saved as JSON (with a checkpoint, or as a run's config.json)."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import ml_collections
@@ -16,6 +17,14 @@ def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> Non
     for group in groups:
       node = node[group]
     node[leaf] = value
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+  """The config that a config file's `get_config()` returns (no command-line overrides)."""
+  spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def tuples(x: Any) -> Any:

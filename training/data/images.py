@@ -6,6 +6,12 @@ scaled down, and placed in a 28x28 frame so that its centre of mass falls on pix
 A photo or a drawing of a digit classifies well only after the same treatment, so
 `fit="digit"` repeats it; `fit="resize"` simply resizes the whole image (right for datasets
 whose objects fill the frame, such as fashion_mnist).
+
+Pixels deeper than 8 bits are scaled to 0-255, never clipped: integer images by their bit depth
+(16-bit PNGs and TIFFs: 65535 is white; a TIFF's own bits per sample where it gives them, and
+for 32-bit ones, which PIL reads as signed, 2**31 - 1), float images as [0, 1] when their values
+lie there, else by the smallest of 255 and 65535 that holds their maximum, else from their
+minimum to their maximum.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -40,11 +47,23 @@ class ImageError(ConfigError):
   """An image file that cannot be used: missing, unreadable, or too large to decode."""
 
 
+BLANK_NOTE = "blank: no ink found"
+LIGHT_NOTE = "light background: dark ink on paper needs --invert"
+
+
 @dataclasses.dataclass
 class Loaded:
   array: np.ndarray  # uint8 of the model's shape (H, W, C)
   light: bool  # the border is mostly light: dark ink on paper, which needs `invert`
   warnings: list[str]  # why the prediction may mean nothing (a blank or tiny image)
+  blank: bool = False  # no ink at all: any class a model gives it means nothing
+
+
+def notes(item: Loaded, invert: bool, light_matters: bool = True) -> list[str]:
+  """Why a model's answer for this image may mean nothing, as --mode=predict and the examples
+  print it: blank, too small, or dark ink on a light background read without `invert` (when
+  `light_matters`: the model learnt light ink on dark, as MNIST's)."""
+  return item.warnings + ([LIGHT_NOTE] if item.light and not invert and light_matters else [])
 
 
 def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
@@ -54,6 +73,27 @@ def load(path: str, shape: tuple[int, int, int], *, invert: bool = False,
   takes the colour `invert` implies). See `read`."""
   loaded = read(path, shape, invert=invert, fit=fit)
   return loaded.array, loaded.light
+
+
+def read_batches(paths: Sequence[str], shape: tuple[int, int, int], batch_size: int = 256, *,
+                 invert: bool = False, fit: str = "digit"
+                 ) -> Iterator[tuple[Sequence[str], list[Loaded | ImageError], np.ndarray]]:
+  """The image files `batch_size` at a time, so that memory does not grow with their number:
+  (the batch's paths, each one's `Loaded` or `ImageError`, their arrays as one uint8 array of
+  (batch_size, H, W, C)). The array is the same one each time, refilled: one shape, so that a
+  jitted model compiles once; the rows of files that failed and past a short last batch hold
+  nothing of use."""
+  batch = np.zeros((batch_size, *shape), np.uint8)
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    loaded: list[Loaded | ImageError] = []
+    for i, path in enumerate(chunk):
+      try:
+        loaded.append(read(path, shape, invert=invert, fit=fit))
+        batch[i] = loaded[-1].array
+      except ImageError as e:
+        loaded.append(e)
+    yield chunk, loaded, batch
 
 
 def read(path, shape: tuple[int, int, int], *, invert: bool = False,
@@ -70,15 +110,15 @@ def read(path, shape: tuple[int, int, int], *, invert: bool = False,
     raise ConfigError(f"Unknown fit {fit!r}; choose one of {', '.join(FITS)}.")
   h, w, c = shape
   img, size, transparent = _open(path, c, invert)
-  notes = []
+  found = []
   if min(size) < MIN_SIDE:
-    notes.append(f"{size[0]}x{size[1]} pixels: too small to hold a digit")
+    found.append(f"{size[0]}x{size[1]} pixels: too small to hold a digit")
   if max(img.size) > WORK_SIDE:
     img = img.reduce(-(-max(img.size) // WORK_SIDE))  # block averages: bounded memory
   grey = np.asarray(img if c == 1 else img.convert("L"), np.float32)
   blank = float(grey.max() - grey.min()) < BLANK_RANGE
   if blank:
-    notes.append("blank: no ink found")
+    found.append(BLANK_NOTE)
   border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
   light = not (transparent or blank) and bool(np.median(border) > 127)
   if invert:
@@ -89,7 +129,7 @@ def read(path, shape: tuple[int, int, int], *, invert: bool = False,
     array = _fit_digit(np.asarray(img, np.float32), h, w).reshape(shape)
   else:
     array = np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), np.uint8).reshape(shape)
-  return Loaded(array, light, notes)
+  return Loaded(array, light, found, blank)
 
 
 def _open(path, channels: int, invert: bool) -> tuple[Image.Image, tuple[int, int], bool]:
@@ -100,8 +140,10 @@ def _open(path, channels: int, invert: bool) -> tuple[Image.Image, tuple[int, in
       # PIL warns of images over its limit and refuses those over twice as large.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as img:
-        size = img.size
+        size, bits = img.size, getattr(img, "tag_v2", {}).get(258)  # a TIFF's bits per sample
         img = ImageOps.exif_transpose(img)
+        if img.mode in DEEP_MODES:
+          img = _to_8bit(img, bits)
         transparent = img.mode in ("RGBA", "LA", "PA") or (
             img.mode == "P" and "transparency" in img.info)
         if transparent:
@@ -123,6 +165,26 @@ def _open(path, channels: int, invert: bool) -> tuple[Image.Image, tuple[int, in
   except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, struct.error
     raise ImageError(f"{path}: cannot be read as an image ({type(e).__name__}: "
                      f"{str(e)[:200]}); give PNG or JPEG files.") from None
+
+
+# PIL's modes of grey pixels deeper than 8 bits, which its convert("L") would clip at 255.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_8bit(img: Image.Image, bits: Any) -> Image.Image:
+  """A grey image of more than 8 bits as "L", scaled by the rule in the module's docstring
+  (`bits`: the file's bits per sample, where it gives them)."""
+  a = np.asarray(img, np.float64)
+  if img.mode == "F":
+    low, high = (0.0, next((top for top in (1.0, 255.0, 65535.0) if a.max() <= top), a.max()))
+    if a.min() < 0:
+      low, high = a.min(), a.max()
+  else:  # PIL holds 16-bit PNGs in "I;16" (older Pillows: "I"), 32-bit TIFFs as signed ints
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    bits = bits if isinstance(bits, int) and 8 < bits < 32 else 31 if bits == 32 else 16
+    low, high = 0.0, 2.0 ** bits - 1
+  a = (a - low) / max(high - low, 1e-12) * 255
+  return Image.fromarray(np.nan_to_num(a).round().clip(0, 255).astype(np.uint8), "L")
 
 
 def _fit_digit(a: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import configs
 import nets
 from training.errors import ConfigError
 
@@ -28,6 +29,39 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
                         f"--config.dtype={config.dtype} cannot apply to it.")
     fields["dtype"] = DTYPES[config.dtype]
   return nets.create(config.model.name, num_classes=num_classes, **fields)
+
+
+# Model fields a config never sets: the classes come from the data, the dtype from config.dtype.
+NOT_CONFIG_FIELDS = ("num_classes", "dtype")
+
+
+def config_defaults(name: str) -> dict[str, Any]:
+  """The fields a config may set on model `name`, with its defaults (those of plain values)."""
+  plain = (bool, int, float, str, tuple, list)
+  return {k: v for k, v in nets.field_defaults(name).items()
+          if k not in NOT_CONFIG_FIELDS and isinstance(v, plain)}
+
+
+def switch_model(config: ml_collections.ConfigDict, file_model: str, given: Collection[str]
+                 ) -> tuple[ml_collections.ConfigDict, str | None]:
+  """For a command line that set `model.name` to another model than the config file's
+  (`file_model`): the config with that model's defaults in place of the file's model fields,
+  which were meant for the other model, except the fields in `given` (also set on the command
+  line); and a note that says what was dropped. The config unchanged (and None) otherwise."""
+  name = config.model.name
+  if name == file_model:
+    return config, None
+  defaults = config_defaults(name)  # raises for an unknown model, listing the known ones
+  old = {k: v for k, v in config.model.items() if k != "name"}
+  model = {"name": name, **defaults, **{k: old[k] for k in given if k in old}}
+  new = ml_collections.ConfigDict({**config.to_dict(), "model": model})
+  dropped = [k for k in old if k not in given]
+  tuned = f"configs/{name}.py"
+  return new, (f"note: --config.model.name={name} replaces {file_model}: the config's "
+               f"{file_model} fields ({', '.join(dropped) or 'none'}) are dropped and {name}'s "
+               "defaults used"
+               + (f" ({tuned} holds tuned ones)" if name in configs.names() else "")
+               + "; --mode=show lists them.")
 
 
 def model_error(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],

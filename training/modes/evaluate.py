@@ -9,7 +9,7 @@ from typing import Any
 from training import data, members
 from training.console import log
 from training.data import sources
-from training.errors import ConfigError, DataNotFoundError
+from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import device, mesh as mesh_lib, scores
 from training.tasks import restore as restore_lib
 
@@ -62,8 +62,11 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   log("\n".join(lines + [scores.format_report(result, ds.class_names).replace(
       "test:", "ensemble:" if r.members else f"{split}:", 1)]))
   name = f"eval_{split}_step{r.step}{'' if member is None else f'_member{member}'}.json"
-  with open(os.path.join(workdir, name), "w") as f:
-    json.dump(result, f, indent=2)
+  try:
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(result, f, indent=2)
+  except OSError as e:  # a read-only workdir: the metrics above are the result
+    log("note: " + unsaved(name, workdir, e))
   return result
 
 

@@ -27,19 +27,22 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+# jax.export is a module that `import jax` does not load on every release (not on 0.7.1).
+from jax import export as jax_export
 
-from training.errors import ConfigError
+from training.errors import ConfigError, unsaved
 from training.model import steps
 from training.store.checkpoint import Checkpointer
 from training.tasks.restore import Restored, restore
 
 JAX_FILE, ONNX_FILE, META_FILE = "model.jax", "model.onnx", "model.json"
 FILES = (JAX_FILE, ONNX_FILE, META_FILE)
+FORMATS = {"jax": JAX_FILE, "onnx": ONNX_FILE}  # --formats
 # The jax.export artifact carries a lowering for each; a machine runs the one of its backend.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # ONNX opset 17 (of 2022): current runtimes read it (onnxruntime since 1.13), and every model
@@ -67,30 +70,66 @@ class UnsupportedOperationError(ExportError):
 
 
 def export(workdir: str, which: str = "best", output: str | None = None,
-           overwrite: bool = False, onnx: bool | None = None, member: int | None = None
-           ) -> dict[str, Any]:
-  """Exports checkpoint `which` of `workdir` into `output`; returns model.json's content (and
-  "directory": where the files went).
+           overwrite: bool = False, formats: Sequence[str] = ("jax", "onnx"),
+           member: int | None = None) -> dict[str, Any]:
+  """Exports checkpoint `which` of `workdir` into `output` in `formats` (of FORMATS); returns
+  model.json's content, plus "directory" (where the files go), "sizes" ({file: bytes}) and
+  "unsaved" (None, or why the files could not be written there). A population exports its
+  ensemble (its members' probabilities averaged, in one function), or member `member` alone.
 
-  `onnx`: None writes the ONNX model when jax2onnx and onnxruntime are installed (and says so
-  in model.json when they are not), True requires them, False skips it. Nothing is written
-  unless every file could be made and checked. A population exports its ensemble (its members'
-  probabilities averaged, in one function), or member `member` alone."""
+  A format that cannot be made is left out, and model.json says why ("not_written"): ONNX
+  without jax2onnx and onnxruntime, an operation its converter cannot express (the LSTM), a
+  model whose probabilities differ from the trained one's. Raises ExportError only when none of
+  `formats` can be made. No file is written unless all of them are checked."""
+  formats = _check_formats(formats)
   output = os.path.abspath(output or os.path.join(workdir, "export"))
   _check_output(output, overwrite)
   r = restore(workdir, which, member=member)
   probabilities = probabilities_fn(r)
   shape = tuple(r.dataset_info["image_shape"])
-  files = {JAX_FILE: export_jax(probabilities, shape)}
-  if onnx is None:
-    onnx = onnx_available()
-  if onnx:
-    files[ONNX_FILE] = export_onnx(probabilities, shape, r.config.model.name)
-  meta = metadata(r, workdir, files)
-  meta["max_abs_difference"] = verify(probabilities, shape, files)
+  files, missing = _convert(formats, probabilities, shape, r.config.model.name)
+  differences = verify(probabilities, shape, files)
+  for fmt, difference in list(differences.items()):
+    if not difference <= TOLERANCE:  # a converter bug: that file would give other answers
+      del files[FORMATS[fmt]], differences[fmt]
+      missing[fmt] = (f"its probabilities differ from the trained model's by {difference:.2g}, "
+                      f"over {TOLERANCE:g} (a converter bug)")
+  if not files:
+    raise ExportError(f"Nothing could be exported to {', '.join(formats)}: "
+                      + "; ".join(f"{fmt}: {why}" for fmt, why in missing.items()) + ".")
+  meta = {**metadata(r, workdir, files), "max_abs_difference": differences}
+  if missing:
+    meta["not_written"] = missing
   files[META_FILE] = (json.dumps(meta, indent=2) + "\n").encode()
-  _write(output, files)
-  return {**meta, "directory": output}
+  try:
+    _write(output, files)
+    not_saved = None
+  except OSError as e:  # a read-only workdir: the summary says what was made and checked
+    not_saved = (unsaved(", ".join(files), output, e, place="that directory")
+                 + " Pass --output=DIR (a writable directory) to write them there.")
+  return {**meta, "directory": output, "sizes": {k: len(v) for k, v in files.items()},
+          "unsaved": not_saved}
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+  unknown = sorted(set(formats) - set(FORMATS))
+  if unknown or not formats:
+    raise ExportError(f"Unknown export format(s) {', '.join(unknown) or '(none)'}; give some of "
+                      f"{', '.join(FORMATS)}, e.g. --formats=jax,onnx.")
+  return tuple(dict.fromkeys(formats))
+
+
+def _convert(formats: Sequence[str], probabilities: Probabilities, shape: tuple[int, ...],
+             model_name: str) -> tuple[dict[str, bytes], dict[str, str]]:
+  """({file: bytes} of the formats made, {format: why not} of the others)."""
+  files, missing = {}, {}
+  for fmt in formats:
+    try:
+      files[FORMATS[fmt]] = (export_jax(probabilities, shape) if fmt == "jax" else
+                             export_onnx(probabilities, shape, model_name))
+    except ExportError as e:
+      missing[fmt] = str(e).rstrip(".")
+  return files, missing
 
 
 def probabilities_fn(r: Restored) -> Probabilities:
@@ -105,7 +144,7 @@ def probabilities_fn(r: Restored) -> Probabilities:
 
 def input_spec(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
   """uint8 images of `shape` (H, W, C) with a symbolic batch size."""
-  dims = jax.export.symbolic_shape(f"batch, {', '.join(str(d) for d in shape)}")
+  dims = jax_export.symbolic_shape(f"batch, {', '.join(str(d) for d in shape)}")
   return jax.ShapeDtypeStruct(dims, jnp.uint8)
 
 
@@ -114,7 +153,7 @@ def export_jax(probabilities: Probabilities, shape: tuple[int, ...]) -> bytes:
   if importlib.util.find_spec("flatbuffers") is None:  # jax.export's serialization format
     raise ExportError("Serializing a jax.export artifact needs the flatbuffers package: "
                       "pip install flatbuffers.")
-  exported = jax.export.export(jax.jit(probabilities), platforms=PLATFORMS)(input_spec(shape))
+  exported = jax_export.export(jax.jit(probabilities), platforms=PLATFORMS)(input_spec(shape))
   return bytes(exported.serialize())
 
 
@@ -126,8 +165,8 @@ def export_onnx(probabilities: Probabilities, shape: tuple[int, ...], model_name
   """The ONNX model of `probabilities`, converted by jax2onnx; raises UnsupportedOperationError
   naming the first operation that it cannot convert."""
   if not onnx_available():
-    raise ExportError("ONNX export needs jax2onnx and onnxruntime: pip install -e '.[export]' "
-                      "(in a venv of its own, see docs/export.md).")
+    raise ExportError("jax2onnx and onnxruntime were not installed where the export ran: pip "
+                      "install -e '.[export]' (in a venv of its own, see docs/export.md).")
   import jax2onnx
   import onnx
   # onnx_ir warns of every shape-only value it skips: intermediate shapes, dropped anyway.
@@ -207,23 +246,19 @@ def _outer_names(graph: Any, onnx: Any) -> set[str]:
 
 def verify(probabilities: Probabilities, shape: tuple[int, ...],
            files: dict[str, bytes]) -> dict[str, float]:
-  """Runs the exported models on a few images (noise, and a blank one); raises ExportError if
-  their probabilities differ from the in-process model's by more than TOLERANCE."""
+  """Runs the exported models on a few images (noise, and a blank one): {format: the largest
+  difference of their probabilities from the in-process model's}."""
   images = np.random.default_rng(0).integers(0, 256, (4, *shape), dtype=np.uint8)
   images[0] = 0
   expected = np.asarray(jax.jit(probabilities)(images))
-  got = {"jax": np.asarray(jax.export.deserialize(bytearray(files[JAX_FILE])).call(images))}
+  got = {}
+  if JAX_FILE in files:
+    got["jax"] = np.asarray(jax_export.deserialize(bytearray(files[JAX_FILE])).call(images))
   if ONNX_FILE in files:
     import onnxruntime
     session = onnxruntime.InferenceSession(files[ONNX_FILE], providers=["CPUExecutionProvider"])
     got["onnx"] = session.run(None, {"images": images})[0]
-  differences = {k: float(np.abs(v - expected).max()) for k, v in got.items()}
-  bad = {k: d for k, d in differences.items() if not d <= TOLERANCE}
-  if bad:
-    raise ExportError(f"The exported model(s) {', '.join(bad)} give other probabilities than "
-                      f"the trained model (largest difference {max(bad.values()):.2g}, over "
-                      f"{TOLERANCE:g}): a converter bug; nothing was written.")
-  return differences
+  return {k: float(np.abs(v - expected).max()) for k, v in got.items()}
 
 
 def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, Any]:
@@ -238,7 +273,7 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
       "members": len(r.members) or None,
       "member": None if r.member is None else {"member": r.member.index, "seed": r.member.seed,
                                                **r.member.values},
-      "files": {"jax": JAX_FILE, "onnx": ONNX_FILE if ONNX_FILE in files else None},
+      "files": {fmt: file if file in files else None for fmt, file in FORMATS.items()},
       "input": {"name": "images", "shape": [None, *info["image_shape"]], "dtype": "uint8",
                 "layout": "NHWC: (batch, height, width, channels); pixels 0-255, scaled to "
                           "[0, 1] inside the model"},
@@ -256,14 +291,11 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
                  "weights": "ema" if r.state.ema else "params"},
       "test_accuracy": accuracy,
       "test_accuracy_source": accuracy_source,
-      "jax_platforms": list(PLATFORMS),
+      "jax_platforms": list(PLATFORMS) if JAX_FILE in files else None,
       "onnx_opset": ONNX_OPSET if ONNX_FILE in files else None,
       "versions": {name: _version(name) for name in ("jax", "jaxlib", "flax", "jax2onnx", "onnx")
                    if name in ("jax", "jaxlib", "flax") or ONNX_FILE in files},
   }
-  if ONNX_FILE not in files:
-    meta["onnx_missing"] = ("jax2onnx and onnxruntime were not installed where the export ran: "
-                            "pip install -e '.[export]' (see docs/export.md)")
   return meta
 
 
@@ -317,7 +349,7 @@ def _check_output(output: str, overwrite: bool) -> None:
 
 def _write(output: str, files: dict[str, bytes]) -> None:
   """Writes all files under temporary names, then renames them (and removes an older export's
-  file that this one lacks): a failed write leaves the previous export whole."""
+  file that this one lacks): a failed write (an OSError) leaves the previous export whole."""
   try:
     os.makedirs(output, exist_ok=True)
     for name, data in files.items():
@@ -325,34 +357,36 @@ def _write(output: str, files: dict[str, bytes]) -> None:
         f.write(data)
     for name in files:
       os.replace(os.path.join(output, name + ".tmp"), os.path.join(output, name))
-    for name in set(FILES) - set(files):
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(output, name))
-  except OSError as e:
-    raise ExportError(f"Cannot write the export to {output}: {e.strerror or e}.") from e
+  finally:
+    for name in files:
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(output, name + ".tmp"))
+  for name in set(FILES) - set(files):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(output, name))
 
 
 def format_summary(meta: dict[str, Any]) -> str:
-  """What --mode=export prints: where the files went, their sizes, the check."""
+  """What --mode=export prints: where the files went, their sizes, the check, what was left
+  out and why."""
   source = meta["source"]
   accuracy = meta["test_accuracy"]
   lines = [f"{meta['model']} from the {source['checkpoint']} checkpoint (step {source['step']}, "
            f"{'EMA' if source['weights'] == 'ema' else 'live'} weights"
            + (f", test accuracy {accuracy:.2%}" if accuracy is not None else "")
-           + f") exported to {meta['directory']}:"]
+           + f") {'made for' if meta.get('unsaved') else 'exported to'} {meta['directory']}:"]
   described = {
-      JAX_FILE: f"jax.export (StableHLO) for {', '.join(meta['jax_platforms'])}",
+      JAX_FILE: f"jax.export (StableHLO) for {', '.join(meta['jax_platforms'] or [])}",
       ONNX_FILE: f"ONNX opset {meta['onnx_opset']}",
       META_FILE: "input uint8 (N, {}), class probabilities (N, {})".format(
           ", ".join(str(d) for d in meta["input"]["shape"][1:]), meta["output"]["shape"][1])}
   for name, what in described.items():
-    path = os.path.join(meta["directory"], name)
-    if os.path.exists(path):
-      size = os.path.getsize(path)
+    if name in meta["sizes"]:
+      size = meta["sizes"][name]
       shown = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
       lines.append(f"  {name:<11} {shown:>9}  {what}")
-  if "onnx_missing" in meta:
-    lines.append(f"  {ONNX_FILE:<11} not written: {meta['onnx_missing']}")
+  for fmt, why in meta.get("not_written", {}).items():
+    lines.append(f"  {FORMATS[fmt]:<11} not written: {why}")
   checked = meta["max_abs_difference"]
   lines.append("checked: " + ", ".join(f"{k} within {v:.1g}" for k, v in checked.items())
                + " of the in-process model's probabilities")

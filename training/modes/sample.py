@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from training.errors import ConfigError
+from training.errors import ConfigError, unsaved
 from training.tasks import restore as restore_lib
 from training.tasks.gan import grid
 from training.tasks.gan.task import Gan
@@ -33,5 +33,7 @@ def sample(workdir: str, which: str = "latest", label: int | None = None, num: i
   path = output or os.path.join(workdir, "samples", name)
   try:
     return grid.save_grid(images, path, nrow=min(task.grid_columns(), num))
-  except OSError as e:
-    raise ConfigError(f"Cannot write {path}: {e.strerror or e}; pass --output=FILE.png.") from e
+  except OSError as e:  # a read-only workdir: the samples were drawn, not saved
+    place = "that directory" if output else "the workdir"
+    raise ConfigError(unsaved(os.path.basename(path), os.path.dirname(os.path.abspath(path)), e,
+                              place) + " Pass --output=FILE.png to write them elsewhere.") from e

@@ -148,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
   """
   t_start = time.time()
   state, run, changes = setup(config, workdir)
+  if workdir is not None:
+    log(f"workdir: {workdir} (config.json, metrics.jsonl, tensorboard/, checkpoints/)")
   try:
     # A resumed run's summary keeps the epochs trained before the resume.
     history = (records_lib.read_epochs(workdir, run.start_step)
@@ -170,7 +172,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
 def _write_report(workdir: str, run: Run) -> None:
   """The run's figures and report.html; a failure costs the report only, never the run."""
   try:
-    report.write_report(workdir, dataset=run.ds)
+    written = report.write_report(workdir, dataset=run.ds)
+    if "report" in written["files"]:
+      log(f"report: {written['files']['report']} (and the figures as PNGs beside it)")
+    if written["unsaved"]:
+      log(written["unsaved"])
   except report.ReportError as e:
     log(f"Warning: no report was written: {e}")
 

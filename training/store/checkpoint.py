@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
@@ -184,7 +185,9 @@ class Checkpointer:
     step = step_of(state)
     if step in self.manager.all_steps():
       return
-    tree = _state_tree(state)
+    # Scalars as 0-d arrays: orbax 0.11.17 refuses a numpy one ("Unsupported type").
+    tree = jax.tree_util.tree_map(lambda x: np.asarray(x) if np.isscalar(x) else x,
+                                  _state_tree(state))
     self._state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree))
     self._saving = step
     with self._write_errors():
@@ -266,12 +269,13 @@ class Checkpointer:
       raise CheckpointMismatchError(problem)
     return value
 
-  def restore(self, state: Any, step: int | None = None) -> Any:
-    """`state` (freshly initialized) gives the expected shapes and shardings."""
+  def restore(self, state: Any, step: int | None = None, why: str = "") -> Any:
+    """`state` (freshly initialized) gives the expected shapes and shardings; `why` leads a
+    refusal of other shapes."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
     with read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], target, step)
+      self._check_shapes(self.manager.item_metadata(step)["state"], target, step, why)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
@@ -303,8 +307,11 @@ class Checkpointer:
     """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
     each config field that differs from the checkpoint's). Refuses changes of settings."""
     step = self.latest_step()
-    state = self.restore(state, step)
     saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
+    old, new = saved.get("model.name"), self.config.model.get("name")
+    state = self.restore(state, step, why=(  # named first: the parameters follow from it
+        f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
+        if old != new else ""))
     # Through JSON, so that tuples compare as the saved lists.
     now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
     for side in (saved, now):
@@ -323,7 +330,7 @@ class Checkpointer:
           "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
     return state, changes
 
-  def _check_shapes(self, saved: Any, target: Any, step: int) -> None:
+  def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
     have, want = _shapes(saved), _shapes(target)
     lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
              for k in sorted(set(have) | set(want))
@@ -332,13 +339,13 @@ class Checkpointer:
                    if not k.startswith("params/") and have.get(k) != want.get(k))
     if other and not lines:
       raise CheckpointMismatchError(
-          f"The checkpoint at step {step} in {self.directory} holds a training state of another "
-          f"structure than the config's (the optimizer, its settings or ema_decay on/off "
+          f"{why}The checkpoint at step {step} in {self.directory} holds a training state of "
+          f"another structure than the config's (the optimizer, its settings or ema_decay on/off "
           f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
           "wrote the checkpoint (saved beside it), or use another --workdir.")
     if lines:
       raise CheckpointMismatchError(
-          f"The checkpoint at step {step} in {self.directory} was written by a model of other "
+          f"{why}The checkpoint at step {step} in {self.directory} was written by a model of other "
           f"shapes than the config's; mismatching parameters:\n"
           + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
           + "\nUse another --workdir for this config, or the config that wrote the checkpoint "

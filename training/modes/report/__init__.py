@@ -22,8 +22,9 @@ Every failure is a `ReportError`, which `train.py` prints as one line, and which
 loop turns into a warning.
 """
 
-from training.modes.report.compare import write_comparison
+from training.modes.report.compare import format_comparison, write_comparison
 from training.modes.report.records import ReportError
 from training.modes.report.write import format_result, write_report
 
-__all__ = ["ReportError", "format_result", "write_comparison", "write_report"]
+__all__ = ["ReportError", "format_comparison", "format_result", "write_comparison",
+           "write_report"]

@@ -175,3 +175,9 @@ def write_comparison(workdirs: Sequence[str], output_dir: str) -> str:
                       f"{type(e).__name__}: {e}") from e
   return text
 
+
+def format_comparison(table: str, output_dir: str) -> str:
+  """What `--mode=report A B ...` prints: the table, and where the page and figure went."""
+  return (f"{table}\nwrote {os.path.join(output_dir, 'comparison.html')} and comparison.png "
+          "(the runs' curves overlaid)")
+

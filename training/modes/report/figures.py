@@ -82,45 +82,87 @@ def _epoch_series(ax, epochs, key: str, scale: float = 1.0) -> list[float]:
   return values
 
 
-def plot_learning_curves(records: dict[str, Any], title: str) -> bytes:
-  """Loss, accuracy and learning rate (with the gradient norm) on one step axis."""
+SHORT = 30  # a series of at most this many log steps gets a marker on each point
+
+
+def _per_step(ax, x: list[int], y: list[float], alpha: float = 0.35, marker: str = "o",
+              **style) -> list:
+  """A per-log-step series: a faint line, with markers and stronger when short (one point
+  draws no line at all)."""
+  short = len(x) <= SHORT
+  return ax.plot(x, y, marker=marker if short else None, ms=5,
+                 alpha=max(alpha, 0.8) if short else alpha, **style)
+
+
+def _zoom_accuracy(ax, values: list[float], x: list[int], steps: list[float]) -> None:
+  """Zooms on the epochs' accuracies; log steps that fall below get an arrow and a note."""
+  low, high = min(values), max(values)
+  pad = max(0.15 * (high - low), 0.2)
+  bottom = max(0.0, low - pad)
+  ax.set_ylim(bottom, min(100.0, high + pad) + 0.05)
+  below = [(s, v) for s, v in zip(x, steps) if v < bottom]
+  if below:
+    ax.annotate(f"{len(below)} log step{'s' * (len(below) > 1)} below the axis (lowest "
+                f"{min(v for _, v in below):.1f}%)", xy=(below[-1][0], 0.0),
+                xycoords=("data", "axes fraction"), xytext=(below[-1][0], 0.16),
+                textcoords=("data", "axes fraction"), fontsize=9, color="0.3", ha="left",
+                arrowprops=dict(arrowstyle="->", color="0.4"))
+
+
+def learning_curves_figure(records: dict[str, Any], title: str):
+  """Loss, accuracy and learning rate (with the gradient norm) on one step axis, as a Figure."""
+  from matplotlib.ticker import MaxNLocator
   fig = figure("learning_curves")
   loss, acc, lr = fig.subplots(3, 1, sharex=True, height_ratios=[3, 3, 1.7])
   steps, epochs = records["steps"], records["epochs"]
   x = [r["step"] for r in steps]
   if steps:
-    loss.plot(x, [r["train/loss"] for r in steps], color=COLORS["train"], alpha=0.35, lw=1.2,
+    _per_step(loss, x, [r["train/loss"] for r in steps], color=COLORS["train"], lw=1.2,
               label="train (per log step)")
   _epoch_series(loss, epochs, "loss")
   loss.set(yscale="log", ylabel="loss (log scale)")
   plain_log_ticks(loss)
-  if steps and "train/accuracy" in steps[0]:
-    acc.plot(x, [100 * r["train/accuracy"] for r in steps], color=COLORS["train"], alpha=0.35,
-             lw=1.2, label="train (per log step)")
+  train_acc = [100 * r["train/accuracy"] for r in steps] if (
+      steps and "train/accuracy" in steps[0]) else []
+  if train_acc:
+    _per_step(acc, x, train_acc, color=COLORS["train"], lw=1.2, label="train (per log step)")
   values = _epoch_series(acc, epochs, "accuracy", 100.0)
-  if values:  # zoom on the epochs' values; early log steps may fall below
-    low, high = min(values), max(values)
-    pad = max(0.15 * (high - low), 0.2)
-    acc.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 0.05)
+  if values:
+    _zoom_accuracy(acc, values, x, train_acc)
   acc.set(ylabel="accuracy (%)")
   for ax in (loss, acc):
     ax.legend(loc="best", framealpha=0.9)
+  _learning_rate_panel(lr, steps, x)
+  lr.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no 22.5
+  every = [r["step"] for r in steps + epochs]
+  if every and max(every) - min(every) < 4:  # a few steps: room around them
+    lr.set_xlim(min(every) - 1, max(every) + 1)
+  _mark_epochs([loss, acc, lr], epochs)
+  fig.suptitle(title, fontsize=13, fontweight="bold")
+  return fig
+
+
+def _learning_rate_panel(lr, steps: list[dict[str, Any]], x: list[int]) -> None:
+  handles = []
   if steps and "train/learning_rate" in steps[0]:
-    lr.plot(x, [r["train/learning_rate"] for r in steps], color="#9467bd", lw=2)
+    handles += _per_step(lr, x, [r["train/learning_rate"] for r in steps], color="#9467bd",
+                         lw=2, alpha=1.0)
   lr.set(ylabel="learning rate", xlabel="training step")
   lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-  handles = list(lr.lines)
   if steps and "train/grad_norm" in steps[0]:
     norm = lr.twinx()
-    handles += norm.plot(x, [r["train/grad_norm"] for r in steps], color="0.45", lw=1, alpha=0.7)
+    handles += _per_step(norm, x, [r["train/grad_norm"] for r in steps], color="0.45", lw=1,
+                         alpha=0.7, marker="x")
     norm.set_ylabel("gradient norm", color="0.35")
     norm.spines["right"].set_visible(True)
     norm.grid(False)
   lr.legend(handles, ["learning rate", "gradient norm (right axis)"][:len(handles)],
             loc="upper right", framealpha=0.9)
-  _mark_epochs([loss, acc, lr], epochs)
-  fig.suptitle(title, fontsize=13, fontweight="bold")
-  return png(fig)
+
+
+def plot_learning_curves(records: dict[str, Any], title: str) -> bytes:
+  """`learning_curves_figure` as PNG bytes."""
+  return png(learning_curves_figure(records, title))
 
 
 def plot_confusion_matrix(cm: np.ndarray, names: Sequence[str], title: str) -> bytes:

@@ -3,15 +3,18 @@ and the figures as TensorBoard images."""
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from training.errors import ConfigError, DataNotFoundError
+from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import scores as scores_lib, steps
 from training import members as members_lib
 from training.modes import evaluate, show
@@ -21,6 +24,8 @@ from training.modes.report.page import img, report_html
 from training.modes.report.records import (ReportError, TEST_METRICS, check_run_dir, read_json,
                                            read_metrics, status, write_file)
 from training.tasks import restore as restore_lib
+
+REPORT_EVENTS = ".report"  # the name ending of the report's TensorBoard event file
 
 
 def predict_log_probs(state: Any, images: np.ndarray, batch_size: int = 1000,
@@ -161,16 +166,57 @@ def _members_section(restored: Any, final: dict[str, Any] | None, pngs: dict[str
 
 
 def _tensorboard_images(workdir: str, pngs: dict[str, bytes], step: int) -> None:
-  """The figures as TensorBoard images (tag report/<name>) at the checkpoint's step."""
+  """The figures as TensorBoard images (tag report/<name>) at the checkpoint's step, in an event
+  file of the report's own that replaces the one an earlier report wrote: reports made again
+  add no second copy of the images at the same step."""
   from PIL import Image
   from tensorboardX import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), filename_suffix=".report")
+  directory = os.path.join(workdir, "tensorboard")
+  earlier = glob.glob(os.path.join(glob.escape(directory), f"*{REPORT_EVENTS}"))
+  # Written aside first, so that TensorBoard never reads a half-written file or two copies.
+  aside = tempfile.mkdtemp(dir=workdir, prefix=".report-events-")
   try:
-    for name, png in pngs.items():
-      image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-      writer.add_image(f"report/{name}", image, step, dataformats="HWC")
+    writer = SummaryWriter(aside, filename_suffix=REPORT_EVENTS)
+    try:
+      for name, png in pngs.items():
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        writer.add_image(f"report/{name}", image, step, dataformats="HWC")
+    finally:
+      writer.close()
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(aside):
+      os.replace(os.path.join(aside, name), os.path.join(directory, name))
+      earlier = [p for p in earlier if os.path.basename(p) != name]
   finally:
-    writer.close()
+    shutil.rmtree(aside, ignore_errors=True)
+  for path in earlier:
+    os.remove(path)
+
+
+def _save(workdir: str, pngs: dict[str, bytes], page: str, step: int
+          ) -> tuple[dict[str, str], str | None]:
+  """Writes the figures, report.html and the TensorBoard images into the workdir: ({name: path}
+  of the files written, a note naming those that could not be, or None)."""
+  files, failed, error = {}, [], None
+  outputs = [(name, f"{name}.png", pngs[name]) for name in pngs] + [
+      ("report", "report.html", page)]
+  for name, file, content in outputs:
+    try:
+      write_file(os.path.join(workdir, file), content)
+      files[name] = os.path.join(workdir, file)
+    except OSError as e:  # a read-only workdir: the report's results are printed all the same
+      failed.append(file)
+      error = e
+  try:
+    _tensorboard_images(workdir, pngs, step)
+  except OSError as e:
+    failed.append("the TensorBoard images")
+    error = e
+  return files, "note: " + unsaved(_listed(failed), workdir, error) if failed else None
+
+
+def _listed(names: list[str]) -> str:
+  return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, Any],
@@ -188,14 +234,10 @@ def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, A
   t3 = time.perf_counter()
   page = report_html(workdir, restored, records, found, final, pngs, summary,
                      _members_section(restored, final, pngs))
-  files = {name: os.path.join(workdir, f"{name}.png") for name in pngs}
-  for name, path in files.items():
-    write_file(path, pngs[name])
-  files["report"] = os.path.join(workdir, "report.html")
-  write_file(files["report"], page)
-  _tensorboard_images(workdir, pngs, restored.step)
+  files, note = _save(workdir, pngs, page, restored.step)
   t4 = time.perf_counter()
-  return {"files": files, "checkpoint": restored.which, "step": restored.step, **found,
+  return {"files": files, "unsaved": note, "checkpoint": restored.which,
+          "step": restored.step, **found,
           "dataset": restored.dataset_info["name"], "model": restored.config.model.name,
           "status": status(records, restored.config, final is not None),
           "seconds": {"restore_and_predict": t1 - t0, "figures": t2 - t1,
@@ -210,17 +252,19 @@ def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
   `data_dir`, or downloaded from `data_url`, if given), or taken from `dataset` (a
   `data.Dataset`: the training loop's own).
 
-  Returns {"files": {name: path}, "checkpoint", "step", "status", "model", "dataset",
-  "test": scores of the checkpoint on the test split, "wrong": its number of mistakes,
-  "mistakes": the examples shown in mistakes.png (each with its "index" in the source's test
-  split), "index_order": what those indices count, "params", "seconds": each part's time}.
+  Returns {"files": {name: path} of the files written, "unsaved": a note naming those that
+  could not be (a read-only workdir) or None, "checkpoint", "step", "status", "model",
+  "dataset", "test": scores of the checkpoint on the test split, "wrong": its number of
+  mistakes, "mistakes": the examples shown in mistakes.png (each with its "index" in the
+  source's test split), "index_order": what those indices count, "params", "seconds": each
+  part's time}.
 
   Raises ReportError (a ConfigError) for a workdir that is not a run, has no metrics or no
-  checkpoint, or cannot be written, and for any failure while writing: the run's own files
-  (metrics, checkpoints) are never touched, so a caller can take it as a warning.
+  checkpoint, and for any failure while drawing: the run's own files (metrics, checkpoints) are
+  never touched, so a caller can take it as a warning.
   """
   t0, cpu0 = time.perf_counter(), time.process_time()
-  check_run_dir(workdir)
+  check_run_dir(workdir, writable=False)  # a read-only one gets its report printed, not saved
   try:
     records = read_metrics(workdir)
     out = _report(workdir, which, data_dir, records, dataset, data_url)
@@ -238,11 +282,15 @@ def format_result(result: dict[str, Any]) -> str:
   """What `write_report` did, in a few lines for the terminal."""
   t = result["test"]
   files = result["files"]
-  return (f"{result['model']} on {result['dataset']}, {result['checkpoint']} checkpoint (step "
-          f"{result['step']}); {result['status']}\n"
-          f"test: accuracy {t['accuracy']:.2%}  macro F1 {t['macro_f1']:.4f}  "
-          f"({result['wrong']} mistakes; the {len(result['mistakes'])} most confident are shown)\n"
-          f"wrote {files['report']} and "
-          f"{', '.join(os.path.basename(f) for n, f in files.items() if n != 'report')} "
-          f"in {result['seconds']['total']:.1f}s")
-
+  figures = [os.path.basename(f) for n, f in files.items() if n != "report"]
+  wrote = (f"wrote {files['report']}" if "report" in files else "wrote " + ", ".join(figures)
+           if figures else "")
+  if "report" in files and figures:
+    wrote += f" and {', '.join(figures)}"
+  return "\n".join(line for line in [
+      f"{result['model']} on {result['dataset']}, {result['checkpoint']} checkpoint (step "
+      f"{result['step']}); {result['status']}",
+      f"test: accuracy {t['accuracy']:.2%}  macro F1 {t['macro_f1']:.4f}  "
+      f"({result['wrong']} mistakes; the {len(result['mistakes'])} most confident are shown)",
+      f"{wrote} in {result['seconds']['total']:.1f}s" if wrote else "",
+      result.get("unsaved") or ""] if line)
