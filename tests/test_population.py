@@ -121,7 +121,7 @@ def test_predict_export_and_init_from_use_the_ensemble_or_one_member(data_cache,
   each = [np.array([p["probabilities"] for p in predict.predict(str(tmp_path / "pop"), paths,
                                                                    member=k)]) for k in (0, 1)]
   np.testing.assert_allclose(ensemble, (each[0] + each[1]) / 2, atol=1e-6)
-  meta = export.export(str(tmp_path / "pop"), "latest", str(tmp_path / "export"), onnx=False)
+  meta = export.export(str(tmp_path / "pop"), "latest", str(tmp_path / "export"), formats=("jax",))
   exported = jax.export.deserialize(bytearray((tmp_path / "export" / "model.jax").read_bytes()))
   np.testing.assert_allclose(exported.call(test.images[:4]), ensemble, atol=1e-5)
   assert meta["members"] == 2

@@ -111,8 +111,9 @@ def test_a_config_without_pinned_losses_is_recorded_and_skipped(monkeypatch, req
   with pytest.raises(pytest.skip.Exception, match=r'configs/mlp.py is new.*GOLDEN_LOSSES in '
                      r'tests/test_train.py: "mlp": \(2.336\d\d, 2.332\d\d\),'):
     test_one_step_golden_loss("mlp", request)
-  recorded = request.config.cache.get("golden_losses/mlp", None)
-  np.testing.assert_allclose(recorded, (2.33627, 2.33282), rtol=3e-4)
+  if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
+    recorded = request.config.cache.get("golden_losses/mlp", None)
+    np.testing.assert_allclose(recorded, (2.33627, 2.33282), rtol=3e-4)
 
 
 def _jsonl(path: pathlib.Path) -> list[dict]:

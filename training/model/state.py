@@ -20,8 +20,9 @@ class TrainState(train_state.TrainState):
   rng: jax.Array  # base key; each step folds in its step number
   ema: Any = flax.struct.field(default_factory=dict)  # {"params", "batch_stats"} or {} (off)
   # A population's swept fields, {"learning_rate": value, ...}: read inside the step, one value
-  # per member (training/members.py); {} when every member has the config's values.
-  hyper: Any = flax.struct.field(default_factory=dict)
+  # per member (training/members.py); {} when every member has the config's values, and then
+  # not in the checkpoint, whose layout stays that of the runs before populations.
+  hyper: Any = flax.struct.field(default_factory=dict, metadata={"saved_if_empty": False})
 
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}

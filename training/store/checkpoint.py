@@ -78,9 +78,14 @@ RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "
 
 def _state_tree(state: Any) -> dict[str, Any]:
   """A train state's arrays as one tree, {field: value}: every field but the static ones (the
-  apply function and the optimizer, which are code), for any task's state dataclass."""
-  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-          if f.metadata.get("pytree_node", True)}
+  apply function and the optimizer, which are code), and those marked saved_if_empty=False
+  while they are empty (fields added later, that older checkpoints lack), for any task's state
+  dataclass."""
+  def saved(field: dataclasses.Field) -> bool:
+    value = getattr(state, field.name)
+    return field.metadata.get("pytree_node", True) and (
+        field.metadata.get("saved_if_empty", True) or value != {})
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if saved(f)}
 
 
 def _key_name(key: Any) -> str:
