@@ -73,6 +73,8 @@ flags.DEFINE_integer("label", None, "sample: the class to draw (a conditional GA
 flags.DEFINE_integer("num", 64, "sample: how many images.")
 flags.DEFINE_integer("sample_seed", 0, "sample: the noise's seed.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing export in --output.")
+flags.DEFINE_integer("member", None, "evaluate/predict/export of a population: member K "
+                     "alone (default: the ensemble, its members' probabilities averaged).")
 
 
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -243,13 +245,13 @@ def _run(argv: list[str], config: Any, note: str | None) -> None:
   if FLAGS.mode == "evaluate":
     from training.modes import evaluate
     evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
-                      FLAGS.data_url)
+                      FLAGS.data_url, FLAGS.member)
   elif FLAGS.mode == "predict":
     # Each file's line as its batch is scored; a file that cannot be used gets an `error:` line
     # and the others go on; any such file makes the exit status 1.
     from training.modes import predict
     failed = predict.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
-                                     FLAGS.fit, output=FLAGS.output)
+                                     FLAGS.fit, output=FLAGS.output, member=FLAGS.member)
     if failed:
       sys.exit(f"error: {len(failed)} of {len(argv) - 1} files could not be classified.")
   elif FLAGS.mode == "report":
@@ -263,7 +265,7 @@ def _run(argv: list[str], config: Any, note: str | None) -> None:
   elif FLAGS.mode == "export":
     from training.modes import export
     meta = export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.overwrite,
-                         formats=FLAGS.formats)
+                         formats=FLAGS.formats, member=FLAGS.member)
     print(export.format_summary(meta))
     if meta["unsaved"]:  # the files were made and checked, but could not be written
       sys.exit(f"error: {meta['unsaved']}")

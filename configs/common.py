@@ -87,6 +87,19 @@ def base() -> ml_collections.ConfigDict:
   c.num_epochs = 10  # passes over the training examples
   c.seed = 0  # parameter init, shuffling and dropout
 
+  # --- Populations: several models trained in one compiled program (docs/populations.md) ---
+  # Members with seeds seed, seed+1, ..., each with its own initialization, dropout,
+  # augmentation and data order; test_metrics.json adds their mean +- std and their ensemble.
+  c.population = 1
+  # A JSON object of fields to lists of values, e.g. '{"learning_rate": [0.001, 0.003]}': the
+  # members are the product of the lists, each with `population` seeds ("": no sweep). Fields
+  # that change only values: learning_rate, weight_decay, label_smoothing, ema_decay,
+  # grad_clip_norm, augment.*, model.*dropout*.
+  c.sweep = ""
+  # How the members run in the program: vmap (batched), loop (one after another) or auto (loop on
+  # CPU for models with convolutions, which a batch of members would make slow; vmap elsewhere).
+  c.population_mode = "auto"
+
   # --- Fine-tuning (docs/finetuning.md) ---
   # Start from another run's checkpoint: "DIR", "DIR:best", "DIR:latest" or "DIR:STEP" ("": off).
   c.init_from = ""
@@ -130,4 +143,7 @@ def base() -> ml_collections.ConfigDict:
   c.test_every_epoch = False  # also evaluate the test split after every epoch (for curves)
   # At the end of a run, write its figures and report.html to the workdir (docs/report.md).
   c.report = True
+  # Trace this many train steps with jax.profiler after the first call (which compiles), into
+  # <workdir>/tensorboard/plugins/profile, for TensorBoard or Perfetto (0: no trace).
+  c.profile_steps = 0
   return c

@@ -26,7 +26,8 @@ class Dropout(nn.Module):
   part of a small network's step; this draws 8 where it can (docs/performance.md). The
   keep probability becomes a multiple of 1/2**bits (see `dropout_bits`: rate 0.2 gives 0.19922),
   and kept values are scaled by the inverse of that exact probability, so the expected output
-  still equals the input.
+  still equals the input. `rate` may be a traced number (one per member of a population that
+  sweeps it): that draws 16 bits, as its value is not known when the program is built.
   """
   rate: float
   deterministic: bool | None = None  # as in nn.Dropout: here or in the call
@@ -35,10 +36,13 @@ class Dropout(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool | None = None) -> jnp.ndarray:
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    if not 0.0 <= self.rate <= 1.0:
+    traced = not isinstance(self.rate, (int, float))
+    if not traced and not 0.0 <= self.rate <= 1.0:
       raise ValueError(f"Dropout rate must be in [0, 1], got {self.rate}.")
-    if deterministic or self.rate == 0.0:
+    if deterministic or (not traced and self.rate == 0.0):
       return x
+    if traced:
+      return _traced_dropout(x, jnp.asarray(self.rate), self.make_rng(self.rng_collection))
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     bits = dropout_bits(self.rate)
@@ -55,3 +59,13 @@ class Dropout(nn.Module):
     keep = words.reshape(x.shape) < jnp.asarray(threshold, words.dtype)
     scale = jnp.asarray(2**bits / threshold, x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
+
+
+def _traced_dropout(x: jnp.ndarray, rate: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+  """Dropout at a rate known only when the step runs: 16 random bits per element, the keep
+  probability a multiple of 1/65536, rate 0 exactly the identity and rate 1 all zeros."""
+  words = jax.random.bits(key, x.shape, jnp.uint16)
+  threshold = jnp.clip(jnp.round((1.0 - rate) * 2**16), 1, 2**16 - 1)
+  keep = words.astype(jnp.float32) < threshold
+  dropped = jnp.where(keep, x * (2**16 / threshold).astype(x.dtype), jnp.zeros_like(x))
+  return jnp.where(rate <= 0.0, x, jnp.where(rate >= 1.0, jnp.zeros_like(x), dropped))

@@ -70,7 +70,8 @@ def _graph() -> dict[str, list[tuple[str, int]]]:
 
 @functools.cache
 def _layers() -> list[tuple[str, list[str]]]:
-  """(layer, its module prefixes) from docs/design.md's table, top layer first."""
+  """(layer, its modules) from docs/design.md's table, top layer first: a folder ("training.run.")
+  stands for every module in it, a file for itself."""
   text = (REPO / "docs" / "design.md").read_text()
   section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
   layers = []
@@ -78,8 +79,9 @@ def _layers() -> list[tuple[str, list[str]]]:
     cells = [c.strip() for c in row.split("|")]
     paths = re.findall(r"`([^`]+)`", cells[1]) if len(cells) > 1 else []
     if paths and not set(cells[0]) <= set("-: "):
-      layers.append((cells[0], [p.rstrip("/").removesuffix(".py").removesuffix("/__init__")
-                                .replace("/", ".") for p in paths]))
+      layers.append((cells[0], [p.replace("/", ".") if p.endswith("/") else
+                                p.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+                                for p in paths]))
   assert layers, "docs/design.md has no layer table under '## Layers'"
   return layers
 
@@ -87,10 +89,12 @@ def _layers() -> list[tuple[str, list[str]]]:
 def _layer(module: str) -> int | None:
   """The layer's height (0: the bottom one), by the longest declared prefix of `module`."""
   best, height = -1, None
-  for i, (_, prefixes) in enumerate(_layers()):
-    for prefix in prefixes:
-      if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
-        best, height = len(prefix), len(_layers()) - 1 - i
+  for i, (_, declared) in enumerate(_layers()):
+    for name in declared:
+      folder = name.endswith(".")
+      if (module + "." == name or module.startswith(name)) if folder else module == name:
+        if len(name) > best:
+          best, height = len(name), len(_layers()) - 1 - i
   return height
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from training import ConfigError, NonFiniteLossError, Preempted, train_and_evaluate
-from training.run import loop
 from training.modes import sample
+from training.run import progress
 from training.tasks.gan import task as gan
 
 from conftest import GAN_CONFIGS, REPO, load_config, shrink
@@ -56,6 +56,17 @@ def test_every_gan_config_trains_scores_and_draws(config_name, judge, mock_mnist
   rows = 10 if config.model.name == "cgan" else 8  # one row per class when conditional
   assert grid.size[1] == 2 * (rows * 30 + 2)  # 28 + 2 pixels of padding a row, scaled 2x
   assert (tmp_path / "test_metrics.json").is_file()
+
+
+def test_a_population_of_gans_trains_each_member_as_its_own_run(judge, mock_mnist, tmp_path):
+  _, population = train_and_evaluate(_gan("cgan", judge, population=2), str(tmp_path / "pop"))
+  _, single = train_and_evaluate(_gan("cgan", judge, seed=1), str(tmp_path / "single"))
+  assert [m["seed"] for m in population["members"]] == [0, 1]
+  assert population["members"][1]["fd"] == pytest.approx(single["test"]["fd"], rel=1e-4)
+  assert population["test"]["fd"] == pytest.approx(np.mean([m["fd"] for m in
+                                                            population["members"]]))
+  with pytest.raises(ConfigError, match="populations of seeds"):
+    train_and_evaluate(_gan("cgan", judge, sweep='{"learning_rate": [0.001, 0.002]}'))
 
 
 def test_a_gan_run_resumes_bit_exactly(judge, mock_mnist, tmp_path):
@@ -134,4 +145,4 @@ def test_a_discriminator_that_wins_outright_is_reported_with_its_steps(capsys):
 
 def test_a_nan_in_either_loss_stops_at_its_step():
   with pytest.raises(NonFiniteLossError, match="training d loss became nan at step 12"):
-    loop._check_finite({"d_loss": np.array([0.7, np.nan]), "g_loss": np.array([1.0, 1.0])}, 11)
+    progress.check_finite({"d_loss": np.array([0.7, np.nan]), "g_loss": np.array([1.0, 1.0])}, 11)

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
-from training.run import loop
+from training.run import progress
 from training.model import optim
 from training.model import build
 from training.tasks import classify
@@ -111,8 +111,9 @@ def test_a_config_without_pinned_losses_is_recorded_and_skipped(monkeypatch, req
   with pytest.raises(pytest.skip.Exception, match=r'configs/mlp.py is new.*GOLDEN_LOSSES in '
                      r'tests/test_train.py: "mlp": \(2.336\d\d, 2.332\d\d\),'):
     test_one_step_golden_loss("mlp", request)
-  recorded = request.config.cache.get("golden_losses/mlp", None)
-  np.testing.assert_allclose(recorded, (2.33627, 2.33282), rtol=3e-4)
+  if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
+    recorded = request.config.cache.get("golden_losses/mlp", None)
+    np.testing.assert_allclose(recorded, (2.33627, 2.33282), rtol=3e-4)
 
 
 def _jsonl(path: pathlib.Path) -> list[dict]:
@@ -195,8 +196,8 @@ def test_no_checkpoint_is_saved_past_a_non_finite_loss(mock_mnist, tmp_path):
 
 def test_an_infinite_gradient_norm_stops_too():
   with pytest.raises(NonFiniteLossError, match=r"gradient norm became inf at step 6\b"):
-    loop._check_finite({"loss": np.array([0.5, 0.4]), "grad_norm": np.array([3.0, np.inf])}, 5)
-  loop._check_finite({"loss": np.array([0.5]), "grad_norm": np.array([3.0])}, 5)
+    progress.check_finite({"loss": np.array([0.5, 0.4]), "grad_norm": np.array([3.0, np.inf])}, 5)
+  progress.check_finite({"loss": np.array([0.5]), "grad_norm": np.array([3.0])}, 5)
 
 
 def test_an_unwritable_workdir_fails_before_the_data_is_loaded(tmp_path):

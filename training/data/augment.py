@@ -19,11 +19,17 @@ import jax.numpy as jnp
 from jax.scipy import ndimage
 
 
+def enabled(value) -> bool:
+  """Whether an augmentation (or another option) of magnitude `value` is on: a number that is not
+  0, or an array, which is one value per member of a population (decided inside the step)."""
+  return not isinstance(value, (int, float)) or value != 0
+
+
 def random_affine(images: jax.Array, rng: jax.Array, *, max_shift: float = 0.0,
                   max_rotate_deg: float = 0.0) -> jax.Array:
   """Shifts each image by up to `max_shift` pixels per axis and rotates it by up to
   `max_rotate_deg` degrees, uniformly at random. `images`: float (N, H, W, C)."""
-  if not max_shift and not max_rotate_deg:
+  if not (enabled(max_shift) or enabled(max_rotate_deg)):
     return images
   n = images.shape[0]
   k_angle, k_shift = jax.random.split(rng)

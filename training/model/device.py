@@ -28,6 +28,56 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
   return 1 if jax.default_backend() == "cpu" else config.log_every_steps
 
 
+def member_map(mode: str, mesh: Mesh) -> Callable[[Callable], Callable]:
+  """How a function of one member of a population runs over all of them, in one program:
+  "vmap" batches them (their axis sharded over the mesh's "members" axis when it has one);
+  "loop" runs them one after another (`lax.map`), where a batched convolution would become a
+  grouped one, which XLA:CPU runs several times slower than the members' convolutions in turn."""
+  if mode == "loop":
+    return _unrolled
+  axis = "members" if "members" in mesh.axis_names else None
+  return lambda f: jax.vmap(f, spmd_axis_name=axis)
+
+
+def _unrolled(f: Callable) -> Callable:
+  """`f` over the leading axis of its arguments, one member after another, unrolled: a loop
+  (`lax.map`) around a convolution's step ran 20x slower on XLA:CPU than the steps apart."""
+  def each(*args):
+    n = jax.tree_util.tree_leaves(args)[0].shape[0]
+    outs = [f(*jax.tree_util.tree_map(lambda x: x[k], args)) for k in range(n)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+  return each
+
+
+def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Callable) -> str:
+  """`config.population_mode`, or by backend and model when it is "auto": "loop" on CPU for a
+  model with convolutions (`init`: a function whose trace runs the model), "vmap" otherwise
+  (docs/populations.md has the measurements)."""
+  mode = config.get("population_mode", "auto")
+  if mode not in ("auto", "vmap", "loop"):
+    raise ConfigError(f"population_mode must be auto, vmap or loop, got {mode!r}.")
+  if mode == "loop" and mesh.shape.get("members", 1) > 1:
+    raise ConfigError("population_mode='loop' runs the members one after another on every "
+                      "device, so it cannot split them over a 'members' mesh axis: use vmap, or a "
+                      "mesh without that axis.")
+  if mode != "auto":
+    return mode
+  if jax.default_backend() != "cpu" or mesh.shape.get("members", 1) > 1:
+    return "vmap"
+  return "loop" if _has_convolution(jax.make_jaxpr(init)().jaxpr) else "vmap"
+
+
+def _has_convolution(jaxpr: Any) -> bool:
+  from jax.extend import core
+  pending = [jaxpr]
+  while pending:
+    j = pending.pop()
+    if any(e.primitive.name == "conv_general_dilated" for e in j.eqns):
+      return True
+    pending.extend(core.subjaxprs(j))
+  return False
+
+
 class DeviceSteps:
   """Jitted drivers that slice batches out of device-resident arrays: no host round trip per step.
 
@@ -36,41 +86,63 @@ class DeviceSteps:
   parameters replicated. Every device holds the whole dataset and gathers only its own slice of
   each global batch, so in a multi-process run each process feeds its part and no example
   crosses hosts.
+
+  A population (`members` > 0) is a state with a leading axis of its members, each with its own
+  shuffle; the same program trains them all (`member_map`), and its metrics have a members axis.
   """
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
                chunk: int = 1, steps_per_epoch: int = 0, step: Callable | None = None,
-               **step_options: float):
+               members: int = 0, mode: str = "vmap", **step_options: float):
     """`step`: the task's pure train step (state, batch, rng) -> (state, metrics); by default
-    the classifier's `train_step` with `step_options`."""
-    n = mesh.shape["data"]
-    for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-      if size % n:
-        raise ConfigError(f"{what}={size} does not divide over the {n} devices of the data axis; "
-                         f"set --config.{what} to a multiple of {n}.")
+    the classifier's `train_step` with `step_options`. `members`: the population's size (0: a
+    single model); `mode`: how the step runs over them (`member_map`)."""
+    _check_divisible(mesh, batch_size, eval_batch_size, members)
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
+    self.members, self.mode, self.map = members, mode, member_map(mode, mesh)
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
+    self.by_member = NamedSharding(mesh, P("members" if "members" in mesh.axis_names else None))
     step = step or functools.partial(steps_lib.train_step, **step_options)
-    evaluate = functools.partial(steps_lib.eval_step, num_classes=num_classes)
+    self._compile(step, steps_lib.population_eval_step if members else steps_lib.eval_step,
+                  num_classes)
+    self.chunk = chunk
+    self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
+    permutation = lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    self.permutation = jax.jit(jax.vmap(permutation, in_axes=(0, None, None)) if members
+                               else permutation, static_argnums=2)
+    self._zeros = None  # the evaluation's totals, once their shapes are known
 
-    def gather(images, labels, perm, i):
-      idx = jax.lax.with_sharding_constraint(
-          jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size), self.sharded)
-      return jax.lax.with_sharding_constraint({"image": images[idx], "label": labels[idx]},
-                                              self.sharded)
+  def gather(self, images, labels, perm, i):
+    """The batch of step i of the epoch's order `perm`, as the train step sees it."""
+    idx = jax.lax.with_sharding_constraint(
+        jax.lax.dynamic_slice_in_dim(perm, i * self.batch_size, self.batch_size), self.sharded)
+    return jax.lax.with_sharding_constraint({"image": images[idx], "label": labels[idx]},
+                                            self.sharded)
+
+  def _compile(self, step: Callable, evaluate: Callable, num_classes: int) -> None:
+    """The jitted train call, scan of calls and evaluation batch."""
+    # Evaluation batches the members whatever the training does: they share the input.
+    self._sums = (functools.partial(evaluate, num_classes=num_classes,
+                                    member_map=member_map("vmap", self.mesh))
+                  if self.members else functools.partial(evaluate, num_classes=num_classes))
+
+    def one(state, images, labels, perm, i):
+      return step(state, self.gather(images, labels, perm, i), state.rng)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train(state, images, labels, perm, i):
-      return step(state, gather(images, labels, perm, i), state.rng)
+      if not self.members:
+        return one(state, images, labels, perm, i)
+      return self.map(lambda s, p: one(s, images, labels, p, i))(state, perm)
 
     @functools.partial(jax.jit, donate_argnums=5)
     def evaluate_batch(state, images, labels, mask, i, totals):
-      sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i * eval_batch_size,
-                             slice_size=eval_batch_size)
+      sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i * self.eval_batch_size,
+                             slice_size=self.eval_batch_size)
       batch = jax.lax.with_sharding_constraint(
           {"image": sl(images), "label": sl(labels), "mask": sl(mask)}, self.sharded)
-      return jax.tree_util.tree_map(jnp.add, totals, evaluate(state, batch))
+      return jax.tree_util.tree_map(jnp.add, totals, self._sums(state, batch))
 
     @functools.partial(jax.jit, donate_argnums=0, static_argnums=6)
     def train_scan(state, images, labels, perm, start, count, length):
@@ -86,25 +158,19 @@ class DeviceSteps:
     # Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_device_count=N):
     # calls with collectives that overlapped deadlocked on jaxlib 0.7.1-0.11.2, so there each
     # call finishes before the next starts (docs/performance.md).
-    if mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1:
+    if self.mesh.devices.flat[0].platform == "cpu" and len(self.mesh.local_devices) > 1:
       one_at_a_time = lambda f: lambda *args: jax.block_until_ready(f(*args))
       train, train_scan, evaluate_batch = map(one_at_a_time, (train, train_scan, evaluate_batch))
     self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
-    self.chunk = chunk
-    self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
-    self.gather = jax.jit(gather)  # the batch of step i, as the train step sees it
-    self.permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(
-        jax.random.fold_in(key, epoch), n), static_argnums=2)
-    # Host arrays: each evaluation gets fresh device buffers, as the batches donate them.
-    self._zeros = {"loss_sum": np.zeros((), np.float32), "count": np.zeros((), np.float32),
-                   "confusion": np.zeros((num_classes, num_classes), np.int32)}
 
   def put(self, x: Any) -> Any:
     """Host arrays (the same in every process) -> arrays replicated on the whole mesh."""
-    def one(a):
-      a = np.asarray(a)
-      return jax.make_array_from_callback(a.shape, self.replicated, lambda idx: a[idx])
-    return jax.tree_util.tree_map(one, x)
+    return _put(x, self.replicated)
+
+  def put_state(self, state: Any) -> Any:
+    """A train state on the devices: replicated, or for a population split by member over the
+    mesh's "members" axis (each device holds its members whole)."""
+    return _put(state, self.by_member if self.members else self.replicated)
 
   def put_train(self, images, labels) -> tuple[jax.Array, jax.Array]:
     return self.put(images), self.put(labels)
@@ -121,7 +187,8 @@ class DeviceSteps:
   def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
                   ) -> tuple[TrainState, Metrics]:
     """Steps start .. start+n-1 (n <= chunk) of the epoch's order. One step's metrics are
-    scalars; a scan's have a leading axis of its length, of which the first n are real.
+    scalars (of each member, for a population); a scan's have a leading axis of its length, of
+    which the first n are real.
 
     Two scan lengths at most, so that a run compiles the same programs however long it is, where
     it resumed and how often it logs or saves: `chunk`, and the epoch's last call when `chunk`
@@ -140,7 +207,38 @@ class DeviceSteps:
     return (min(end, stop) if stop is not None and stop > i else end) - i
 
   def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
+    """The evaluation's sums over the split (for a population: each member's, under "members",
+    and the ensemble's, its members' probabilities averaged, under "ensemble")."""
+    if self._zeros is None:  # kept on the host: each evaluation donates fresh device buffers
+      batch = {"image": jax.ShapeDtypeStruct((self.eval_batch_size, *images.shape[1:]),
+                                             images.dtype),
+               "label": jax.ShapeDtypeStruct((self.eval_batch_size,), labels.dtype),
+               "mask": jax.ShapeDtypeStruct((self.eval_batch_size,), mask.dtype)}
+      self._zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
+                                           jax.eval_shape(self._sums, state, batch))
     totals = self.put(self._zeros)
     for i in range(len(labels) // self.eval_batch_size):
       totals = self._evaluate_batch(state, images, labels, mask, i, totals)
     return jax.device_get(totals)
+
+
+def _put(x: Any, sharding: NamedSharding) -> Any:
+  """Host arrays (the same in every process) -> global arrays with `sharding`."""
+  def one(a):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+  return jax.tree_util.tree_map(one, x)
+
+
+def _check_divisible(mesh: Mesh, batch_size: int, eval_batch_size: int, members: int) -> None:
+  """The batches split evenly over the data axis, and the members over the members axis."""
+  n = mesh.shape["data"]
+  for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+    if size % n:
+      raise ConfigError(f"{what}={size} does not divide over the {n} devices of the data axis; "
+                        f"set --config.{what} to a multiple of {n}.")
+  m = mesh.shape.get("members", 1)
+  if m > 1 and members % m:
+    raise ConfigError(f"The population's {members or 1} member(s) do not divide over the {m} "
+                      f"devices of the mesh's members axis: train a multiple of {m} members, "
+                      "or shrink that axis (--config.mesh_shape).")

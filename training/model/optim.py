@@ -6,6 +6,7 @@ import re
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -45,15 +46,47 @@ def constant_linear(lr: float, end: float, total_steps: int, decay_fraction: flo
                               [total_steps - decay])
 
 
+# The optimizer's fields that a population may sweep (training/members.py): each member's value is
+# read from the train state when the update runs.
+SWEPT_FIELDS = ("learning_rate", "weight_decay", "grad_clip_norm")
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
-                   loaded: Callable[[str], bool] | None = None) -> optax.GradientTransformation:
+                   loaded: Callable[[str], bool] | None = None, swept: tuple[str, ...] = ()
+                   ) -> optax.GradientTransformation:
   """The config's optimizer. With `freeze`, parameters whose path matches it get no update at
   all (no weight decay either, and no clipping share); with `init_lr_multiplier`, the updates of
   the parameters `loaded(path)` says were loaded by init_from are scaled by it (None: all).
 
+  `swept`: the population's swept fields. Those of SWEPT_FIELDS are then read at each update from
+  its `hyper=` argument (the state's values, one per member: TrainState.apply_gradients passes
+  them), the learning rate as a scale of the schedule (every schedule here is proportional to its
+  peak); the structure, and so the optimizer state, is the same for every member.
+
   The optimizer state's structure depends on the config alone, so a checkpoint of a fine-tuning
   run restores without knowing which parameters were loaded."""
-  opt = _base_optimizer(config, schedule)
+  fields = tuple(f for f in SWEPT_FIELDS if f in swept)
+  if not fields:
+    return _optimizer(config, schedule, loaded, config.weight_decay, config.grad_clip_norm)
+
+  def build(hyper: dict[str, Any]) -> optax.GradientTransformation:
+    scale = hyper.get("learning_rate", config.learning_rate) / config.learning_rate
+    return _optimizer(config, lambda count: scale * schedule(count), loaded,
+                      hyper.get("weight_decay", config.weight_decay),
+                      hyper.get("grad_clip_norm", config.grad_clip_norm), forced=fields)
+
+  def update(updates, state, params=None, *, hyper=None, **extra):
+    del extra
+    return build(hyper or {}).update(updates, state, params)
+  return optax.GradientTransformationExtraArgs(lambda params: build({}).init(params), update)
+
+
+def _optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+               loaded: Callable[[str], bool] | None, weight_decay: Any, clip_norm: Any,
+               forced: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """The base optimizer with the fine-tuning parts; `forced`: swept fields whose transform is
+  there whatever this member's value (a value of 0 then leaves the updates unchanged)."""
+  opt = _base_optimizer(config, schedule, weight_decay, clip_norm, forced)
   # .get: configs saved in checkpoints before these fields existed lack them.
   multiplier = config.get("init_lr_multiplier", 1.0)
   if multiplier != 1.0:
@@ -83,9 +116,9 @@ def _scale_by_path(factor: Callable[[str], float]) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
-                    ) -> optax.GradientTransformation:
-  name, wd = config.optimizer, config.weight_decay
+def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, wd: Any,
+                    clip_norm: Any, forced: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  name = config.optimizer
   # Configs saved before these fields existed (in older checkpoints) used optax's defaults.
   b1, b2 = config.get("adam_b1", 0.9), config.get("adam_b2", 0.999)
   for field, value in (("adam_b1", b1), ("adam_b2", b2)):
@@ -99,12 +132,14 @@ def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     else:
       opt = optax.sgd(schedule, momentum=config.momentum if name == "momentum" else None,
                       nesterov=config.nesterov and name == "momentum")
-    if wd:  # classic L2: added to the gradient before the update rule sees it
+    if "weight_decay" in forced or wd:  # classic L2: added to the gradient before the update rule
       opt = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), opt)
   else:
     raise ConfigError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
-  if config.grad_clip_norm:
-    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if "grad_clip_norm" in forced:  # a member's 0 means no clipping
+    opt = optax.chain(optax.clip_by_global_norm(jnp.where(clip_norm > 0, clip_norm, jnp.inf)), opt)
+  elif clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
   return opt
 
 

@@ -19,6 +19,10 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # base key; each step folds in its step number
   ema: Any = flax.struct.field(default_factory=dict)  # {"params", "batch_stats"} or {} (off)
+  # A population's swept fields, {"learning_rate": value, ...}: read inside the step, one value
+  # per member (training/members.py); {} when every member has the config's values, and then
+  # not in the checkpoint, whose layout stays that of the runs before populations.
+  hyper: Any = flax.struct.field(default_factory=dict, metadata={"saved_if_empty": False})
 
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
@@ -30,17 +34,27 @@ class TrainState(train_state.TrainState):
     return {"params": self.ema["params"],
             **({"batch_stats": self.ema["batch_stats"]} if self.batch_stats else {})}
 
+  def apply_gradients(self, *, grads: Any, **kwargs: Any) -> "TrainState":
+    """flax's update, which hands a population's swept values to the optimizer
+    (optim.make_optimizer builds one that reads them)."""
+    if not self.hyper:
+      return super().apply_gradients(grads=grads, **kwargs)
+    tx = optax.with_extra_args_support(self.tx)  # one that reads no swept value ignores them
+    updates, opt_state = tx.update(grads, self.opt_state, self.params, hyper=self.hyper)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, **kwargs)
+
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
                        image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array,
-                       ema: bool = False) -> TrainState:
+                       ema: bool = False, hyper: dict[str, Any] | None = None) -> TrainState:
   variables = jax.jit(functools.partial(model.init, train=False))(
       init_key, jnp.zeros((1, *image_shape), jnp.float32))
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   return TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=train_key,
       ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
-      if ema else {})
+      if ema else {}, hyper=hyper or {})
 
 
 def ema_update(average: Any, live: Any, step: jax.Array, decay: float) -> Any:

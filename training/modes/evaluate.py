@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from training import data
+from training import data, members
 from training.console import log
 from training.data import sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
@@ -34,11 +34,13 @@ def load_data(config, data_dir: str | None, data_url: str | None) -> data.Datase
 
 
 def evaluate(workdir: str, which: str = "best", split: str = "test",
-             data_dir: str | None = None, data_url: str | None = None) -> dict[str, Any]:
-  """Full metrics of a checkpoint on `split` (all of it); also written to the workdir."""
+             data_dir: str | None = None, data_url: str | None = None,
+             member: int | None = None) -> dict[str, Any]:
+  """Full metrics of a checkpoint on `split` (all of it); also written to the workdir. Of a
+  population: its ensemble's, with each member's under "members" (or member `member`'s alone)."""
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-  r = restore_lib.restore(workdir, which)
+  r = restore_lib.restore(workdir, which, member=member)
   config = r.config
   config.max_eval_examples = 0  # every example of the split, whatever the training run used
   config.max_train_examples = 0
@@ -49,18 +51,40 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
                       "(validation_fraction=0); evaluate --split=test or train.")
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   n = mesh.shape["data"]
-  driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes)
-  state = driver.put(r.state)
-  result = scores.summarize(driver.evaluate(state, *driver.put_eval(part.images,
-                                                                         part.labels)))
+  driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes,
+                              members=len(r.members))
+  totals = driver.evaluate(driver.put_state(r.state), *driver.put_eval(part.images, part.labels))
+  result, lines = _result(r, totals, split)
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)
-  log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}, on "
-      f"{ds.name}/{split}:")
-  log(scores.format_report(result, ds.class_names).replace("test:", f"{split}:", 1))
-  name = f"eval_{split}_step{r.step}.json"
+  whose = f" ({r.describe()})" if r.describe() else ""
+  log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}{whose}, "
+      f"on {ds.name}/{split}:")
+  log("\n".join(lines + [scores.format_report(result, ds.class_names).replace(
+      "test:", "ensemble:" if r.members else f"{split}:", 1)]))
+  name = f"eval_{split}_step{r.step}{'' if member is None else f'_member{member}'}.json"
   try:
     with open(os.path.join(workdir, name), "w") as f:
       json.dump(result, f, indent=2)
   except OSError as e:  # a read-only workdir: the metrics above are the result
     log("note: " + unsaved(name, workdir, e))
   return result
+
+
+def _result(r: restore_lib.Restored, totals: dict[str, Any], split: str
+            ) -> tuple[dict[str, Any], list[str]]:
+  """The scores of one model, or a population's ensemble's with its members' (and their lines)."""
+  if not r.members:
+    result = scores.summarize(totals)
+    if r.member is not None:
+      result["member"] = {"member": r.member.index, "seed": r.member.seed, **r.member.values}
+    return result, []
+  result = scores.summarize(totals["ensemble"])
+  each = [scores.summarize(members.take(totals["members"], k)) for k in range(len(r.members))]
+  result["members"] = [{"member": m.index, "seed": m.seed, **m.values,
+                        **{k: e[k] for k in ("accuracy", "loss", "macro_f1")}}
+                       for m, e in zip(r.members, each)]
+  result["mean"], result["std"] = members.summary([e["accuracy"] for e in each])
+  lines = [f"{split}: member {m.index} ({m.label()}): loss {e['loss']:.4f}  accuracy "
+           f"{e['accuracy']:.2%}  macro F1 {e['macro_f1']:.4f}" for m, e in zip(r.members, each)]
+  lines.append(f"{split}: members {result['mean'] * 100:.2f} +- {result['std'] * 100:.2f}%")
+  return result, lines

@@ -70,10 +70,12 @@ class UnsupportedOperationError(ExportError):
 
 
 def export(workdir: str, which: str = "best", output: str | None = None,
-           overwrite: bool = False, formats: Sequence[str] = ("jax", "onnx")) -> dict[str, Any]:
+           overwrite: bool = False, formats: Sequence[str] = ("jax", "onnx"),
+           member: int | None = None) -> dict[str, Any]:
   """Exports checkpoint `which` of `workdir` into `output` in `formats` (of FORMATS); returns
   model.json's content, plus "directory" (where the files go), "sizes" ({file: bytes}) and
-  "unsaved" (None, or why the files could not be written there).
+  "unsaved" (None, or why the files could not be written there). A population exports its
+  ensemble (its members' probabilities averaged, in one function), or member `member` alone.
 
   A format that cannot be made is left out, and model.json says why ("not_written"): ONNX
   without jax2onnx and onnxruntime, an operation its converter cannot express (the LSTM), a
@@ -82,7 +84,7 @@ def export(workdir: str, which: str = "best", output: str | None = None,
   formats = _check_formats(formats)
   output = os.path.abspath(output or os.path.join(workdir, "export"))
   _check_output(output, overwrite)
-  r = restore(workdir, which)
+  r = restore(workdir, which, member=member)
   probabilities = probabilities_fn(r)
   shape = tuple(r.dataset_info["image_shape"])
   files, missing = _convert(formats, probabilities, shape, r.config.model.name)
@@ -132,13 +134,11 @@ def _convert(formats: Sequence[str], probabilities: Probabilities, shape: tuple[
 
 def probabilities_fn(r: Restored) -> Probabilities:
   """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoint's
-  evaluation weights as constants: the exported function."""
-  variables = jax.device_get(r.state.eval_variables())
-  apply_fn = r.state.apply_fn
+  evaluation weights as constants: the exported function (a population's ensemble's)."""
+  state, population = jax.device_get(r.state), bool(r.members)
 
   def probabilities(images: jax.Array) -> jax.Array:
-    logits = apply_fn(variables, steps.preprocess(images), train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.exp(steps.log_probabilities(state, steps.preprocess(images), population))
   return probabilities
 
 
@@ -269,6 +269,10 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
       "format": "mnist-flax model export 1",
       "model": r.config.model.name,
       "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(r.state.params))),
+      # A population's export averages its members' probabilities; else one member's, or None.
+      "members": len(r.members) or None,
+      "member": None if r.member is None else {"member": r.member.index, "seed": r.member.seed,
+                                               **r.member.values},
       "files": {fmt: file if file in files else None for fmt, file in FORMATS.items()},
       "input": {"name": "images", "shape": [None, *info["image_shape"]], "dtype": "uint8",
                 "layout": "NHWC: (batch, height, width, channels); pixels 0-255, scaled to "

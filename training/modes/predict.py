@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from training.data import folder, images
@@ -26,18 +27,20 @@ PREDICT_BATCH = 256  # files read and scored at a time: memory does not grow wit
 def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
                      invert: bool = False, fit: str | None = None, top: int = 3,
                      batch_size: int = PREDICT_BATCH,
-                     on_start: Callable[[list[str]], None] | None = None
+                     on_start: Callable[[list[str]], None] | None = None,
+                     member: int | None = None
                      ) -> Iterator[dict[str, Any]]:
   """For each image file, in order, as soon as its batch is scored: its label and class
   probabilities, or {"file", "error"} for a file that cannot be used (missing, unreadable, over
   PIL's size limit); the others go on. "warnings" lists why a label may mean nothing (a blank
   or tiny image, dark ink on a light background without `invert`); a blank image ("blank")
   gets no label, class_name or probability (None), only the model's raw "probabilities".
-  `on_start` is called with the class names once the checkpoint is read, before any file."""
+  `on_start` is called with the class names once the checkpoint is read, before any file. A
+  population's ensemble predicts (its members' probabilities averaged), or member `member`."""
   if not paths:
     raise ConfigError("Give the image files to classify, e.g. `python train.py --mode=predict "
                       "--workdir=runs/cnn digit.png`.")
-  r = restore_lib.restore(workdir, which)
+  r = restore_lib.restore(workdir, which, member=member)
   info = r.dataset_info
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
@@ -49,8 +52,9 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
     on_start(names)
   # A folder's images keep their own background, which the model learnt: no --invert note.
   ink_note = not str(info["name"]).startswith(folder.PREFIX)
-  apply = jax.jit(lambda s, x: jax.nn.softmax(
-      s.apply_fn(s.eval_variables(), steps.preprocess(x), train=False), axis=-1))
+  population = bool(r.members)
+  apply = jax.jit(lambda s, x: jnp.exp(steps.log_probabilities(s, steps.preprocess(x),
+                                                               population)))
   for chunk, loaded, batch in images.read_batches(paths, shape, batch_size, invert=invert,
                                                   fit=fit):
     probs = np.asarray(apply(r.state, batch), np.float64)  # one shape: compiled once
@@ -75,15 +79,16 @@ def _prediction(path: str, item: images.Loaded, p: np.ndarray, names: list[str],
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: bool = False,
-            fit: str | None = None, top: int = 3) -> list[dict[str, Any]]:
+            fit: str | None = None, top: int = 3, member: int | None = None
+            ) -> list[dict[str, Any]]:
   """`iter_predictions` as a list: one entry per file, failures ({"file", "error"}) included."""
-  return list(iter_predictions(workdir, paths, which, invert, fit, top))
+  return list(iter_predictions(workdir, paths, which, invert, fit, top, member=member))
 
 
 def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
                     invert: bool = False, fit: str | None = None, out: TextIO | None = None,
-                    err: TextIO | None = None, output: str | None = None
-                    ) -> list[dict[str, Any]]:
+                    err: TextIO | None = None, output: str | None = None,
+                    member: int | None = None) -> list[dict[str, Any]]:
   """--mode=predict: prints each file's prediction as its batch is scored (stdout), and each file
   that cannot be used as an `error:` line (stderr), then goes on; ends with a summary line;
   `output`: also a .csv or .jsonl file of them. Returns the failures."""
@@ -93,7 +98,7 @@ def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
   saved = OutputFile(output) if output else None
   try:
     for p in iter_predictions(workdir, paths, which, invert, fit,
-                              on_start=saved.start if saved else None):
+                              on_start=saved.start if saved else None, member=member):
       if saved:
         saved.write(p)
       if "error" in p:

@@ -11,7 +11,7 @@ import ml_collections
 from flax import traverse_util
 
 import nets
-from training import tasks
+from training import members, tasks
 from training.data import sources
 from training.errors import ConfigError
 from training.model import optim
@@ -25,7 +25,7 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
              "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
              "folder.image_size": 1, "weight_decay": 0.0,
-             "grad_clip_norm": 0.0}
+             "grad_clip_norm": 0.0, "profile_steps": 0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -36,7 +36,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, low in _AT_LEAST.items():
-    if (value := flat[field]) < low:
+    if (value := flat.get(field, low)) < low:
       raise ConfigError(f"{field} must be at least {low}, got {value}.")
   if not config.learning_rate > 0:
     raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
@@ -53,6 +53,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
                         config.get("data_url"))
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+  members.check(config)
   tasks.check(config)
   finetune.validate(config)
 

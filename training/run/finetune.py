@@ -20,6 +20,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from training import members
 from training.console import log
 from training.errors import ConfigError
 from training.model import build, optim
@@ -30,12 +31,20 @@ WHICH = ("best", "latest")  # besides a step number
 _MAX_LINES = 20  # mismatching parameters listed in an error
 
 
-def parse_init_from(init_from: str) -> tuple[str, str]:
-  """("runs/pre", "latest") of "runs/pre:latest"; a bare directory means its best checkpoint."""
+def parse_init_from(init_from: str) -> tuple[str, str, int | None]:
+  """("runs/pre", "latest", None) of "runs/pre:latest"; a bare directory means its best
+  checkpoint; a trailing ":member=K" picks member K of a population ("runs/pop:member=2")."""
+  member = None
+  head, sep, tail = init_from.rpartition(":")
+  if sep and tail.startswith("member="):
+    if not tail[len("member="):].isdigit():
+      raise ConfigError(f"init_from={init_from!r}: member= takes a member's number, e.g. "
+                        f"{head}:member=0.")
+    init_from, member = head, int(tail[len("member="):])
   directory, sep, which = init_from.rpartition(":")
   if sep and (which in WHICH or which.isdigit()):
-    return directory, which
-  return init_from, "best"
+    return directory, which, member
+  return init_from, "best", member
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -58,7 +67,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("init_lr_multiplier scales the learning rate of the parameters loaded by "
                       "init_from: set --config.init_from=DIR too, or leave it at 1.0.")
   if init_from:
-    directory, _ = parse_init_from(init_from)
+    directory, _, _ = parse_init_from(init_from)
     if not os.path.isdir(os.path.join(directory, "checkpoints")):
       raise ConfigError(f"init_from={init_from!r}: {directory!r} holds no checkpoints/; give "
                         "the workdir of a trained run, optionally with :best, :latest or :STEP "
@@ -66,35 +75,60 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def initialize(config: ml_collections.ConfigDict, state: TrainState,
-               dataset_info: dict[str, Any], schedule: optax.Schedule) -> TrainState:
-  """`state` (freshly initialised) with `init_from`'s matching parameters and batch-norm
-  statistics, the head re-initialised if the classes differ, and the optimizer rebuilt to scale
-  the loaded parameters' learning rate. Checks `freeze` against the model's parameter paths."""
+               dataset_info: dict[str, Any], schedule: optax.Schedule,
+               population: int = 0) -> TrainState:
+  """`state` (freshly initialised; of `population` members along a leading axis, if not 0) with
+  `init_from`'s matching parameters and batch-norm statistics (the same in every member), the
+  head re-initialised if the classes differ, and the optimizer rebuilt to scale the loaded
+  parameters' learning rate. Checks `freeze` against the model's parameter paths."""
   if not (config.get("init_from") or config.get("freeze")):
     return state
-  paths = _paths(state.params)
+  one = members.take(state, 0) if population else state  # the shapes of one member
+  paths = _paths(one.params)
   frozen = _frozen(config.freeze, paths) if config.freeze else []
   if not config.init_from:
     log(f"Frozen at their initialisation: {len(frozen)} of {len(paths)} parameter "
                  f"arrays (freeze={config.freeze!r}).")
     return state
   try:
-    source = restore(*parse_init_from(config.init_from), task="classify")
+    source = _source(config.init_from)
   except ConfigError as e:
     raise ConfigError(f"init_from={config.init_from!r}: {e}") from e
-  new_head = _head(config, state, dataset_info, source)
+  new_head = _head(config, one, dataset_info, source)
   ours = {"params": state.params, "batch_stats": state.batch_stats}
   theirs = (source.state.ema if source.state.ema else  # what the source run evaluated
             {"params": source.state.params, "batch_stats": source.state.batch_stats})
+  if population:  # every member starts from the same loaded weights
+    theirs = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (population, *x.shape)), theirs)
   merged = _merge(ours, theirs, new_head)
   params, batch_stats = merged["params"], merged["batch_stats"]
-  tx = optim.make_optimizer(config, schedule, loaded=lambda path: f"params/{path}" not in new_head)
+  tx = optim.make_optimizer(config, schedule, loaded=lambda path: f"params/{path}" not in new_head,
+                            swept=members.swept(config))
   state = state.replace(
-      params=params, batch_stats=batch_stats, tx=tx, opt_state=tx.init(params),
+      params=params, batch_stats=batch_stats, tx=tx,
+      opt_state=jax.vmap(tx.init)(params) if population else tx.init(params),
       ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
       if state.ema else state.ema)
-  log(_summary(config, source, dataset_info, ours, new_head, frozen))
+  log(_summary(config, source, dataset_info, {"params": one.params,
+                                              "batch_stats": one.batch_stats}, new_head, frozen))
   return state
+
+
+def _source(init_from: str) -> Restored:
+  """The checkpoint init_from names, as one model: a population's member `member=K`."""
+  directory, which, member = parse_init_from(init_from)
+  source = restore(directory, which, task="classify")
+  size = members.count(source.config) if members.is_population(source.config) else 0
+  if size and member is None:
+    raise ConfigError(f"{directory} holds a population of {size} members: pick one with "
+                      f"{init_from}:member=K (K from 0 to {size - 1}).")
+  if member is not None and (not size or member >= size):
+    raise ConfigError(f"{directory} has no member {member}: it holds "
+                      + (f"{size} members (0 to {size - 1})." if size else "a single model; "
+                         "leave out :member=K."))
+  if size:
+    source.state = members.take(source.state, member)
+  return source
 
 
 def _paths(tree: Any) -> list[str]:

@@ -15,89 +15,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from training import tasks
 from training.console import log
-from training.errors import NonFiniteLossError, Preempted
+from training.errors import Preempted
+from training.members import step_of
 from training.model.build import param_count
 from training.modes import report
+from training.run.progress import Progress
 from training.run.setup import Run, setup, write_file
 from training.run.signals import StopOnSignal
-from training.store import checkpoint, records as records_lib
-
-
-def _check_finite(metrics: dict[str, np.ndarray], first_step: int,
-                  ckpt: checkpoint.Checkpointer | None = None) -> None:
-  """Stops on a NaN or infinite train metric, a loss or a gradient norm (an overflowing norm is
-  divergence too), naming the first step where one went."""
-  bad = []
-  for name in sorted(metrics, key=lambda k: ("loss" not in k, k)):  # a loss is named first
-    values = metrics[name]
-    where = np.flatnonzero(~np.isfinite(values))
-    if where.size:
-      what = {"grad_norm": "gradient norm"}.get(name, name.replace("_", " "))
-      bad.append((int(where[0]), what, values[where[0]]))
-  if bad:
-    index, what, value = min(bad, key=lambda b: b[0])
-    resume = (" To continue this run's last checkpoint with such changes, add "
-              "--config.checkpoint.allow_config_changes=True."
-              if ckpt is not None and ckpt.latest_step() is not None else "")
-    raise NonFiniteLossError(
-        f"The training {what} became {value} at step {first_step + index}. Training stopped "
-        "there, and no checkpoint from that step on was saved. Try a lower "
-        "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
-        f"--config.dtype=float32 if you use bfloat16.{resume}")
-
-
-class _Progress:
-  """One epoch between host syncs: the device results not yet fetched, the sums behind the
-  epoch's means, and the progress bar."""
-
-  def __init__(self, run: Run, epoch: int, first: int):
-    self.run = run
-    self.pending: list[tuple[Any, int]] = []  # (a call's metrics, its real steps)
-    self.count = 0  # steps trained in this process
-    # (steps, means) of each log record of the epoch, those before a resume read back from
-    # metrics.jsonl: the epoch's means come out as an uninterrupted run's, to the bit.
-    self.logged = _logged_before(run, epoch, first) if first else []
-    self.bar = tqdm(total=run.steps_per_epoch, initial=first,
-                    desc=f"epoch {epoch}/{run.config.num_epochs}", unit="step", leave=False,
-                    disable=not (run.config.progress_bar and run.primary), mininterval=0.5)
-
-  def flush(self, step: int) -> None:
-    """The only host sync of the loop: fetches the metrics of the calls since the last one,
-    checks them, and logs their means at `step`."""
-    fetched = jax.device_get([m for m, _ in self.pending])
-    stacked = {k: np.concatenate([np.atleast_1d(m[k])[:n] for m, (_, n)
-                                  in zip(fetched, self.pending)]) for k in fetched[0]}
-    n = len(stacked[self.run.task.bar_key])
-    _check_finite(stacked, step - n + 1, self.run.ckpt)
-    self.count += n
-    means = {f"train/{k}": float(v.mean()) for k, v in stacked.items()}
-    self.logged.append((n, means))
-    means["train/learning_rate"] = float(self.run.learning_rates[step - 1])
-    self.run.writer.write(step, means)
-    key = self.run.task.bar_key
-    self.bar.set_postfix({key: f"{means[f'train/{key}']:.4f}"}, refresh=False)
-    self.bar.update(n)
-    self.pending = []
-
-  def close(self) -> None:
-    self.bar.close()
-
-  def epoch_means(self) -> dict[str, float]:
-    return tasks.epoch_means(self.logged, self.run.task.epoch_keys)
-
-
-def _logged_before(run: Run, epoch: int, first: int) -> list[tuple[int, dict[str, float]]]:
-  """The log records of `epoch` up to its step `first`, where this run resumed, with the number
-  of steps each covers."""
-  epoch_start = (epoch - 1) * run.steps_per_epoch
-  records = [r for r in records_lib.read_records(run.workdir) if "epoch" not in r
-             and f"train/{run.task.bar_key}" in r and epoch_start < r["step"] <= epoch_start + first]
-  steps_before = [epoch_start] + [r["step"] for r in records[:-1]]
-  return [(r["step"] - before, r) for r, before in zip(records, steps_before)]
+from training.store import checkpoint
+from training.store import records as records_lib
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -108,19 +36,22 @@ def _crossed(before: int, after: int, every: int) -> bool:
 def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
                  ) -> tuple[Any, dict[str, float] | None]:
   """Trains steps i.. of `epoch`; returns (state, the epoch's metrics), or (state, None) when a
-  stop was requested. Logs and saves fall at multiples of their interval counted from the
-  epoch's start, so that every epoch is cut into the same calls (see DeviceSteps.train_steps)."""
+  stop came before its last step (a stop at the last step still ends the epoch: its evaluation
+  and record, as an uninterrupted run has them). Logs and saves fall at multiples of their
+  interval counted from the epoch's start, so that every epoch is cut into the same calls (see
+  DeviceSteps.train_steps)."""
   config, spe, t_epoch = run.config, run.steps_per_epoch, time.time()
   epoch_start = (epoch - 1) * spe
   save_every = config.checkpoint.every_steps if run.ckpt else 0
   perm = run.driver.permutation(run.shuffle_key, epoch, len(run.ds.train))
-  progress = _Progress(run, epoch, i)
+  progress = Progress(run, epoch, i)
   with contextlib.closing(progress):  # also on errors: their message gets a line of its own
     first = i
     while i < spe:
       n = run.driver.call_length(i, spe, run.stop_at - epoch_start if run.stop_at else None)
       state, step_metrics = run.driver.train_steps(state, *run.arrays["train"], perm, i, n)
-      progress.pending.append((step_metrics, n))
+      progress.add(step_metrics, n)
+      run.profiler.after_call(state, n)
       i, step = i + n, epoch_start + i + n
       if step == run.stop_at and step < run.total_steps:
         stop.request("stop_after_steps")
@@ -132,14 +63,14 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
           or (stop.requested and jax.process_count() == 1)):
         progress.flush(step)
         stop.sync(step, run.ckpt)
-      if stop.requested:
+      if stop.requested and i < spe:
         return state, None
       if saving:
         run.ckpt.save(state)
   return state, _end_epoch(run, state, epoch, first, progress, t_epoch)
 
 
-def _end_epoch(run: Run, state: Any, epoch: int, first: int, progress: _Progress,
+def _end_epoch(run: Run, state: Any, epoch: int, first: int, progress: Progress,
                t_epoch: float) -> dict[str, float]:
   """Evaluates after an epoch, logs its line and record, and returns its metrics."""
   config, train_time = run.config, time.time() - t_epoch
@@ -155,7 +86,7 @@ def _end_epoch(run: Run, state: Any, epoch: int, first: int, progress: _Progress
             "time/steps_per_s": progress.count / train_time})
   run.writer.write(epoch * run.steps_per_epoch, m, epoch=epoch)
   log(line + f"  |  {epoch_time:.1f}s ({progress.count / train_time:.1f} steps/s)")
-  return m
+  return records_lib.aggregate(m)
 
 
 def _train(run: Run, state: Any, history: list[dict[str, Any]]
@@ -168,17 +99,18 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
     for epoch in range(first_epoch, config.num_epochs + 1):
       first = run.start_step - (epoch - 1) * spe if epoch == first_epoch else 0
       state, epoch_metrics = _train_epoch(run, state, epoch, first, stop)
-      if epoch_metrics is None:
-        run.ckpt.save(state)
+      if epoch_metrics is not None:
+        history.append(epoch_metrics)
+        if run.ckpt and (epoch % config.checkpoint.every_epochs == 0
+                         or epoch == config.num_epochs):
+          best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
+          run.ckpt.save(state, best)
+      if stop.requested and step_of(state) < run.total_steps:  # at the end: finish as usual
+        run.ckpt.save(state)  # nothing new when the epoch's save has just written this step
         run.ckpt.wait()
-        raise Preempted(f"Stopped by {stop.signal_name} at step {int(state.step)}; a "
+        raise Preempted(f"Stopped by {stop.signal_name} at step {step_of(state)}; a "
                         f"checkpoint was saved in {run.ckpt.directory}. Re-run the same command "
                         "to resume.")
-      history.append(epoch_metrics)
-      if run.ckpt and (epoch % config.checkpoint.every_epochs == 0
-                       or epoch == config.num_epochs):
-        best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
-        run.ckpt.save(state, best)
   return state
 
 
@@ -187,11 +119,20 @@ def _finish(run: Run, state: Any, history: list[dict[str, Any]],
   """The task's final evaluation; writes its report and test_metrics.json; returns the summary."""
   test, report = run.task.finish(run, state)
   log(report)
-  summary = {**(history[-1] if history else {}), "epochs": history, "test": test,
+  # A population's members, their accuracy's mean and spread and their ensemble stand beside
+  # "test" (the members' means), as test_metrics.json shows them.
+  population = {k: test.pop(k) for k in ("members", "mean", "std", "ensemble") if k in test}
+  summary = {**(history[-1] if history else {}), "epochs": history, "test": test, **population,
              "time/train_s": time.time() - run.t_train, "time/total_s": time.time() - t_start,
-             "num_params": param_count(state.params)}
+             "num_params": param_count(state.params) // max(len(run.members), 1)}
   if run.workdir is not None and run.primary:
-    run.writer.write(run.total_steps, {f"test/{k}": test[k] for k in run.task.final_keys})
+    final = {f"test/{k}": test[k] for k in run.task.final_keys}
+    if population:
+      final.update({f"test/{k}": np.asarray([m[k] for m in population["members"]])
+                    for k in run.task.final_keys})
+      final.update({f"test/ensemble_{k}": v for k, v in population.get("ensemble", {}).items()
+                    if k in ("accuracy", "loss")})
+    run.writer.write(run.total_steps, final)
     run.writer.write_text("test_report", report)
     write_file(run.workdir, "test_metrics.json", json.dumps(summary, indent=2))
   return summary
@@ -215,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
                if changes is not None and run.primary else [])
     run.t_train = time.time()
     state = _train(run, state, history)
+    run.profiler.stop(state)  # a run shorter than profile_steps
     summary = _finish(run, state, history, t_start)
     if config.report and run.task.reports and run.ckpt is not None and run.primary and (
         jax.process_count() == 1):
@@ -222,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
       _write_report(workdir, run)
   finally:
     run.close()
-  log(f"done in {summary['time/total_s']:.1f}s: {run.task.headline(summary['test'])}")
+  log(f"done in {summary['time/total_s']:.1f}s: "
+      f"{run.task.headline({**summary['test'], **_population(summary)})}")
   return state, summary
 
 
@@ -236,3 +179,7 @@ def _write_report(workdir: str, run: Run) -> None:
       log(written["unsaved"])
   except report.ReportError as e:
     log(f"Warning: no report was written: {e}")
+
+
+def _population(summary: dict[str, Any]) -> dict[str, Any]:
+  return {k: summary[k] for k in ("members", "mean", "std", "ensemble") if k in summary}

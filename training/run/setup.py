@@ -13,13 +13,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from training import data, tasks
+from training import data, members, tasks
 from training.console import log
 from training.data import Dataset
 from training.errors import ConfigError, workdir_write_error
-from training.model import device, mesh as mesh_lib, optim
+from training.members import step_of
+from training.model import device, optim
+from training.model import mesh as mesh_lib
 from training.model.build import model_error, param_count
 from training.run import checks, finetune
+from training.run.profile import Profiler
 from training.store.checkpoint import Checkpointer
 from training.store.lock import WorkdirLock
 from training.store.records import MetricWriter
@@ -36,7 +39,9 @@ class Run:
   schedule: Callable[[Any], Any]  # the learning rate at a step (optax)
   learning_rates: np.ndarray  # the schedule's value at each step, computed once
   steps_per_epoch: int
-  shuffle_key: jax.Array | None = None  # each epoch's order is a permutation drawn from it
+  members: list[members.Member]  # a population's members; [] for a single model
+  shuffle_key: jax.Array | None = None  # each epoch's order is drawn from it (each member's)
+  profiler: Profiler = dataclasses.field(default_factory=lambda: Profiler(0, None))
   ckpt: Checkpointer | None = None
   lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
   writer: MetricWriter | None = None
@@ -48,6 +53,11 @@ class Run:
   @property
   def total_steps(self) -> int:
     return self.config.num_epochs * self.steps_per_epoch
+
+  def lr_scales(self) -> np.ndarray:
+    """Each member's learning rate as a multiple of the config's (a sweep may vary it)."""
+    lr = self.config.learning_rate
+    return np.asarray([m.values.get("learning_rate", lr) / lr for m in self.members])
 
   @property
   def primary(self) -> bool:  # every process computes the same metrics; process 0 writes them
@@ -91,8 +101,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
         log(run.lock.note)
     if workdir is not None and config.checkpoint.enabled:
       state, changes = _resume(run, state, workdir)
-    run.workdir, run.start_step = workdir, int(state.step)
+    run.workdir, run.start_step = workdir, step_of(state)
     run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
+    run.profiler = Profiler(config.get("profile_steps", 0), workdir if run.primary else None)
     _open_outputs(run, state, changes)
   except BaseException:
     run.close()
@@ -107,26 +118,37 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
     raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(ds.train)} training "
                       "examples; lower --config.batch_size.")
   schedule = optim.make_schedule(config, steps_per_epoch)
-  # Auto axes: XLA propagates the batch sharding; parameters stay replicated.
+  # Auto axes: XLA propagates the batch sharding; parameters stay replicated (or, for a
+  # population, split by member over a "members" axis).
   mesh = mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes)
+  population = members.members(config) if members.is_population(config) else []
+  key = jax.random.PRNGKey(0)
+  mode = (device.choose_member_map(config, mesh, lambda: task.init_state(schedule, key, key))
+          if population else "vmap")
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
-                              steps_per_epoch=steps_per_epoch, step=task.train_step)
+                              steps_per_epoch=steps_per_epoch, step=task.train_step,
+                              members=len(population), mode=mode)
   return Run(config, None, ds, task, driver, schedule,
-             _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch)
+             _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch,
+             population)
 
 
 def _initial_state(run: Run) -> Any:
   """The task's freshly initialized state (with `init_from`'s weights, if set: a resumed run then
   restores its own checkpoint over them), on the devices."""
   config = run.config
-  init_key, train_key, run.shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   try:
-    state = run.task.init_state(run.schedule, init_key, train_key)
+    if run.members:
+      run.shuffle_key = members.member_keys(run.members)[2]
+      state = run.task.init_population(run.schedule, run.members)
+    else:
+      init_key, train_key, run.shuffle_key = members.seed_keys(config.seed)
+      state = run.task.init_state(run.schedule, init_key, train_key)
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ConfigError(model_error(config, run.ds.image_shape, e)) from e
-  state = finetune.initialize(config, state, run.ds.info(), run.schedule)
-  return run.driver.put(state)
+  state = finetune.initialize(config, state, run.ds.info(), run.schedule, len(run.members))
+  return run.driver.put_state(state)
 
 
 def write_file(workdir: str, name: str, text: str) -> None:
@@ -151,11 +173,11 @@ def _resume(run: Run, state: Any, workdir: str
   if run.ckpt.latest_step() is None:
     return state, None
   state, changes = run.ckpt.resume(state)
-  if int(state.step) > run.total_steps:
+  if step_of(state) > run.total_steps:
     raise ConfigError(
-        f"The checkpoint in {run.ckpt.directory} is at step {int(state.step)}, past the "
+        f"The checkpoint in {run.ckpt.directory} is at step {step_of(state)}, past the "
         f"{config.num_epochs} epochs ({run.total_steps} steps) of this config. Raise "
-        f"--config.num_epochs to at least {-(-int(state.step) // run.steps_per_epoch)}, "
+        f"--config.num_epochs to at least {-(-step_of(state) // run.steps_per_epoch)}, "
         f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or use "
         "another --workdir.")
   return state, changes
@@ -164,9 +186,12 @@ def _resume(run: Run, state: Any, workdir: str
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   """The metric writer, config.json, the data on the devices, and the run's opening lines."""
   config, ds, workdir = run.config, run.ds, run.workdir
+  if changes is None and workdir is not None and run.primary:
+    _keep_aside(workdir)
   # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
   run.writer = MetricWriter(workdir, enabled=workdir is not None and run.primary,
-                                        resume_step=None if changes is None else run.start_step)
+                            resume_step=None if changes is None else run.start_step,
+                            members=len(run.members))
   if workdir is not None and run.primary:
     write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
     run.writer.write_text("config", str(config))
@@ -176,7 +201,11 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   run.arrays["test"] = run.driver.put_eval(ds.test.images, ds.test.labels)
   mesh = run.driver.mesh
   procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  log(f"{config.model.name}: {param_count(state.params):,} parameters | {ds.name}: "
+  size = len(run.members)
+  weights = (f"{param_count(state.params) // size:,} parameters x {size} members "
+             f"({run.driver.mode} over members)" if size
+             else f"{param_count(state.params):,} parameters")
+  log(f"{config.model.name}: {weights} | {ds.name}: "
       f"{len(ds.train)} train, {len(ds.validation) if ds.validation else 0} validation, "
       f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s){procs}, mesh "
       f"{dict(mesh.shape)} | {config.num_epochs} epoch{'s' * (config.num_epochs != 1)} of "
@@ -186,6 +215,27 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
         "meant for GPU/TPU. On CPU use --config.dtype=float32.")
   if changes is not None:
     _log_resume(run, changes)
+
+
+def _keep_aside(workdir: str) -> None:
+  """A fresh run in a workdir that holds an earlier run's records (one killed before its first
+  checkpoint, or trained without checkpoints) starts records of its own: the earlier ones are
+  renamed metrics.jsonl.N and tensorboard.N, with the first free N, never deleted."""
+  old = [name for name in ("metrics.jsonl", "tensorboard")
+         if os.path.exists(os.path.join(workdir, name))]
+  if not old:
+    return
+  n = 1
+  while any(os.path.exists(os.path.join(workdir, f"{name}.{n}")) for name in old):
+    n += 1
+  try:
+    for name in old:
+      os.replace(os.path.join(workdir, name), os.path.join(workdir, f"{name}.{n}"))
+  except OSError as e:
+    raise workdir_write_error(f"{old[0]}.{n}", workdir, e) from e
+  log(f"Note: {workdir} held the records of an earlier run that left no checkpoint to resume; "
+      f"they were kept as {' and '.join(f'{name}.{n}' for name in old)}, and this run starts "
+      "its own.")
 
 
 def _log_resume(run: Run, changes: dict[str, str]) -> None:

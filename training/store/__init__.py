@@ -2,6 +2,7 @@
 
 - checkpoint.py  orbax checkpoints: the latest N plus the best, exact resume, clear errors for
                  damaged, mismatched or unwritable checkpoints
+- orbax_io.py    how orbax reports failed reads and writes, and waiting for its threads
 - records.py     metrics.jsonl and TensorBoard events (MetricWriter), and reading them back
 - lock.py        one writing run per workdir
 

@@ -25,9 +25,8 @@ import glob
 import json
 import os
 import shutil
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -36,6 +35,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
+from training.members import step_of
+from training.store.orbax_io import join_orbax_threads, read_errors_as
 
 BEST_METRIC = "validation/accuracy"
 
@@ -49,6 +50,11 @@ class ConfigChangedError(CheckpointMismatchError):
 
 class DamagedCheckpointError(ConfigError):
   """A committed checkpoint whose files cannot be read (a disk fault, a stray edit)."""
+
+
+class CheckpointGoneError(ConfigError):
+  """A checkpoint removed while it was read: the run writing the workdir keeps only its latest
+  ones. Another checkpoint can be read instead; nothing is damaged."""
 
 
 class CheckpointWriteError(WorkdirWriteError):
@@ -66,56 +72,20 @@ TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "cache_dir",
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
-                     "progress_bar", "test_every_epoch", "report")  # and checkpoint.*
-
-
-# What orbax and tensorstore raise on unreadable files and metadata.
-_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
-
-
-def _read_error(e: BaseException) -> BaseException | None:
-  """The read error behind `e`, the innermost one: orbax re-raises tensorstore's failed reads of
-  array chunks as a bare `Exception` whose cause is the real error."""
-  found = None
-  while e is not None:
-    if isinstance(e, _READ_ERRORS):
-      found = e
-    e = e.__cause__ or e.__context__
-  return found
-
-
-@contextlib.contextmanager
-def _read_errors_as(explain: Callable[[BaseException], Exception]) -> Iterator[None]:
-  """Re-raises a failed read of checkpoint files as `explain(the read error)`; our own
-  ConfigErrors, already explained, and unrelated errors pass unchanged."""
-  try:
-    yield
-  except ConfigError:
-    raise
-  except Exception as e:
-    cause = _read_error(e)
-    if cause is None:
-      raise
-    raise explain(cause) from e
-
-
-def _join_orbax_threads(timeout_s: float) -> None:
-  """Waits for orbax's background threads (the writes of a save that failed elsewhere go on, and
-  would recreate files of the partial checkpoint after it was removed). Orbax's threads re-raise
-  their own failure from `join`: it is the one being reported, so it is not raised again here."""
-  deadline = time.monotonic() + timeout_s
-  for thread in threading.enumerate():
-    if (thread is not threading.current_thread() and not thread.daemon
-        and type(thread).__module__.startswith("orbax.")):
-      with contextlib.suppress(Exception):
-        thread.join(max(0.0, deadline - time.monotonic()))
+                     "progress_bar", "test_every_epoch", "report",
+                     "population_mode", "profile_steps")  # and checkpoint.*
 
 
 def _state_tree(state: Any) -> dict[str, Any]:
   """A train state's arrays as one tree, {field: value}: every field but the static ones (the
-  apply function and the optimizer, which are code), for any task's state dataclass."""
-  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-          if f.metadata.get("pytree_node", True)}
+  apply function and the optimizer, which are code), and those marked saved_if_empty=False
+  while they are empty (fields added later, that older checkpoints lack), for any task's state
+  dataclass."""
+  def saved(field: dataclasses.Field) -> bool:
+    value = getattr(state, field.name)
+    return field.metadata.get("pytree_node", True) and (
+        field.metadata.get("saved_if_empty", True) or value != {})
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if saved(f)}
 
 
 def _key_name(key: Any) -> str:
@@ -217,7 +187,7 @@ class Checkpointer:
     if self._failed:
       raise self._failed
     self._wait()  # orbax's save would wait for it too; this tells which step failed
-    step = int(state.step)
+    step = step_of(state)
     if step in self.manager.all_steps():
       return
     # Scalars as 0-d arrays: orbax 0.11.17 refuses a numpy one ("Unsupported type").
@@ -253,7 +223,7 @@ class Checkpointer:
   def _write_failed(self, e: BaseException) -> CheckpointWriteError:
     """Removes the partial checkpoint; the error names the cause, the free space and the way on."""
     step, self._saving = self._saving, None
-    _join_orbax_threads(timeout_s=60)  # its other writes of the failed save are still under way
+    join_orbax_threads(timeout_s=60)  # its other writes of the failed save are still under way
     removed = self._remove_partial()
     committed = [s for s in self._committed() if s != step]
     size = (f"; a checkpoint of this run takes about {mib(self._state_bytes)}"
@@ -297,7 +267,7 @@ class Checkpointer:
                "written by this version of the trainer, or it is damaged. Train again into a new "
                "--workdir (or pass --checkpoint=<another step>).")
     # orbax's own error only lists the items present, without saying what to do.
-    with _read_errors_as(lambda _: CheckpointMismatchError(problem)):
+    with read_errors_as(lambda _: self._gone(step) or CheckpointMismatchError(problem)):
       value = self.manager.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.JsonRestore()}))[item]
     if not value:
@@ -309,15 +279,25 @@ class Checkpointer:
     refusal of other shapes."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
-    with _read_errors_as(lambda cause: self._damaged(step, cause)):
+    with read_errors_as(lambda cause: self._damaged(step, cause)):
       self._check_shapes(self.manager.item_metadata(step)["state"], target, step, why)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
     return state.replace(**restored)
 
-  def _damaged(self, step: int, cause: BaseException) -> DamagedCheckpointError:
+  def _gone(self, step: int) -> CheckpointGoneError | None:
+    """The error for a checkpoint that a running training rotated away while it was read."""
+    if os.path.isdir(os.path.join(self.directory, str(step))):
+      return None
+    return CheckpointGoneError(
+        f"Checkpoint {step} in {self.directory} was removed while it was read: the run training "
+        "there keeps only its latest checkpoints. Read it again, or pass --checkpoint=best.")
+
+  def _damaged(self, step: int, cause: BaseException) -> ConfigError:
     """Names the step and the way out; the files are left as they are, for a look or a rescue."""
+    if gone := self._gone(step):
+      return gone
     earlier = [s for s in self.all_steps() if s < step]
     detail = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
     way_out = (f"To resume from the previous checkpoint (step {max(earlier)}), move this one "

@@ -8,6 +8,8 @@ import json
 import os
 from typing import Any, Iterator, Mapping
 
+import numpy as np
+
 from training.errors import WorkdirWriteError, workdir_write_error
 
 
@@ -28,9 +30,10 @@ def read_records(workdir: str) -> list[dict[str, Any]]:
 
 def read_epochs(workdir: str, up_to_step: int) -> list[dict[str, Any]]:
   """The per-epoch records that `MetricWriter` wrote to `workdir` up to `up_to_step`, the last
-  one of each epoch (a run killed after logging an epoch logs it again when it resumes)."""
+  one of each epoch (a run killed after logging an epoch logs it again when it resumes); of a
+  population, the records of the members' means."""
   epochs = {r["epoch"]: r for r in read_records(workdir)
-            if "epoch" in r and r["step"] <= up_to_step}
+            if "epoch" in r and "member" not in r and r["step"] <= up_to_step}
   return [{k: v for k, v in epochs[e].items() if k not in ("step", "epoch")}
           for e in sorted(epochs)]
 
@@ -84,14 +87,19 @@ class MetricWriter:
 
   A failed write (a full disk) raises `WorkdirWriteError`, which names the file and the free
   space; TensorBoard's events are written by a thread, whose failure is raised at the next call.
+
+  `members`: a population's size. Values that are arrays (one per member) are then written as
+  one record per member (with "member": k) and in TensorBoard runs of their own
+  (`tensorboard/member_<k>`, overlaid by TensorBoard), beside a record of their means and
+  standard deviations (`aggregate`) with the values that are numbers (an ensemble's).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
-    self.enabled = enabled
-    self.workdir = workdir
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None,
+               members: int = 0):
+    self.enabled, self.workdir, self.members = enabled, workdir, members
     self.dropped = 0  # records dropped from metrics.jsonl by resume_step
     self._jsonl = None
-    self._tb = None
+    self._tb, self._member_tb = None, []
     self._tb_error: BaseException | None = None
     if enabled:
       path = os.path.join(workdir, "metrics.jsonl")
@@ -100,19 +108,25 @@ class MetricWriter:
         if resume_step is not None:
           self.dropped = drop_records_after(path, resume_step)
         self._jsonl = open(path, "a", buffering=1)
-      from tensorboardX import SummaryWriter  # writes event files without TensorFlow
-      with self._write_errors("tensorboard/"):
-        # A file of its own even when two writers start in one second (the name has the time in
-        # seconds): the later one would truncate the other's.
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 purge_step=None if resume_step is None else resume_step + 1,
-                                 filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
-      self._catch_event_write_errors()
+      purge = None if resume_step is None else resume_step + 1
+      self._tb = self._open_events(os.path.join(workdir, "tensorboard"), purge)
+      self._member_tb = [self._open_events(os.path.join(workdir, "tensorboard", f"member_{k}"),
+                                           purge) for k in range(members)]
 
-  def _catch_event_write_errors(self) -> None:
+  def _open_events(self, directory: str, purge_step: int | None) -> Any:
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    with self._write_errors("tensorboard/"):
+      # A file of its own even when two writers start in one second (the name has the time in
+      # seconds): the later one would truncate the other's.
+      tb = SummaryWriter(directory, purge_step=purge_step,
+                         filename_suffix=f".{os.getpid()}.{next(_WRITERS)}")
+    self._catch_event_write_errors(tb)
+    return tb
+
+  def _catch_event_write_errors(self, tb: Any) -> None:
     """tensorboardX writes events in a thread, which a failed write would end with a traceback
     (and a full queue would then block the next add): keep the error for the main thread."""
-    events = getattr(getattr(getattr(self._tb, "file_writer", None), "event_writer", None),
+    events = getattr(getattr(getattr(tb, "file_writer", None), "event_writer", None),
                      "_ev_writer", None)
     if events is None:
       return
@@ -144,13 +158,21 @@ class MetricWriter:
   def _error(self, what: str, e: BaseException) -> WorkdirWriteError:
     return workdir_write_error(what, self.workdir, e)
 
-  def write(self, step: int, scalars: Mapping[str, float], **extra: Any) -> None:
+  def write(self, step: int, scalars: Mapping[str, Any], **extra: Any) -> None:
     if not self.enabled:
       return
+    if self.members:
+      for k, tb in enumerate(self._member_tb):
+        own = {key: float(v[k]) for key, v in scalars.items() if np.ndim(v) == 1}
+        self._write(tb, step, own, {**extra, "member": k})
+      scalars = aggregate(scalars)
+    self._write(self._tb, step, scalars, extra)
+
+  def _write(self, tb: Any, step: int, scalars: Mapping[str, float], extra: dict) -> None:
     with self._write_errors("metrics.jsonl"):
       self._jsonl.write(json.dumps({"step": step, **extra, **scalars}) + "\n")
       for k, v in scalars.items():
-        self._tb.add_scalar(k, v, step)
+        tb.add_scalar(k, v, step)
 
   def write_text(self, tag: str, text: str, step: int = 0) -> None:
     if self.enabled:
@@ -165,10 +187,25 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.enabled:
-      jsonl, tb, self.enabled = self._jsonl, self._tb, False  # closed once, even if that fails
+      jsonl, self.enabled = self._jsonl, False  # closed once, even if that fails
       try:
         with self._write_errors("metrics.jsonl"):
           jsonl.close()
       finally:
         with self._write_errors("tensorboard/"):
-          tb.close()
+          for tb in [self._tb, *self._member_tb]:
+            tb.close()
+
+
+def aggregate(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """A population's metrics as numbers: each array (one value per member) as its mean, with its
+  standard deviation as "<key>_std"; numbers as they are. A single model's are unchanged."""
+  out = {}
+  for k, v in metrics.items():
+    if np.ndim(v) == 1:
+      values = np.asarray(v, np.float64)
+      out[k] = float(values.mean())
+      out[f"{k}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    else:
+      out[k] = v
+  return out

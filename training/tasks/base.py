@@ -15,9 +15,12 @@ import os
 import pkgutil
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 import nets
+from training import members
 from training.errors import ConfigError
 from training.settings import task_name
 
@@ -47,6 +50,18 @@ class Task:
   def init_state(self, schedule: Callable, init_key, train_key) -> Any:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
     raise NotImplementedError
+
+  def init_population(self, schedule: Callable, population: list[members.Member]) -> Any:
+    """The members' initial states stacked along a leading axis: each as `init_state` makes it
+    from its seed's keys (so it starts where a single run of that seed would), with its swept
+    values in the state's `hyper` (a task whose state has none refuses sweeps in check_config)."""
+    init_keys, train_keys, _ = members.member_keys(population)
+    state = jax.vmap(lambda a, b: self.init_state(schedule, a, b))(init_keys, train_keys)
+    swept = members.swept(self.config)
+    if swept:
+      state = state.replace(hyper={f: jnp.asarray([m.values[f] for m in population], jnp.float32)
+                                   for f in swept})
+    return state
 
   def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
     """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""

@@ -6,7 +6,9 @@ import functools
 from typing import Any, Callable
 
 import ml_collections
+import numpy as np
 
+from training import members
 from training.model import build, optim, scores, state as state_lib, steps
 from training.tasks import base
 
@@ -30,32 +32,69 @@ class Classify(base.Task):
 
   def init_state(self, schedule: Callable, init_key, train_key) -> state_lib.TrainState:
     model = build.build_model(self.config, self.num_classes)
-    tx = optim.make_optimizer(self.config, schedule)
+    swept = members.swept(self.config)
+    tx = optim.make_optimizer(self.config, schedule, swept=swept)
     return state_lib.create_train_state(model, tx, self.image_shape, init_key, train_key,
-                                        ema=self.config.ema_decay > 0)
+                                        ema=self.config.ema_decay > 0 or "ema_decay" in swept)
 
-  def train_line(self, means: dict[str, float]) -> str:
-    return f"train loss {means['train/loss']:.4f} acc {means['train/accuracy']:.2%}"
+  def train_line(self, means: dict[str, Any]) -> str:
+    return (f"train loss {scores.spread(means['train/loss'], '.4f')} acc "
+            f"{scores.spread(means['train/accuracy'], '.2%')}")
 
-  def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, float], str]:
-    """The validation split's loss and accuracy (and the test split's, with test_every_epoch)."""
+  def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, Any], str]:
+    """The validation split's loss and accuracy (and the test split's, with test_every_epoch):
+    for a population, each member's (arrays) and their ensemble's."""
     m, line = {}, ""
-    if "validation" in run.arrays:
-      val = scores.summarize(run.driver.evaluate(state, *run.arrays["validation"]))
-      m.update({"validation/loss": val["loss"], "validation/accuracy": val["accuracy"]})
-      line += f"  |  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
-    if self.config.test_every_epoch:
-      test = scores.summarize(run.driver.evaluate(state, *run.arrays["test"]))
-      m.update({"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
-      line += f"  |  test acc {test['accuracy']:.2%}"
+    for split, short in (("validation", "val"), ("test", "test")):
+      if split in run.arrays and (split == "validation" or self.config.test_every_epoch):
+        scored, ensemble = self._scores(run, state, split)
+        m.update({f"{split}/loss": scored["loss"], f"{split}/accuracy": scored["accuracy"]})
+        line += (f"  |  {short} loss {scores.spread(scored['loss'], '.4f')} acc "
+                 f"{scores.spread(scored['accuracy'], '.2%')}")
+        if ensemble is not None:
+          m.update({f"{split}/ensemble_loss": ensemble["loss"],
+                    f"{split}/ensemble_accuracy": ensemble["accuracy"]})
+          best = int(np.argmax(scored["accuracy"]))
+          line += (f" (best member {best}: {scored['accuracy'][best]:.2%}; ensemble "
+                   f"{ensemble['accuracy']:.2%})")
     return m, line
 
+  def _scores(self, run, state, split: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the scores of `split`: numbers, or for a population arrays of each member's; the
+    ensemble's scores, or None for a single model)."""
+    totals = run.driver.evaluate(state, *run.arrays[split])
+    if not run.members:
+      return scores.summarize(totals), None
+    each = [scores.summarize(members.take(totals["members"], k)) for k in range(len(run.members))]
+    return ({k: np.asarray([e[k] for e in each]) for k in ("loss", "accuracy", "macro_f1")},
+            scores.summarize(totals["ensemble"]))
+
   def finish(self, run, state) -> tuple[dict[str, Any], str]:
-    test = scores.summarize(run.driver.evaluate(state, *run.arrays["test"]))
-    return test, scores.format_report(test, run.ds.class_names)
+    """The test scores; for a population, the members' mean and each member's, the spread of
+    their accuracy, and the ensemble's full scores."""
+    scored, ensemble = self._scores(run, state, "test")
+    if ensemble is None:
+      return scored, scores.format_report(scored, run.ds.class_names)
+    mean, std = members.summary(scored["accuracy"])
+    table = [{"member": m.index, "seed": m.seed, **m.values,
+              **{k: float(scored[k][m.index]) for k in ("accuracy", "loss", "macro_f1")}}
+             for m in run.members]
+    test = {"accuracy": mean, "loss": float(np.mean(scored["loss"])),
+            "macro_f1": float(np.mean(scored["macro_f1"])), "count": ensemble["count"],
+            "members": table, "mean": mean, "std": std, "ensemble": ensemble}
+    lines = [f"test: member {m.index} ({m.label()}): loss {row['loss']:.4f}  accuracy "
+             f"{row['accuracy']:.2%}  macro F1 {row['macro_f1']:.4f}"
+             for m, row in zip(run.members, table)]
+    report = scores.format_report(ensemble, run.ds.class_names).replace("test:", "ensemble:", 1)
+    return test, "\n".join(lines + [report])
 
   def headline(self, test: dict[str, Any]) -> str:
-    return f"test accuracy {test['accuracy']:.2%}"
+    if "members" not in test:
+      return f"test accuracy {test['accuracy']:.2%}"
+    n = len(test["members"])
+    what = "members" if members.swept(self.config) else "seeds"
+    return (f"test accuracy {test['mean'] * 100:.2f} +- {test['std'] * 100:.2f}% over {n} {what}; "
+            f"ensemble {test['ensemble']['accuracy']:.2%}")
 
 
 base.register("classify", Classify)

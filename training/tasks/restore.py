@@ -11,37 +11,69 @@ from typing import Any
 import jax
 import ml_collections
 
-from training import settings
+from training import members, settings
 from training.errors import ConfigError
 from training.model import optim
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import Checkpointer, CheckpointGoneError
 from training.tasks import base
+
+
+READ_ATTEMPTS = 5  # a training run rotates a checkpoint away at most once per save
 
 
 @dataclasses.dataclass
 class Restored:
-  state: Any  # the task's train state
+  state: Any  # the task's train state (a population's: its members' stacked)
   config: ml_collections.ConfigDict  # the config that trained it
   dataset_info: dict[str, Any]  # image_shape, num_classes, class_names, name
   step: int
   which: str  # "best", "latest" or "step"
+  members: list[members.Member] = dataclasses.field(default_factory=list)  # [] unless stacked
+  member: members.Member | None = None  # the member taken out of a population, if one was
+
+  def describe(self) -> str:
+    """What the state is: "the ensemble of 5 members", "member 2 (seed 2) of 5", or ""."""
+    if self.members:
+      return f"the ensemble of {len(self.members)} members"
+    if self.member is not None:
+      return f"member {self.member.index} ({self.member.label()})"
+    return ""
 
 
 def abstract_state(config: ml_collections.ConfigDict, dataset_info: dict[str, Any]) -> Any:
-  """The train state that `config`'s task would start from, as shapes and dtypes on the first
-  local device: a restore target that costs no initialization."""
+  """The train state that `config`'s task would start from (a population's: its members'
+  stacked), as shapes and dtypes on the first local device: a restore target that costs no
+  initialization."""
   task = base.get(config, dataset_info["num_classes"], tuple(dataset_info["image_shape"]))
   key = jax.random.PRNGKey(0)
   schedule = optim.make_schedule(config, steps_per_epoch=1)
-  shapes = jax.eval_shape(lambda: task.init_state(schedule, key, key))
+  if members.is_population(config):
+    population = members.members(config)
+    shapes = jax.eval_shape(lambda: task.init_population(schedule, population))
+  else:
+    shapes = jax.eval_shape(lambda: task.init_state(schedule, key, key))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
 
 
-def restore(workdir: str, which: str = "best", task: str | None = "classify") -> Restored:
+def restore(workdir: str, which: str = "best", task: str | None = "classify",
+            member: int | None = None) -> Restored:
   """The checkpoint `which` ("best" by validation accuracy, "latest", or a step number) of a
-  run of `task` (None: any task; another task's run is refused: its state and uses differ)."""
+  run of `task` (None: any task; another task's run is refused: its state and uses differ).
+  Of a population, its members' states stacked, or member `member` alone. A "best" or "latest"
+  checkpoint that a run training in the workdir rotates away while it is read is chosen again."""
+  for attempt in range(READ_ATTEMPTS):
+    try:
+      restored = _restore(workdir, which, task)
+      break
+    except CheckpointGoneError:
+      if which not in ("best", "latest") or attempt == READ_ATTEMPTS - 1:
+        raise
+  return restored if member is None else take_member(restored, member, workdir)
+
+
+def _restore(workdir: str, which: str, task: str | None) -> Restored:
   ckpt = Checkpointer.reader(workdir)
   try:
     step, which = ckpt.choose(which)
@@ -55,4 +87,16 @@ def restore(workdir: str, which: str = "best", task: str | None = "classify") ->
     state = ckpt.restore(abstract_state(config, info), step)
   finally:
     ckpt.close()
-  return Restored(state, config, info, step, which)
+  return Restored(state, config, info, step, which,
+                  members.members(config) if members.is_population(config) else [])
+
+
+def take_member(restored: Restored, k: int, workdir: str) -> Restored:
+  """Member `k` of a restored population, as one model."""
+  size = len(restored.members)
+  if not 0 <= k < size:
+    raise ConfigError(f"--member={k}: {workdir} holds " + (
+        f"a population of {size} members: choose 0 to {size - 1}." if size else
+        "a single model, not a population: leave out --member."))
+  return dataclasses.replace(restored, state=members.take(restored.state, k), members=[],
+                             member=restored.members[k])

@@ -63,8 +63,10 @@ def _metrics_tables(found: dict[str, Any], final: dict[str, Any] | None, names, 
           + html_table(["class", "examples", "precision", "recall (accuracy)", "F1"], per_class))
 
 
-def report_html(workdir, restored, records, found, final, pngs, summary: str) -> str:
-  """The self-contained report page: the figures are embedded as data URIs."""
+def report_html(workdir, restored, records, found, final, pngs, summary: str,
+                members: Sequence[str] = ()) -> str:
+  """The self-contained report page: the figures are embedded as data URIs; `members`: a
+  population's section (its members' table and sweep figure)."""
   info, config = restored.dataset_info, restored.config
   names = [str(n) for n in info["class_names"]]
   ckpt = f"{restored.which} checkpoint (step {restored.step})"
@@ -76,6 +78,7 @@ def report_html(workdir, restored, records, found, final, pngs, summary: str) ->
           f'<p class="meta">{html.escape(progress)}; figures of the {html.escape(ckpt)} on the '
           f"test split ({found['test']['count']:,} examples); written {html.escape(now)}</p>",
           "<h2>Test metrics</h2>", _metrics_tables(found, final, names, ckpt),
+          *members,
           "<h2>Learning curves</h2>", img("learning_curves", pngs["learning_curves"]),
           "<h2>Errors by class</h2>", img("confusion_matrix", pngs["confusion_matrix"]),
           img("per_class", pngs["per_class"]),
@@ -84,4 +87,5 @@ def report_html(workdir, restored, records, found, final, pngs, summary: str) ->
           f"<h2>Config ({html.escape(ckpt)})</h2>",
           f"<pre>{html.escape(json.dumps(config.to_dict(), indent=2, sort_keys=True))}</pre>"]
   return page(title, "\n".join(body))
+
 

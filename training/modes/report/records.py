@@ -56,27 +56,42 @@ def check_writable(directory: str) -> None:
 
 def read_metrics(workdir: str) -> dict[str, Any]:
   """`metrics.jsonl` as {"steps": per-log-step records, "epochs": per-epoch records, "final":
-  the last end-of-run record or None}, in step order. A resumed run logs again the steps after
-  its checkpoint: a log step that goes back drops the records from it on (the killed attempt's).
-  Lines cut short by a kill are skipped."""
+  the last end-of-run record or None, "members": {k: {"steps", "epochs"}} of a population's
+  member k ({} for a single model)}, in step order; a population's "steps" and "epochs" are its
+  members' means. A resumed run logs again the steps after its checkpoint: a log step that goes
+  back drops the records from it on (the killed attempt's). Lines cut short by a kill are
+  skipped."""
+  groups: dict[Any, list[dict[str, Any]]] = {}
+  for r in records_lib.read_records(workdir):
+    if isinstance(r, dict) and isinstance(r.get("step"), int):
+      groups.setdefault(r.get("member"), []).append(r)
+  out = _split(_after_resumes(groups.pop(None, [])))
+  out["members"] = {k: _split(_after_resumes(v)) for k, v in sorted(groups.items())}
+  if not out["steps"] and not out["epochs"]:
+    raise ReportError(f"{os.path.join(workdir, METRICS)} holds no training metrics yet; report "
+                      "the run once it has logged some steps.")
+  return out
+
+
+def _after_resumes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The records without those a resumed run logged again: a log step that goes back drops the
+  records from it on."""
   records: list[dict[str, Any]] = []
   last_step = -1
-  for r in records_lib.read_records(workdir):
-    if not isinstance(r, dict) or not isinstance(r.get("step"), int):
-      continue
+  for r in rows:
     if "epoch" not in r and "train/loss" in r:  # a log step
       if r["step"] <= last_step:
         records = [x for x in records if x["step"] < r["step"]]
       last_step = r["step"]
     records.append(r)
+  return records
+
+
+def _split(records: list[dict[str, Any]]) -> dict[str, Any]:
   epochs = {r["epoch"]: r for r in records if "epoch" in r}
   finals = [r for r in records if "epoch" not in r and "train/loss" not in r]
-  out = {"steps": [r for r in records if "epoch" not in r and "train/loss" in r],
-         "epochs": [epochs[e] for e in sorted(epochs)], "final": finals[-1] if finals else None}
-  if not out["steps"] and not out["epochs"]:
-    raise ReportError(f"{os.path.join(workdir, METRICS)} holds no training metrics yet; report "
-                      "the run once it has logged some steps.")
-  return out
+  return {"steps": [r for r in records if "epoch" not in r and "train/loss" in r],
+          "epochs": [epochs[e] for e in sorted(epochs)], "final": finals[-1] if finals else None}
 
 
 def read_json(path: str) -> dict[str, Any] | None:

@@ -16,10 +16,11 @@ import numpy as np
 
 from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import scores as scores_lib, steps
+from training import members as members_lib
 from training.modes import evaluate, show
-from training.modes.report import figures
-from training.modes.report.figures import FIGURES, MISTAKES_GRID, STYLE
-from training.modes.report.page import report_html
+from training.modes.report import figures, population
+from training.modes.report.figures import MISTAKES_GRID, STYLE
+from training.modes.report.page import img, report_html
 from training.modes.report.records import (ReportError, TEST_METRICS, check_run_dir, read_json,
                                            read_metrics, status, write_file)
 from training.tasks import restore as restore_lib
@@ -27,12 +28,11 @@ from training.tasks import restore as restore_lib
 REPORT_EVENTS = ".report"  # the name ending of the report's TensorBoard event file
 
 
-def predict_log_probs(state: Any, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """Log class probabilities of uint8 `images` (N, H, W, C) under the state's eval variables, in
-  fixed-size batches (one compiled program; the last batch is padded)."""
-  apply = jax.jit(lambda v, x: jax.nn.log_softmax(
-      state.apply_fn(v, steps.preprocess(x), train=False), axis=-1))
-  variables = state.eval_variables()
+def predict_log_probs(state: Any, images: np.ndarray, batch_size: int = 1000,
+                      population: bool = False) -> np.ndarray:
+  """Log class probabilities of uint8 `images` (N, H, W, C) under the state's eval variables (a
+  population's ensemble's), in fixed-size batches (one compiled program; the last batch padded)."""
+  apply = jax.jit(lambda s, x: steps.log_probabilities(s, steps.preprocess(x), population))
   batch_size = max(1, min(batch_size, len(images)))
   out = []
   for start in range(0, len(images), batch_size):
@@ -40,7 +40,7 @@ def predict_log_probs(state: Any, images: np.ndarray, batch_size: int = 1000) ->
     n = len(batch)
     if n < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-    out.append(np.asarray(apply(variables, batch), np.float64)[:n])
+    out.append(np.asarray(apply(state, batch), np.float64)[:n])
   return np.concatenate(out)
 
 
@@ -98,15 +98,17 @@ def _predict_test(restored: Any, data_dir: str | None, dataset: Any = None,
   if dataset is None:
     dataset = evaluate.load_data(restored.config, data_dir, data_url)
   test = dataset.test
-  log_probs = predict_log_probs(restored.state, test.images, restored.config.eval_batch_size)
+  log_probs = predict_log_probs(restored.state, test.images, restored.config.eval_batch_size,
+                                bool(restored.members))
   return test, log_probs, dataset.order
 
 
-def _figures(records, restored, test, log_probs, order: str
+def _figures(records, restored, test, log_probs, order: str, final
              ) -> tuple[dict[str, bytes], dict[str, Any]]:
-  """The four figures as PNG bytes, and the test scores and mistakes they show. A mistake's
-  index is its test example's index in the source (`order` says which: the original file's
-  order where the source has one), so that a person can look it up."""
+  """The four figures as PNG bytes (a sweep's fifth), and the test scores and mistakes they
+  show (a population's: its ensemble's). A mistake's index is its test example's index in the
+  source (`order` says which: the original file's order where the source has one), so that a
+  person can look it up."""
   import matplotlib
   names = [str(n) for n in restored.dataset_info["class_names"]]
   result = scores(log_probs, test.labels, len(names))
@@ -114,9 +116,11 @@ def _figures(records, restored, test, log_probs, order: str
   wrong = int(result["count"] - round(result["accuracy"] * result["count"]))
   run = f"{restored.config.model.name} on {restored.dataset_info['name']}"
   ckpt = f"{restored.which} checkpoint, step {restored.step}"
+  if restored.members:
+    run += f", {len(restored.members)} members' ensemble"
   with matplotlib.rc_context(STYLE):
     pngs = {
-        "learning_curves": figures.plot_learning_curves(records, f"{run}: learning curves"),
+        "learning_curves": _curves(records, restored, f"{run}: learning curves"),
         "confusion_matrix": figures.plot_confusion_matrix(
             result["confusion_matrix"], names,
             f"Test confusion matrix: {result['accuracy']:.2%} correct\n({ckpt})"),
@@ -127,9 +131,38 @@ def _figures(records, restored, test, log_probs, order: str
             f"The {len(chosen[0])} most confident of {wrong} test mistakes ({run}, {ckpt})"
             + (f"\n#: index in {order}" if order else ""), test.indices),
     }
+    swept = members_lib.swept(restored.config)
+    if swept and final and final.get("members"):
+      pngs["sweep"] = population.plot_sweep(final["members"], swept,
+                                            f"{run}: test accuracy against the swept values")
   mistakes = [{"index": int(test.indices[i]), "label": int(test.labels[i]), "predicted": int(p),
                "probability": float(q)} for i, p, q in zip(*chosen)]
   return pngs, {"test": result, "mistakes": mistakes, "wrong": wrong, "index_order": order}
+
+
+def _curves(records: dict[str, Any], restored: Any, title: str) -> bytes:
+  """The learning curves: a population's as bands, one per swept setting."""
+  if not restored.members or not records["members"]:
+    return figures.plot_learning_curves(records, title)
+  swept = members_lib.swept(restored.config)
+  rows = [{"member": m.index, **m.values} for m in restored.members]
+  return population.plot_members(records, population.settings(rows, swept), title)
+
+
+def _members_section(restored: Any, final: dict[str, Any] | None, pngs: dict[str, bytes]
+                     ) -> list[str]:
+  """A population's members table and sweep figure, as HTML (nothing for a single model)."""
+  if not restored.members:
+    return []
+  swept = members_lib.swept(restored.config)
+  out = [f"<h2>Members ({len(restored.members)})</h2>"]
+  if final and final.get("members"):
+    out.append(population.members_table(final["members"], swept, final.get("ensemble")))
+  else:
+    out.append("<p class=\"meta\">The run has not finished: no test scores of its members yet.</p>")
+  if "sweep" in pngs:
+    out.append(img("sweep", pngs["sweep"]))
+  return out
 
 
 def _tensorboard_images(workdir: str, pngs: dict[str, bytes], step: int) -> None:
@@ -192,13 +225,15 @@ def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, A
   restored = restore_lib.restore(workdir, which)
   test, log_probs, order = _predict_test(restored, data_dir, dataset, data_url)
   t1 = time.perf_counter()
-  pngs, found = _figures(records, restored, test, log_probs, order)
-  found["params"] = sum(int(np.prod(p.shape)) for p in _leaves(restored.state.params))
+  final = read_json(os.path.join(workdir, TEST_METRICS))
+  pngs, found = _figures(records, restored, test, log_probs, order, final)
+  found["params"] = sum(int(np.prod(p.shape)) for p in _leaves(restored.state.params)) // max(
+      len(restored.members), 1)
   t2 = time.perf_counter()
   summary = model_summary(restored)
   t3 = time.perf_counter()
-  final = read_json(os.path.join(workdir, TEST_METRICS))
-  page = report_html(workdir, restored, records, found, final, pngs, summary)
+  page = report_html(workdir, restored, records, found, final, pngs, summary,
+                     _members_section(restored, final, pngs))
   files, note = _save(workdir, pngs, page, restored.step)
   t4 = time.perf_counter()
   return {"files": files, "unsaved": note, "checkpoint": restored.which,
@@ -247,7 +282,7 @@ def format_result(result: dict[str, Any]) -> str:
   """What `write_report` did, in a few lines for the terminal."""
   t = result["test"]
   files = result["files"]
-  figures = [os.path.basename(files[n]) for n in FIGURES if n in files]
+  figures = [os.path.basename(f) for n, f in files.items() if n != "report"]
   wrote = (f"wrote {files['report']}" if "report" in files else "wrote " + ", ".join(figures)
            if figures else "")
   if "report" in files and figures:

@@ -18,9 +18,11 @@ import jax
 import numpy as np
 import optax
 
+from training import members
 from training.console import log
 from training.errors import ConfigError
 from training.model import build
+from training.model.scores import spread
 from training.tasks import base
 from training.tasks.gan import grid, metrics as gan_metrics, steps as gan_steps
 
@@ -58,6 +60,9 @@ class Gan(base.Task):
     if not config.gan.d_lr_factor > 0:
       raise ConfigError(f"gan.d_lr_factor scales the discriminator's learning rate and must be "
                         f"> 0, got {config.gan.d_lr_factor}.")
+    if members.swept(config):
+      raise ConfigError("The gan task trains populations of seeds (--config.population), not "
+                        "sweeps: run one population per setting, each with its own --workdir.")
     if config.gan.eval_samples < 2:
       raise ConfigError(f"gan.eval_samples must be at least 2 (a Frechet distance needs a "
                         f"covariance), got {config.gan.eval_samples}.")
@@ -84,8 +89,9 @@ class Gan(base.Task):
                                            n=min(self.config.gan.eval_samples, len(run.ds.train)))
 
   def train_line(self, means: dict[str, float]) -> str:
-    return (f"D loss {means['train/d_loss']:.3f} G loss {means['train/g_loss']:.3f} "
-            f"D(real) {means['train/d_real']:.2f} D(fake) {means['train/d_fake']:.2f}")
+    return (f"D loss {spread(means['train/d_loss'], '.3f')} G loss "
+            f"{spread(means['train/g_loss'], '.3f')} D(real) {spread(means['train/d_real'], '.2f')}"
+            f" D(fake) {spread(means['train/d_fake'], '.2f')}")
 
   def sample(self, state, num: int, seed: int, labels: np.ndarray | None = None) -> tuple:
     """`num` generated uint8 images (and their requested classes, cycled 0..k-1 by default),
@@ -97,22 +103,34 @@ class Gan(base.Task):
               for i in range(0, num, 1000)]
     return np.concatenate(images), labels
 
-  def measure(self, state) -> dict[str, Any]:
-    images, labels = self.sample(state, self.config.gan.eval_samples, self.config.seed + 1)
+  def measure(self, state, seed: int | None = None) -> dict[str, Any]:
+    """The samples' scores, from noise fixed by the run's `seed` (a member's own, in a
+    population, so that it is scored as a run of its own would be)."""
+    seed = self.config.seed if seed is None else seed
+    images, labels = self.sample(state, self.config.gan.eval_samples, seed + 1)
     return gan_metrics.evaluate(self.classifier, images,
                                 self.reference, labels if self.conditional else None)
 
-  def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, float], str]:
+  def _measure_each(self, run, state) -> dict[str, Any]:
+    """`measure`: one model's numbers, or a population's arrays of each member's."""
+    if not run.members:
+      return self.measure(state)
+    each = [self.measure(members.take(state, m.index), m.seed) for m in run.members]
+    return {k: np.asarray([m[k] for m in each]) for k in each[0] if np.ndim(each[0][k]) == 0}
+
+  def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, Any], str]:
     _check_stability(run, epoch, means)
-    m = self.measure(state)
+    m = self._measure_each(run, state)
     self._write_grid(run, state, epoch)
-    if m["entropy"] < LOW_ENTROPY:
+    if np.min(m["entropy"]) < LOW_ENTROPY:
       log(f"Warning: epoch {epoch}'s samples are classified into few classes (entropy "
-          f"{m['entropy']:.2f} bits of {np.log2(self.num_classes):.2f}): mode collapse, unless training has just begun.")
+          f"{np.min(m['entropy']):.2f} bits of {np.log2(self.num_classes):.2f}): mode collapse, "
+          "unless training has just begun.")
     return {f"sample/{k}": m[k] for k in self.final_keys}, f"  |  {_describe(m)}"
 
   def _write_grid(self, run, state, epoch: int) -> None:
-    images = self.grid_images(state)
+    """The epoch's sample grid (of member 0, in a population)."""
+    images = self.grid_images(members.take(state, 0) if run.members else state)
     if run.workdir is not None and run.primary:
       path = os.path.join(run.workdir, "samples", f"epoch_{epoch:03d}.png")
       grid.save_grid(images, path, nrow=self.grid_columns())
@@ -131,8 +149,16 @@ class Gan(base.Task):
     return self.sample(state, num, self.config.seed + 2, labels)[0]
 
   def finish(self, run, state) -> tuple[dict[str, Any], str]:
-    m = self.measure(state)
-    return m, f"samples of the final generator: {_describe(m)}"
+    m = self._measure_each(run, state)
+    if not run.members:
+      return m, f"samples of the final generator: {_describe(m)}"
+    test = {k: float(np.mean(v)) for k, v in m.items()}
+    test["members"] = [{"member": p.index, "seed": p.seed, **{k: float(v[p.index])
+                                                              for k, v in m.items()}}
+                       for p in run.members]
+    lines = [f"member {p.index} ({p.label()}): {_describe(row)}"
+             for p, row in zip(run.members, test["members"])]
+    return test, "\n".join(lines + [f"samples of the final generators: {_describe(m)}"])
 
   def headline(self, test: dict[str, Any]) -> str:
     return _describe(test)
@@ -148,17 +174,20 @@ def _loss(config) -> str:
 
 
 def _describe(m: dict[str, Any]) -> str:
-  text = (f"Frechet distance {m['fd']:.2f} ({m['fd_ratio']:.1f}x the train-vs-test "
-          f"{m['reference_fd']:.2f}), entropy {m['entropy']:.2f} bits")
+  """The scores as a line; a population's (arrays) as their members' mean +- std."""
+  text = (f"Frechet distance {spread(m['fd'], '.2f')} ({spread(m['fd_ratio'], '.1f')}x the "
+          f"train-vs-test {np.mean(m['reference_fd']):.2f}), entropy "
+          f"{spread(m['entropy'], '.2f')} bits")
   if "class_accuracy" in m:
-    text += f", requested class recognized {m['class_accuracy']:.1%}"
+    text += f", requested class recognized {spread(m['class_accuracy'], '.1%')}"
   return text
 
 
 def _check_stability(run, epoch: int, means: dict[str, float]) -> None:
   """A discriminator that wins outright leaves the generator no gradient: say so, with the steps."""
   collapse = gan_metrics.discriminator_collapse(
-      means["train/d_loss"], (epoch - 1) * run.steps_per_epoch + 1, epoch * run.steps_per_epoch)
+      float(np.min(means["train/d_loss"])), (epoch - 1) * run.steps_per_epoch + 1,
+      epoch * run.steps_per_epoch)
   if collapse:
     log(f"Warning: in epoch {epoch} {collapse}. Lower --config.gan.d_lr_factor, raise "
         "--config.label_smoothing (bce loss), or restart from an earlier checkpoint.")

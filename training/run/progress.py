@@ -1,0 +1,132 @@
+"""One epoch's metrics between host syncs: fetched at log steps only, checked for NaN, logged,
+averaged into the epoch's means, and shown on the progress bar. A population's metrics have a
+members axis: each member is checked, logged and averaged on its own."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from training import tasks
+from training.errors import NonFiniteLossError
+from training.members import Member
+from training.run.setup import Run
+from training.store import records as records_lib
+from training.store.checkpoint import Checkpointer
+
+
+# Calls dispatched beyond the one the devices are running: enough to keep them busy (a call is
+# a step on CPU, a scan of log_every_steps steps on GPU/TPU), few enough to stop promptly.
+IN_FLIGHT = 2
+
+
+class Progress:
+  """The device results not yet fetched, the log records behind the epoch's means, the bar."""
+
+  def __init__(self, run: Run, epoch: int, first: int):
+    self.run = run
+    self.pending: list[tuple[Any, int]] = []  # (a call's metrics, its real steps)
+    self.count = 0  # steps trained in this process
+    # (steps, means) of each log record of the epoch, those before a resume read back from
+    # metrics.jsonl: the epoch's means come out as an uninterrupted run's, to the bit.
+    self.logged = logged_before(run, epoch, first) if first else []
+    self.bar = tqdm(total=run.steps_per_epoch, initial=first,
+                    desc=f"epoch {epoch}/{run.config.num_epochs}", unit="step", leave=False,
+                    disable=not (run.config.progress_bar and run.primary), mininterval=0.5)
+
+  def add(self, metrics: Any, n: int) -> None:
+    """A call's metrics, not fetched yet. The host runs at most IN_FLIGHT calls ahead of the
+    devices: a stop (SIGTERM, Ctrl-C) is seen within that many calls, not at the next log step."""
+    self.pending.append((metrics, n))
+    if len(self.pending) > IN_FLIGHT:
+      jax.block_until_ready(self.pending[-IN_FLIGHT - 1][0])
+
+  def flush(self, step: int) -> None:
+    """The only host sync of the loop: fetches the metrics of the calls since the last one,
+    checks them, and logs their means at `step`."""
+    fetched = jax.device_get([m for m, _ in self.pending])
+    one_step = self.run.driver.chunk == 1  # a call's metrics have no steps axis then
+    stacked = {k: np.concatenate([np.asarray(m[k])[None] if one_step else np.asarray(m[k])[:n]
+                                  for m, (_, n) in zip(fetched, self.pending)])
+               for k in fetched[0]}
+    n = len(stacked[self.run.task.bar_key])
+    check_finite(stacked, step - n + 1, self.run.members, self.run.ckpt)
+    self.count += n
+    means = {f"train/{k}": _mean(v) for k, v in stacked.items()}
+    self.logged.append((n, means))
+    rate = self.run.learning_rates[step - 1]
+    means["train/learning_rate"] = rate * self.run.lr_scales() if self.run.members else float(rate)
+    self.run.writer.write(step, means)
+    key = self.run.task.bar_key
+    self.bar.set_postfix({key: f"{np.mean(means[f'train/{key}']):.4f}"}, refresh=False)
+    self.bar.update(n)
+    self.pending = []
+
+  def close(self) -> None:
+    self.bar.close()
+
+  def epoch_means(self) -> dict[str, Any]:
+    return tasks.epoch_means(self.logged, self.run.task.epoch_keys)
+
+
+def _mean(values: np.ndarray) -> Any:
+  """The mean over the steps: a number, or one per member."""
+  return float(values.mean()) if values.ndim == 1 else values.mean(axis=0).astype(np.float64)
+
+
+def check_finite(metrics: dict[str, np.ndarray], first_step: int,
+                 population: Sequence[Member] = (), ckpt: Checkpointer | None = None) -> None:
+  """Stops on a NaN or infinite train metric, a loss or a gradient norm (an overflowing norm is
+  divergence too), naming the first step (and the member of `population`) where one went.
+  `metrics`: (steps,) arrays, or (steps, members) of a population."""
+  bad = []
+  for name in sorted(metrics, key=lambda k: ("loss" not in k, k)):  # a loss is named first
+    values = metrics[name]
+    where = np.flatnonzero(~np.isfinite(values))
+    if where.size:
+      what = {"grad_norm": "gradient norm"}.get(name, name.replace("_", " "))
+      bad.append((int(where[0]), what, values.flat[where[0]]))
+  if not bad:
+    return
+  index, what, value = min(bad, key=lambda b: b[0])
+  step, member = (index // len(population), population[index % len(population)]) if (
+      population) else (index, None)
+  whose = f" of member {member.index} ({member.label()})" if member else ""
+  resume = (" To continue this run's last checkpoint with such changes, add "
+            "--config.checkpoint.allow_config_changes=True."
+            if ckpt is not None and ckpt.latest_step() is not None else "")
+  advice = ("leave that member's values out of --config.sweep, " if member and member.values
+            else "")
+  raise NonFiniteLossError(
+      f"The training {what}{whose} became {value} at step {first_step + step}. Training stopped "
+      f"there, and no checkpoint from that step on was saved. Try {advice}a lower "
+      "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
+      f"--config.dtype=float32 if you use bfloat16.{resume}")
+
+
+def logged_before(run: Run, epoch: int, first: int) -> list[tuple[int, dict[str, Any]]]:
+  """The log records of `epoch` up to its step `first`, where this run resumed, with the number
+  of steps each covers (a population's: each member's values as one array per step)."""
+  epoch_start = (epoch - 1) * run.steps_per_epoch
+  key = f"train/{run.task.bar_key}"
+  records = [r for r in records_lib.read_records(run.workdir) if "epoch" not in r
+             and key in r and epoch_start < r["step"] <= epoch_start + first
+             and ("member" in r) == bool(run.members)]
+  if run.members:
+    records = _by_step(records, len(run.members))
+  steps_before = [epoch_start] + [r["step"] for r in records[:-1]]
+  return [(r["step"] - before, r) for r, before in zip(records, steps_before)]
+
+
+def _by_step(records: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+  """A population's per-member log records as one record per step, its values arrays."""
+  steps: dict[int, dict[str, Any]] = {}
+  for r in records:
+    row = steps.setdefault(r["step"], {"step": r["step"]})
+    for k, v in r.items():
+      if k.startswith("train/"):
+        row.setdefault(k, np.zeros(size))[r["member"]] = v
+  return [steps[s] for s in sorted(steps)]
