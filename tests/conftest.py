@@ -83,3 +83,20 @@ def mock_mnist(monkeypatch):
   monkeypatch.setattr(tfds_source, "is_prepared", lambda name, data_dir: True)
   with tfds.testing.mock_data(num_examples=64):
     yield
+
+
+def kill_once_logged(proc, metrics, step: int, timeout_s: float = 300) -> None:
+  """SIGKILLs the training process `proc` once its metrics.jsonl (`metrics`, a Path) has logged
+  step `step` (or the time is up), as a power cut or the OOM killer would, and waits for it."""
+  import json
+  import signal
+  import time
+  deadline = time.time() + timeout_s
+  while time.time() < deadline and proc.poll() is None:
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] \
+        if metrics.exists() else []
+    if steps and max(steps) >= step:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait(timeout=60) == -signal.SIGKILL

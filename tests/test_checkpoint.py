@@ -17,7 +17,7 @@ from training import ConfigError, Preempted, train_and_evaluate
 from training.store.checkpoint import (CheckpointMismatchError, Checkpointer, ConfigChangedError,
                                  DamagedCheckpointError)
 
-from conftest import REPO, load_config, real_data_dir, shrink
+from conftest import REPO, kill_once_logged, load_config, real_data_dir, shrink
 
 
 STEPS_PER_EPOCH = 3  # 64 mock examples - 10% validation = 58, in batches of 16
@@ -250,15 +250,7 @@ def test_sigkill_during_training_resumes_from_the_last_commit(tmp_path, data_cac
   proc = subprocess.Popen([sys.executable, "train.py", *KILL_ARGS, f"--workdir={tmp_path}",
                            f"--config.cache_dir={data_cache}"], cwd=REPO, env=_env(data_cache),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 120
-  while time.time() < deadline and proc.poll() is None:  # kill mid-epoch 2 (steps 33-64)
-    steps_logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()] \
-        if metrics.exists() else []
-    if steps_logged and max(steps_logged) >= 45:
-      break
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait(timeout=60) == -signal.SIGKILL
+  kill_once_logged(proc, tmp_path / "metrics.jsonl", 45, timeout_s=120)  # mid-epoch 2 (33-64)
   committed = _committed(tmp_path)
   assert committed and 30 <= max(committed) < 96  # the save at 40 may be in flight
   out = _run_train(tmp_path, data_cache)

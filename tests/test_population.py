@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -19,7 +17,7 @@ from training.modes import evaluate, export, predict
 from training.run import checks
 from training.tasks import restore
 
-from conftest import REPO, load_config, real_data_dir, shrink
+from conftest import REPO, kill_once_logged, load_config, real_data_dir, shrink
 
 
 def _real(data_cache, **overrides):
@@ -155,16 +153,8 @@ def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path, data_cache):
   whole = _train(tmp_path / "whole", data_cache)
   out = whole.communicate(timeout=600)[0]
   assert whole.returncode == 0, out[-3000:]
-  killed, metrics = _train(tmp_path / "killed", data_cache), tmp_path / "killed" / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and killed.poll() is None:  # kill in epoch 2 (steps 33-64)
-    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()] \
-        if metrics.exists() else []
-    if steps and max(steps) >= 45:
-      break
-    time.sleep(0.02)
-  killed.send_signal(signal.SIGKILL)
-  assert killed.wait(timeout=60) == -signal.SIGKILL
+  killed = _train(tmp_path / "killed", data_cache)
+  kill_once_logged(killed, tmp_path / "killed" / "metrics.jsonl", 45)  # mid-epoch 2 (33-64)
   resumed = _train(tmp_path / "killed", data_cache)
   out = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0 and "Resuming from the checkpoint at step" in out, out[-3000:]
