@@ -31,8 +31,8 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
 def member_map(mode: str, mesh: Mesh) -> Callable[[Callable], Callable]:
   """How a function of one member of a population runs over all of them, in one program:
   "vmap" batches them (their axis sharded over the mesh's "members" axis when it has one);
-  "loop" runs them one after another (`lax.map`), where a batched convolution would become a
-  grouped one, which XLA:CPU runs several times slower than the members' convolutions in turn."""
+  "loop" runs them one after another, where a batched convolution would become a grouped one,
+  which XLA:CPU runs slower than the members' convolutions in turn."""
   if mode == "loop":
     return _unrolled
   axis = "members" if "members" in mesh.axis_names else None
@@ -41,7 +41,8 @@ def member_map(mode: str, mesh: Mesh) -> Callable[[Callable], Callable]:
 
 def _unrolled(f: Callable) -> Callable:
   """`f` over the leading axis of its arguments, one member after another, unrolled: a loop
-  (`lax.map`) around a convolution's step ran 20x slower on XLA:CPU than the steps apart."""
+  (`lax.map`) around a convolution's step ran 20x slower on XLA:CPU than the steps apart
+  (docs/performance.md#populations). The program holds `f` once per member."""
   def each(*args):
     n = jax.tree_util.tree_leaves(args)[0].shape[0]
     outs = [f(*jax.tree_util.tree_map(lambda x: x[k], args)) for k in range(n)]
@@ -52,7 +53,7 @@ def _unrolled(f: Callable) -> Callable:
 def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Callable) -> str:
   """`config.population_mode`, or by backend and model when it is "auto": "loop" on CPU for a
   model with convolutions (`init`: a function whose trace runs the model), "vmap" otherwise
-  (docs/populations.md has the measurements)."""
+  (docs/performance.md#populations has the measurements)."""
   mode = config.get("population_mode", "auto")
   if mode not in ("auto", "vmap", "loop"):
     raise ConfigError(f"population_mode must be auto, vmap or loop, got {mode!r}.")
@@ -68,6 +69,7 @@ def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Calla
 
 
 def _has_convolution(jaxpr: Any) -> bool:
+  """Whether the traced program, or one nested in it, convolves."""
   from jax.extend import core
   pending = [jaxpr]
   while pending:
