@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from training.modes import predict
 from training.data import images
 from training.model import state as state_lib
 from training.model import steps
+from training.tasks import restore
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -364,3 +366,26 @@ def test_importing_training_images_imports_no_jax():
           "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax'}))")
   result = _run("-c", code)
   assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_population_exports_its_ensemble_to_both_formats(tmp_path, mnist, data_cache):
+  """Its members' probabilities averaged in one function: what --mode=predict gives, in
+  model.jax and in model.onnx (whose converter has no batched convolution: the members run in
+  turn), with the ensemble's test accuracy in model.json."""
+  config = shrink(load_config("cnn"), population=2, data_dir=real_data_dir(), cache_dir=data_cache,
+                  **{"model.features": (4, 8), "model.dense": (16,)})
+  train_and_evaluate(config, str(tmp_path / "pop"))
+  meta = export.export(str(tmp_path / "pop"), "latest", str(tmp_path / "export"))
+  images = mnist.test.images[:64]
+  restored = restore.restore(str(tmp_path / "pop"), "latest")
+  expected = np.asarray(jnp.exp(steps.log_probabilities(
+      restored.state, steps.preprocess(images), population=True)))
+  saved = json.loads((tmp_path / "pop" / "test_metrics.json").read_text())
+  assert meta["members"] == 2 and meta["test_accuracy"] == saved["ensemble"]["accuracy"]
+  jax_model = jax_export.deserialize(bytearray((tmp_path / "export" / "model.jax").read_bytes()))
+  np.testing.assert_allclose(jax_model.call(images), expected, atol=export.TOLERANCE)
+  if HAVE_ONNX:
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"))
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], expected,
+                               atol=export.TOLERANCE)

@@ -34,12 +34,12 @@ def member_map(mode: str, mesh: Mesh) -> Callable[[Callable], Callable]:
   "loop" runs them one after another, where a batched convolution would become a grouped one,
   which XLA:CPU runs slower than the members' convolutions in turn."""
   if mode == "loop":
-    return _unrolled
+    return unrolled
   axis = "members" if "members" in mesh.axis_names else None
   return lambda f: jax.vmap(f, spmd_axis_name=axis)
 
 
-def _unrolled(f: Callable) -> Callable:
+def unrolled(f: Callable) -> Callable:
   """`f` over the leading axis of its arguments, one member after another, unrolled: a loop
   (`lax.map`) around a convolution's step ran 20x slower on XLA:CPU than the steps apart
   (docs/performance.md#populations). The program holds `f` once per member."""

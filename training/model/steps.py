@@ -110,13 +110,14 @@ def ensemble_log_probs(logits: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(logits.shape[0])
 
 
-def log_probabilities(state: TrainState, images: jax.Array, population: bool = False
-                      ) -> jax.Array:
+def log_probabilities(state: TrainState, images: jax.Array, population: bool = False,
+                      member_map: Callable[[Callable], Callable] = jax.vmap) -> jax.Array:
   """Log class probabilities of preprocessed `images` under the state's evaluation weights: one
-  model's, or a population's ensemble (the log of its members' mean probability)."""
+  model's, or a population's ensemble (the log of its members' mean probability), its members
+  run by `member_map` (device.member_map)."""
   if not population:
     return jax.nn.log_softmax(state.apply_fn(state.eval_variables(), images, train=False))
-  return ensemble_log_probs(members_logits(state, images, jax.vmap))
+  return ensemble_log_probs(members_logits(state, images, member_map))
 
 
 def _sums(logits: jax.Array, batch: Batch, num_classes: int) -> Metrics:

@@ -36,7 +36,7 @@ import numpy as np
 from jax import export as jax_export
 
 from training.errors import ConfigError, unsaved
-from training.model import steps
+from training.model import device, steps
 from training.store.checkpoint import Checkpointer
 from training.tasks.restore import Restored, restore
 
@@ -134,11 +134,13 @@ def _convert(formats: Sequence[str], probabilities: Probabilities, shape: tuple[
 
 def probabilities_fn(r: Restored) -> Probabilities:
   """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoint's
-  evaluation weights as constants: the exported function (a population's ensemble's)."""
+  evaluation weights as constants: the exported function. A population's is its ensemble's, its
+  members one after another: ONNX's converter has no batched form of a convolution."""
   state, population = jax.device_get(r.state), bool(r.members)
 
   def probabilities(images: jax.Array) -> jax.Array:
-    return jnp.exp(steps.log_probabilities(state, steps.preprocess(images), population))
+    return jnp.exp(steps.log_probabilities(state, steps.preprocess(images), population,
+                                           device.unrolled))
   return probabilities
 
 
@@ -264,7 +266,7 @@ def verify(probabilities: Probabilities, shape: tuple[int, ...],
 def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, Any]:
   """model.json: what a caller of the exported models needs to know."""
   info = r.dataset_info
-  accuracy, accuracy_source = _test_accuracy(workdir, r.step)
+  accuracy, accuracy_source = _test_accuracy(workdir, r)
   meta = {
       "format": "mnist-flax model export 1",
       "model": r.config.model.name,
@@ -299,9 +301,11 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
   return meta
 
 
-def _test_accuracy(workdir: str, step: int) -> tuple[float | None, str]:
-  """The test accuracy of checkpoint `step` if it was measured, and where the figure is from."""
-  evaluated = f"eval_test_step{step}.json"
+def _test_accuracy(workdir: str, r: Restored) -> tuple[float | None, str]:
+  """The test accuracy of the exported checkpoint if it was measured (of a population's
+  ensemble, or of the member exported), and where the figure is from."""
+  step, member = r.step, None if r.member is None else r.member.index
+  evaluated = f"eval_test_step{step}{'' if member is None else f'_member{member}'}.json"
   if os.path.isfile(os.path.join(workdir, evaluated)):
     return (_read_accuracy(os.path.join(workdir, evaluated)),
             f"{evaluated}: --mode=evaluate of this checkpoint")
@@ -309,7 +313,9 @@ def _test_accuracy(workdir: str, step: int) -> tuple[float | None, str]:
   final = os.path.join(workdir, "test_metrics.json")
   if not os.path.isfile(final):
     return None, f"not measured: no test_metrics.json in the workdir ({measure})"
-  accuracy = _read_accuracy(final, "test")
+  keys = (("members", member) if member is not None else ("ensemble",) if r.members
+          else ("test",))
+  accuracy = _read_accuracy(final, *keys)
   ckpt = Checkpointer.reader(workdir)
   try:
     latest = ckpt.latest_step()
@@ -322,12 +328,15 @@ def _test_accuracy(workdir: str, step: int) -> tuple[float | None, str]:
                 f"training's (the latest checkpoint, step {latest}: {shown}); {measure}")
 
 
-def _read_accuracy(path: str, key: str | None = None) -> float | None:
+def _read_accuracy(path: str, *keys: str | int) -> float | None:
+  """The "accuracy" of a JSON file's entry under `keys` (none: the top level)."""
   try:
     with open(path) as f:
       result = json.load(f)
-    return float((result[key] if key else result)["accuracy"])
-  except (OSError, ValueError, KeyError, TypeError):
+    for key in keys:
+      result = result[key]
+    return float(result["accuracy"])
+  except (OSError, ValueError, KeyError, TypeError, IndexError):
     return None
 
 
