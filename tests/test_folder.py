@@ -147,7 +147,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     os.makedirs(tmp_path / "f" / name)
     for i in range(2):
       Image.fromarray(array).save(tmp_path / "f" / name / f"{i}.png")
-  ds = _load(tmp_path / "f", folder_options={"image_size": 28, "channels": 1,
+  ds = _load(tmp_path / "f", folder={"image_size": 28, "channels": 1,
                                              "test_fraction": 0.5}, validation_fraction=0.0)
   eight, sixteen = (ds.train.images[ds.train.labels == ds.class_names.index(n)][0, :, :, 0]
                     for n in ("eight", "sixteen"))
