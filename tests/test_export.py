@@ -25,7 +25,7 @@ import nets
 from training import ConfigError
 from training.store import checkpoint
 from training import data
-from training.modes import export
+from training.modes import export, onnx_convert
 from training.model import optim
 from training import train_and_evaluate
 from training.modes import predict
@@ -36,7 +36,7 @@ from training.tasks import restore
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
-HAVE_ONNX = export.onnx_available()
+HAVE_ONNX = onnx_convert.onnx_available()
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason=(
     "jax2onnx/onnxruntime not installed here; .ci/export-venv runs these tests in a venv of their "
     "own (jax2onnx 0.17 requires orbax-checkpoint<0.11.37)"))
@@ -186,7 +186,7 @@ def test_a_format_that_cannot_be_made_is_left_out_and_said_so(tmp_path, mnist, m
   _initialized_workdir(str(tmp_path), load_config("mlp"), mnist.info())
 
   def refuses(probabilities, shape, model_name):
-    raise export.UnsupportedOperationError(f"Cannot export {model_name!r} to ONNX: no 'x'.")
+    raise onnx_convert.UnsupportedOperationError(f"Cannot export {model_name!r} to ONNX: no 'x'.")
   monkeypatch.setattr(export, "export_onnx", refuses)
   meta = export.export(str(tmp_path))
   assert sorted(os.listdir(tmp_path / "export")) == ["model.jax", "model.json"]
