@@ -65,11 +65,17 @@ def base() -> ml_collections.ConfigDict:
   c.decay_fraction = 0.3
   c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
   c.label_smoothing = 0.0
-  # On-device augmentation of training batches (never of evaluation): each image is shifted by
-  # up to `shift` pixels per axis and rotated by up to `rotate` degrees, at random.
+  # On-device augmentation of training batches (never of evaluation), drawn per image and
+  # applied as one bilinear resampling (training/data/augment.py); 0 turns each off.
   c.augment = ml_collections.ConfigDict()
-  c.augment.shift = 0.0
-  c.augment.rotate = 0.0
+  c.augment.shift = 0.0  # shift by up to this many pixels per axis (fractions of a pixel too)
+  c.augment.rotate = 0.0  # rotate by up to this many degrees either way
+  c.augment.zoom = 0.0  # scale by a factor in [1 - zoom, 1 + zoom], e.g. 0.1
+  c.augment.crop = 0  # pad and crop: translate by a whole number of pixels in [-crop, crop]
+  # Elastic distortion (Simard et al. 2003): a random displacement field smoothed by a Gaussian
+  # of elastic_sigma pixels, scaled by `elastic` pixels (34 with sigma 4 for 28x28 digits).
+  c.augment.elastic = 0.0
+  c.augment.elastic_sigma = 4.0
   # Evaluate (and checkpoint) an exponential moving average of the weights with this decay,
   # e.g. 0.999; 0 disables it.
   c.ema_decay = 0.0

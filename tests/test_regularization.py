@@ -111,7 +111,9 @@ def _with(config, **fields):
   return c
 
 
-@pytest.mark.parametrize("field, value", [("ema_decay", 1.0), ("augment.rotate", -5.0)])
+@pytest.mark.parametrize("field, value", [
+    ("ema_decay", 1.0), ("augment.rotate", -5.0), ("augment.elastic", -1.0),
+    ("augment.crop", -1), ("augment.zoom", 1.0), ("augment.elastic_sigma", 0.0)])
 def test_bad_regularization_values_fail_clearly(field, value, mock_mnist):
   with pytest.raises(ValueError, match=field.split(".")[-1]):
     train_and_evaluate(shrink(load_config("mlp"), **{field: value}))

@@ -29,16 +29,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
                label_smoothing: float = 0.0, augment_shift: float = 0.0,
-               augment_rotate: float = 0.0, ema_decay: float = 0.0
+               augment_rotate: float = 0.0, augment_zoom: float = 0.0,
+               augment_crop: float = 0, augment_elastic: float = 0.0,
+               augment_elastic_sigma: float = 4.0, ema_decay: float = 0.0
                ) -> tuple[TrainState, Metrics]:
   """One optimizer step on `batch`; pure, with per-step randomness from fold_in(rng, step).
 
-  `augment_*`: random shift (pixels) and rotation (degrees) of each image; `ema_decay`: keep
+  `augment_*`: each image's random shift (pixels), rotation (degrees), zoom (relative),
+  whole-pixel crop and elastic distortion (`augment.random_affine`); `ema_decay`: keep
   an exponential moving average of the weights (needs a state made with `ema=True`).
   """
   step_rng = jax.random.fold_in(rng, state.step)
   images = augment.random_affine(preprocess(batch["image"]), jax.random.fold_in(step_rng, 1),
-                                 max_shift=augment_shift, max_rotate_deg=augment_rotate)
+                                 max_shift=augment_shift, max_rotate_deg=augment_rotate,
+                                 max_zoom=augment_zoom, max_crop=augment_crop,
+                                 elastic=augment_elastic, elastic_sigma=augment_elastic_sigma)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(

@@ -46,10 +46,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
-  for field in ("shift", "rotate"):
+  for field in ("shift", "rotate", "zoom", "crop", "elastic"):
     if config.augment[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
                         f"{config.augment[field]}.")
+  if not config.augment.zoom < 1:
+    raise ConfigError(f"augment.zoom must be below 1 (a zoom factor in [1 - zoom, 1 + zoom]), "
+                      f"got {config.augment.zoom}.")
+  if not config.augment.elastic_sigma > 0:
+    raise ConfigError(f"augment.elastic_sigma must be positive (pixels), got "
+                      f"{config.augment.elastic_sigma}.")
   sources.check_options(config.dataset, config.classes, config.folder.to_dict())
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
   tasks.check(config)
