@@ -55,3 +55,27 @@ class Dropout(nn.Module):
     keep = words.reshape(x.shape) < jnp.asarray(threshold, words.dtype)
     scale = jnp.asarray(2**bits / threshold, x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
+
+
+INITS = ("lecun", "torch")
+
+
+def init_args(init: str, fan_in: int) -> dict:
+  """Keyword arguments of nn.Conv/nn.Dense for the initialization `init` of a layer with
+  `fan_in` inputs per output (kernel_size ** 2 * in_channels for a conv).
+
+  "lecun": flax's defaults, truncated-normal kernels of variance 1/fan_in and zero biases.
+  "torch": PyTorch's defaults for Conv2d and Linear (kaiming_uniform with a=sqrt(5)): kernels
+  and biases uniform in +-1/sqrt(fan_in), a third of lecun's kernel variance.
+  """
+  if init == "lecun":
+    return {}
+  if init != "torch":
+    raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return {"kernel_init": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+          "bias_init": bias_init}
