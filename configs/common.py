@@ -81,6 +81,10 @@ def base() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0
   c.batch_size = 128  # global training batch
   c.eval_batch_size = 1000
+  # Test-time augmentation of every evaluation (validation, test, --mode=evaluate): the mean of
+  # the softmax over each image and its copies shifted by this many pixels up, down, left and
+  # right (5 forward passes); 0 = off.
+  c.tta_shift = 0
   c.num_epochs = 10
   c.seed = 0  # parameter init, shuffling and dropout
 

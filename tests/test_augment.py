@@ -185,3 +185,24 @@ def test_per_example_magnitudes_under_vmap():
     one = augment.random_affine(images, keys[i], **{k: float(v[i]) for k, v in magnitudes.items()})
     np.testing.assert_allclose(out[i], one, atol=1e-5)
   assert not np.allclose(out[1], images)
+
+
+# --- Test-time augmentation: fixed whole-pixel shifts, the softmax averaged over them ---
+
+def test_shifted_views_move_the_image_by_whole_pixels():
+  x = _dot(h=7, w=7, at=(3, 3))
+  views = np.asarray(augment.shifted_views(jnp.asarray(x), 2))[:, 0, :, :, 0]
+  assert views.shape == (5, 7, 7)
+  dots = [tuple(int(i) for i in np.argwhere(v == 1)[0]) for v in views]
+  assert dots == [(3, 3), (5, 3), (1, 3), (3, 5), (3, 1)]
+  assert all(v.sum() == 1 for v in views)
+
+
+def test_test_time_logits_are_the_log_of_the_mean_softmax():
+  images = _digits(4)
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(28 * 28, 10)), jnp.float32)
+  apply = lambda x: x.reshape(x.shape[0], -1) @ w
+  out = augment.test_time_logits(apply, images, 1)
+  views = augment.shifted_views(images, 1)
+  expected = np.mean([jax.nn.softmax(apply(v)) for v in views], axis=0)
+  np.testing.assert_allclose(np.exp(out), expected, rtol=1e-5, atol=1e-7)

@@ -10,7 +10,8 @@ from outside the image are 0, the MNIST background. `crop` is a whole-pixel tran
 crop), so alone it moves pixels without blurring them; `displacement` is the elastic field of
 Simard et al. (2003): uniform noise per pixel, smoothed by a Gaussian of `elastic_sigma` pixels
 and scaled by `elastic` (alpha) pixels. The smoothing is two (H, H) and (W, W) matrix products
-per image, cheap on CPU. Evaluation never augments.
+per image, cheap on CPU. Evaluation never augments its inputs at random; with `tta_shift` it
+averages the model's outputs over fixed whole-pixel shifts (`test_time_logits`).
 
 Magnitudes may be Python numbers or arrays (one value per population member, traced under
 `jax.vmap`): the code never branches on their values, only on `enabled`, which is decided
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +149,22 @@ def warp_matmul(images: jax.Array, angle: jax.Array, shift: jax.Array, *,
   by_row = jnp.einsum("npj,nijc->npic", cols, images.astype(jnp.float32), precision=exact)
   out = jnp.einsum("npi,npic->npc", rows, by_row, precision=exact)
   return out.reshape(n, h, w, c).astype(images.dtype)
+
+
+def shifted_views(images: jax.Array, pixels: int) -> jax.Array:
+  """(5, N, H, W, C): `images` and their copies moved by `pixels` whole pixels down, up, right
+  and left (zeros shifted in), the views of test-time augmentation."""
+  _, h, w, _ = images.shape
+  p = pixels
+  padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+  moves = ((0, 0), (p, 0), (-p, 0), (0, p), (0, -p))
+  return jnp.stack([padded[:, p - dy:p - dy + h, p - dx:p - dx + w] for dy, dx in moves])
+
+
+def test_time_logits(apply: Callable[[jax.Array], jax.Array], images: jax.Array,
+                     pixels: int) -> jax.Array:
+  """Test-time augmentation: the log of the mean of the softmax outputs of `apply` (a model in
+  evaluation mode) over `shifted_views(images, pixels)`, as (N, classes) logits."""
+  views = shifted_views(images, pixels)
+  logits = apply(views.reshape(-1, *images.shape[1:])).reshape(views.shape[0], images.shape[0], -1)
+  return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(views.shape[0])

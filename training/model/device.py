@@ -40,9 +40,10 @@ class DeviceSteps:
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
                chunk: int = 1, steps_per_epoch: int = 0, step: Callable | None = None,
-               **step_options: float):
+               tta_shift: int = 0, **step_options: float):
     """`step`: the task's pure train step (state, batch, rng) -> (state, metrics); by default
-    the classifier's `train_step` with `step_options`."""
+    the classifier's `train_step` with `step_options`. `tta_shift`: the evaluation's test-time
+    augmentation (`steps.eval_step`)."""
     n = mesh.shape["data"]
     for what, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
       if size % n:
@@ -52,7 +53,8 @@ class DeviceSteps:
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
     step = step or functools.partial(steps_lib.train_step, **step_options)
-    evaluate = functools.partial(steps_lib.eval_step, num_classes=num_classes)
+    evaluate = functools.partial(steps_lib.eval_step, num_classes=num_classes,
+                                 tta_shift=tta_shift)
 
     def gather(images, labels, perm, i):
       idx = jax.lax.with_sharding_constraint(

@@ -64,9 +64,12 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
-  """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly."""
-  logits = state.apply_fn(state.eval_variables(), preprocess(batch["image"]), train=False)
+def eval_step(state: TrainState, batch: Batch, num_classes: int, tta_shift: int = 0) -> Metrics:
+  """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly.
+  `tta_shift`: test-time augmentation over shifts by that many pixels (0: off)."""
+  apply = lambda x: state.apply_fn(state.eval_variables(), x, train=False)
+  images = preprocess(batch["image"])
+  logits = augment.test_time_logits(apply, images, tta_shift) if tta_shift else apply(images)
   mask = batch["mask"]
   preds = jnp.argmax(logits, -1)
   loss = cross_entropy(logits, batch["label"])

@@ -34,7 +34,9 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
                       "(validation_fraction=0); evaluate --split=test or train.")
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   n = mesh.shape["data"]
-  driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes)
+  # .get: configs saved before tta_shift existed evaluated without it.
+  driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes,
+                              tta_shift=config.get("tta_shift", 0))
   state = driver.put(r.state)
   result = scores.summarize(driver.evaluate(state, *driver.put_eval(part.images,
                                                                          part.labels)))

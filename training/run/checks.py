@@ -25,7 +25,7 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
              "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
              "folder.image_size": 1, "weight_decay": 0.0,
-             "grad_clip_norm": 0.0}
+             "grad_clip_norm": 0.0, "tta_shift": 0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

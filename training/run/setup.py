@@ -111,7 +111,8 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
   mesh = mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes)
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
-                              steps_per_epoch=steps_per_epoch, step=task.train_step)
+                              steps_per_epoch=steps_per_epoch, step=task.train_step,
+                              tta_shift=config.tta_shift)
   return Run(config, None, ds, task, driver, schedule,
              _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch)
 

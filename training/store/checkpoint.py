@@ -65,7 +65,7 @@ TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "cache_dir",
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
-                     "progress_bar", "test_every_epoch", "report")  # and checkpoint.*
+                     "progress_bar", "test_every_epoch", "report", "tta_shift")  # checkpoint.*
 
 
 # What orbax and tensorstore raise on unreadable files and metadata.
