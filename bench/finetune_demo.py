@@ -1,9 +1,9 @@
 """Fine-tuning demonstration: pretrain on digits 0-4, then learn digits 5-9 from 10, 100 and 1,000
 examples per class, starting from scratch, from the pretrained run with a frozen backbone (only
 the classifier head trains), or from it with every layer trained; prints a Markdown table of the
-test accuracy on 5-9 (mean, min and max over seeds) and the equivalent train.py commands.
+test accuracy on 5-9 (mean +- std, min and max over seeds) and the equivalent train.py commands.
 
-    python bench/finetune_demo.py                                  # cnn, mnist, seeds 0-2
+    python bench/finetune_demo.py                                  # cnn, mnist, seeds 0-4
     python bench/finetune_demo.py --models=cnn,resnet --markdown=table.md
     python examples/mnist_to_folder.py --out=/tmp/mnist_folder     # the same on PNG files
     python bench/finetune_demo.py --dataset=folder:/tmp/mnist_folder
@@ -113,17 +113,18 @@ def table(model: str, results: dict, sizes: list[int], seeds: list[int]) -> str:
     cells = []
     for setting in SETTINGS:
       a = np.array(results[setting, per_class]) * 100
-      cells.append(f"{a.mean():.1f}% ({a.min():.1f}-{a.max():.1f})" if len(a) > 1
-                   else f"{a.mean():.1f}%")
+      cells.append(f"{a.mean():.1f} +- {a.std(ddof=1):.1f}% ({a.min():.1f}-{a.max():.1f})"
+                   if len(a) > 1 else f"{a.mean():.1f}%")
     lines.append(f"| {per_class} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + f"\n\nTest accuracy on digits 5-9: mean (min-max) over seeds {seeds}."
+  return "\n".join(lines) + (f"\n\nTest accuracy on digits 5-9: mean +- std (sample) and "
+                             f"(min-max) over seeds {seeds}.")
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--models", default="cnn", help="comma-separated configs: " + ", ".join(HEADS))
   ap.add_argument("--dataset", default="mnist", help="mnist, or folder:/path of MNIST PNGs")
-  ap.add_argument("--seeds", default="0,1,2")
+  ap.add_argument("--seeds", default="0,1,2,3,4")
   ap.add_argument("--sizes", default="10,100,1000", help="examples per class")
   ap.add_argument("--workdir", default="runs/finetune_demo", help="where pretrained runs go")
   ap.add_argument("--markdown", help="also write the tables and commands to this file")

@@ -3,8 +3,9 @@ thing switched off or swapped, on whatever backend is present.
 
     python bench/step_ablation.py [--repeats=5] [--steps=N] [--variants=best,best/*]
 
-Each variant is `configs/<config>.py` with one change (see VARIANTS): augmentation off or computed
-as matmuls (`training.data.augment.warp_matmul`), batch norm off, dropout 0, no moving average of the
+Each variant is `configs/<config>.py` with one change (see VARIANTS): augmentation off, each
+augmentation alone (shift and rotation, crop, zoom, elastic distortion) or all of them, or
+computed as matmuls (`training.data.augment.warp_matmul`), batch norm off, dropout 0, no moving average of the
 weights, no label smoothing, `nn.max_pool` (or JAX's own gradient of max) instead of
 `nets/cnn.py`'s reshape-and-max pooling with its custom gradient, `flax.linen.Dropout` instead of
 `nets/layers.py`'s 8-bit dropout, a grouped convolution instead of MobileNet's shifted depthwise
@@ -102,7 +103,12 @@ class Variant:
   scan: bool = False  # `--steps` steps in one lax.scan per call
 
 
-_NO_AUGMENT = {"augment.shift": 0.0, "augment.rotate": 0.0}
+_NO_AUGMENT = {"augment.shift": 0.0, "augment.rotate": 0.0, "augment.zoom": 0.0,
+               "augment.crop": 0, "augment.elastic": 0.0}
+# Each augmentation alone, at the magnitudes of the recipe search (docs/performance.md).
+_ONLY = {"shift_rotate": {"augment.shift": 2.0, "augment.rotate": 10.0},
+         "crop": {"augment.crop": 2}, "zoom": {"augment.zoom": 0.1},
+         "elastic": {"augment.elastic": 34.0, "augment.elastic_sigma": 4.0}}
 _PLAIN = {**_NO_AUGMENT, "model.batch_norm": False, "model.dropout": 0.0, "ema_decay": 0.0,
           "label_smoothing": 0.0}
 
@@ -115,8 +121,12 @@ VARIANTS: dict[str, Variant] = {
     "cnn/batch512": Variant("cnn", "batch 512", _set({"batch_size": 512})),
     "cnn/scan": Variant("cnn", "lax.scan of --steps steps per call", scan=True),
     "best": Variant("best", "configs/best.py as it is (batch 128)"),
-    "best/no_augment": Variant("best", "augmentation off (shift = rotate = 0)",
+    "best/no_augment": Variant("best", "augmentation off (every augment.* magnitude 0)",
                                _set(_NO_AUGMENT)),
+    **{f"best/only_{k}": Variant("best", f"only {', '.join(f'{f}={v}' for f, v in d.items())}",
+                                 _set({**_NO_AUGMENT, **d})) for k, d in _ONLY.items()},
+    "best/all_augment": Variant("best", "all the augmentations above together",
+                                _set({k: v for d in _ONLY.values() for k, v in d.items()})),
     "best/augment_matmul": Variant("best", "augmentation as matmuls (augment.warp_matmul)",
                                    patch=_matmul_warp),
     "best/no_batchnorm": Variant("best", "BatchNorm off (conv biases instead)",
@@ -124,7 +134,8 @@ VARIANTS: dict[str, Variant] = {
     "best/dropout0": Variant("best", "dropout 0", _set({"model.dropout": 0.0})),
     "best/no_ema": Variant("best", "EMA off (ema_decay = 0)", _set({"ema_decay": 0.0})),
     "best/no_label_smoothing": Variant("best", "label smoothing 0", _set({"label_smoothing": 0.0})),
-    "best/plain": Variant("best", "all five above off (the bare deeper CNN)", _set(_PLAIN)),
+    "best/plain": Variant("best", "augmentation, BatchNorm, dropout, EMA, label smoothing off "
+                         "(the bare deeper CNN)", _set(_PLAIN)),
     "best/nn.max_pool": Variant("best", "nn.max_pool (select-and-scatter gradient)",
                                 patch=_nn_max_pool),
     "best/nn.Dropout": Variant("best", "flax.linen.Dropout (32 random bits per element)",

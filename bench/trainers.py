@@ -1,8 +1,10 @@
 """One trainer of bench/compare.py, run in its own process:
 
-    python bench/trainers.py TRAINER CONFIG EPOCHS
+    python bench/trainers.py TRAINER CONFIG EPOCHS [FIELD=VALUE ...]
 
-TRAINER: "this project", pytorch, "pytorch compiled" or "jax recipe".
+TRAINER: "this project", pytorch, "pytorch compiled" or "jax recipe"; FIELD=VALUE sets a config
+field by dotted name (seed=3, model.weight_init=torch), its value a Python literal, else a
+string.
 
 Prints one JSON line: device, per-epoch train seconds, (seconds since training start, test
 accuracy) after each epoch, training examples per epoch, seconds from process start to training.
@@ -10,6 +12,7 @@ accuracy) after each epoch, training examples per epoch, seconds from process st
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -114,6 +117,10 @@ def torch_setup(config, image_shape, num_classes: int, device: str, *, pool_firs
                 channels_last: bool = False, lr_tensor: bool = False, fused: bool | None = None):
   """The config's network, optimizer and loss in PyTorch: (net, optimizer, loss_fn).
 
+  The weights are initialized as `config.model.weight_init` says where the config names one
+  ("lecun": flax's truncated normal and zero biases; "torch": PyTorch's own), else as PyTorch
+  does.
+
   pool_first: each CNN stage max-pools before its ReLU instead of after. The same function and
   the same gradients (ReLU is monotone, so both orders pick the same maximum and both pass no
   gradient where it is <= 0), on a quarter of the elements; see `compiled_pytorch` for why.
@@ -147,6 +154,8 @@ def torch_setup(config, image_shape, num_classes: int, device: str, *, pool_firs
     width = h
   layers.append(nn.Linear(width, num_classes))
   net = nn.Sequential(*layers).to(device)
+  if m.get("weight_init", "torch") == "lecun":
+    _lecun_init(net)
   if channels_last:
     net = net.to(memory_format=torch.channels_last)
   lr = torch.tensor(config.learning_rate, device=device) if lr_tensor else config.learning_rate
@@ -160,6 +169,20 @@ def torch_setup(config, image_shape, num_classes: int, device: str, *, pool_firs
                           momentum=config.momentum if config.optimizer == "momentum" else 0.0,
                           **extra)
   return net, opt, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def _lecun_init(net) -> None:
+  """flax's default init in place: kernels from a normal truncated at 2 standard deviations,
+  rescaled to variance 1/fan_in (flax's lecun_normal), and zero biases."""
+  import torch
+  from torch import nn
+  for layer in net.modules():
+    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+      fan_in = layer.weight[0].numel()
+      std = math.sqrt(1.0 / fan_in) / .87962566103423978  # the truncated normal's std is 0.88
+      with torch.no_grad():
+        nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+        layer.bias.zero_()
 
 
 def torch_step(net, opt, loss_fn, images, labels, lr: float) -> None:
@@ -292,6 +315,24 @@ TRAINERS = {"this project": this_project, "pytorch": pytorch, "pytorch compiled"
             "jax recipe": jax_recipe}
 
 
+def parse_overrides(items: list[str]) -> dict:
+  """["seed=3", "model.weight_init=torch"] -> {"seed": 3, "model.weight_init": "torch"}: Python
+  literals, else strings."""
+  fields = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"bench: expected FIELD=VALUE, got {item!r}")
+    try:
+      fields[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      fields[name] = value
+  return fields
+
+
 if __name__ == "__main__":
   trainer, config_path, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-  print(json.dumps(TRAINERS[trainer](load_config(config_path, epochs))))
+  config = load_config(config_path, epochs)
+  from training import settings  # after sys.path holds the checkout, as the trainers' imports
+  settings.set_fields(config, parse_overrides(sys.argv[4:]))
+  print(json.dumps(TRAINERS[trainer](config)))

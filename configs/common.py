@@ -75,15 +75,26 @@ def base() -> ml_collections.ConfigDict:
   c.decay_fraction = 0.3
   c.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
   c.label_smoothing = 0.0  # share of each target spread evenly over the classes (0: one-hot)
-  # On-device augmentation of training batches (never of evaluation), at random per image:
+  # On-device augmentation of training batches (never of evaluation), drawn per image and
+  # applied as one bilinear resampling (training/data/augment.py); 0 turns each off.
   c.augment = ml_collections.ConfigDict()
-  c.augment.shift = 0.0  # shift by up to this many pixels along each axis (0: off)
-  c.augment.rotate = 0.0  # rotate by up to this many degrees either way (0: off)
+  c.augment.shift = 0.0  # shift by up to this many pixels per axis (fractions of a pixel too)
+  c.augment.rotate = 0.0  # rotate by up to this many degrees either way
+  c.augment.zoom = 0.0  # scale by a factor in [1 - zoom, 1 + zoom], e.g. 0.1
+  c.augment.crop = 0  # pad and crop: translate by a whole number of pixels in [-crop, crop]
+  # Elastic distortion (Simard et al. 2003): a random displacement field smoothed by a Gaussian
+  # of elastic_sigma pixels, scaled by `elastic` pixels (34 with sigma 4 for 28x28 digits).
+  c.augment.elastic = 0.0  # the field's strength in pixels (0: off)
+  c.augment.elastic_sigma = 4.0  # the field's smoothness: its Gaussian's sigma in pixels
   # Evaluate (and checkpoint) an exponential moving average of the weights with this decay,
   # e.g. 0.999; 0 disables it.
   c.ema_decay = 0.0
   c.batch_size = 128  # global training batch
   c.eval_batch_size = 1000  # examples per evaluation call (changes no result, only memory)
+  # Test-time augmentation of every evaluation (validation, test, --mode=evaluate): the mean of
+  # the softmax over each image and its copies shifted by this many pixels up, down, left and
+  # right (5 forward passes).
+  c.tta_shift = 0  # pixels each shifted view moves (0: off)
   c.num_epochs = 10  # passes over the training examples
   c.seed = 0  # parameter init, shuffling and dropout
 

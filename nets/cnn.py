@@ -63,6 +63,9 @@ _max_pool2x2.defvjp(_max_pool2x2_fwd, _max_pool2x2_bwd)
 class CNN(nn.Module):
   """Stages of Conv -> [BatchNorm] -> ReLU that halve the resolution, then Dense layers.
 
+  `weight_init` initializes convs and dense layers as flax does ("lecun": truncated-normal
+  kernels, zero biases) or as PyTorch does ("torch"; `layers.init_args`).
+
   `downsample` halves each stage's output: "stride" makes the stage's last conv stride 2 (the
   cheapest: 4x less conv work), "max"/"avg" add a 2x2 pool.
   """
@@ -74,6 +77,7 @@ class CNN(nn.Module):
   downsample: str = "max"  # "max", "avg" or "stride"
   dropout: float = 0.0  # after each hidden dense layer
   batch_norm: bool = False  # after each conv (which then has no bias)
+  weight_init: str = "lecun"  # "lecun" (flax's defaults) or "torch" (PyTorch's defaults)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
@@ -92,18 +96,21 @@ class CNN(nn.Module):
                          f"give --config.model.features at most {stage} entries")
       for i in range(self.convs_per_stage):
         strided = self.downsample == "stride" and i == self.convs_per_stage - 1
+        init = layers.init_args(self.weight_init, self.kernel_size ** 2 * x.shape[-1])
         x = nn.Conv(width, k, strides=2 if strided else 1, use_bias=not self.batch_norm,
-                    dtype=self.dtype)(x)
+                    dtype=self.dtype, **init)(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
         x = nn.relu(x)
       if self.downsample != "stride":
         x = pool2x2(x, self.downsample)
     x = x.reshape((x.shape[0], -1))
+    dense = lambda width, x: nn.Dense(width, dtype=self.dtype,
+                                      **layers.init_args(self.weight_init, x.shape[-1]))(x)
     for width in self.dense:
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+      x = nn.relu(dense(width, x))
       x = layers.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return dense(self.num_classes, x).astype(jnp.float32)
 
 
 register("cnn", CNN)

@@ -69,3 +69,27 @@ def _traced_dropout(x: jnp.ndarray, rate: jnp.ndarray, key: jax.Array) -> jnp.nd
   keep = words.astype(jnp.float32) < threshold
   dropped = jnp.where(keep, x * (2**16 / threshold).astype(x.dtype), jnp.zeros_like(x))
   return jnp.where(rate <= 0.0, x, jnp.where(rate >= 1.0, jnp.zeros_like(x), dropped))
+
+
+INITS = ("lecun", "torch")
+
+
+def init_args(init: str, fan_in: int) -> dict:
+  """Keyword arguments of nn.Conv/nn.Dense for the initialization `init` of a layer with
+  `fan_in` inputs per output (kernel_size ** 2 * in_channels for a conv).
+
+  "lecun": flax's defaults, truncated-normal kernels of variance 1/fan_in and zero biases.
+  "torch": PyTorch's defaults for Conv2d and Linear (kaiming_uniform with a=sqrt(5)): kernels
+  and biases uniform in +-1/sqrt(fan_in), a third of lecun's kernel variance.
+  """
+  if init == "lecun":
+    return {}
+  if init != "torch":
+    raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return {"kernel_init": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+          "bias_init": bias_init}

@@ -108,3 +108,47 @@ def test_one_epoch_row_has_no_compile_time():
   assert row["compile_s"] is None and row["epoch_s"] == 10.0 and row["to_99_s"] == 11.0
   row = compare._row({**r, "epoch_s": [10.0, 4.0, 5.0], "evals": [(11, .98), (15, .99), (20, .99)]})
   assert row["compile_s"] == pytest.approx(5.5) and row["to_99_s"] == 15
+
+
+@pytest.mark.parametrize("init", ["torch", "lecun"])
+def test_the_mirror_initializes_as_the_config_says(init):
+  """model.weight_init in both frameworks: the same distributions per layer (PyTorch's own:
+  kernels and biases uniform in +-1/sqrt(fan_in); flax's: a truncated normal of variance 1/fan_in
+  and zero biases)."""
+  import jax
+  import nets
+  config = load_config("speedrun")
+  config.model.weight_init = init
+  torch.manual_seed(0)
+  net, _, _ = trainers.torch_setup(config, (28, 28, 1), 10, "cpu")
+  ours = nets.create("cnn", num_classes=10, features=config.model.features,
+                     dense=config.model.dense, weight_init=init)
+  params = ours.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1)), train=False)["params"]
+  layers = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+  assert [n for n in params] == ["Conv_0", "Conv_1", "Dense_0", "Dense_1"] and len(layers) == 4
+  for layer, p in zip(layers, params.values()):
+    fan_in = layer.weight[0].numel()
+    w, b = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    kernel, bias = np.asarray(p["kernel"]), np.asarray(p["bias"])
+    assert kernel.size == w.size and bias.size == b.size
+    expected_std = 1 / np.sqrt(3 * fan_in) if init == "torch" else 1 / np.sqrt(fan_in)
+    for x in (w, kernel):
+      assert x.std() == pytest.approx(expected_std, rel=0.25)
+    if init == "torch":
+      for x in (w, kernel, b, bias):
+        assert np.abs(x).max() <= 1 / np.sqrt(fan_in) + 1e-7
+      assert np.abs(bias).max() > 0.5 / np.sqrt(fan_in)
+    else:
+      assert not b.any() and not bias.any()
+      assert np.abs(w).max() <= 2.01 / np.sqrt(fan_in) / .87962566103423978
+
+
+def test_seeds_overrides_and_the_accuracy_table():
+  assert compare.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+  assert compare.parse_seeds("0,3,7-8") == [0, 3, 7, 8]
+  assert compare.parse_seeds("") == [None]
+  assert trainers.parse_overrides(["seed=3", "model.weight_init=torch", "learning_rate=1e-3"]) == {
+      "seed": 3, "model.weight_init": "torch", "learning_rate": 1e-3}
+  rows = {"a": [{"seed": 0, "final_acc": 0.99}, {"seed": 1, "final_acc": 0.992}]}
+  table = compare.accuracy_table(rows, [0, 1])
+  assert "| a | 99.00% | 99.20% | 99.10% +- 0.14% |" in table

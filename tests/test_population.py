@@ -46,6 +46,9 @@ def test_members_are_the_sweep_times_the_seeds():
     ('{"learnin_rate": [0.1]}', "'learnin_rate', which is not a field"),
     ("learning_rate=0.1", "is not JSON"),
     ('{"learning_rate": ["fast"]}', "takes numbers"),
+    ('{"augment.crop": [1, 1.5]}', "augment.crop takes whole numbers"),
+    ('{"augment.elastic_sigma": [4.0, 0.0]}', "sweep: augment.elastic_sigma must be positive"),
+    ('{"augment.zoom": [0.1, 1.2]}', "sweep: augment.zoom must be below 1"),
 ])
 def test_a_sweep_that_cannot_share_one_program_is_refused_naming_the_field(sweep, message):
   config = load_config("cnn")
@@ -236,3 +239,46 @@ def test_a_non_finite_value_names_its_member_and_step():
   with pytest.raises(NonFiniteLossError, match=r"loss of member 1 \(seed 5\) became inf at step 8"):
     progress.check_finite(metrics, 7, population)
   progress.check_finite({"loss": np.ones((2, 2))}, 7, population)
+
+
+def test_a_sweep_of_zoom_crop_and_elastic_trains_each_member_as_its_single_run(mock_mnist):
+  """The newer augmentations read as traced values, one per member, like shift and rotate: a
+  member with every one of them on trains as a single run with those values."""
+  sweep = '{"augment.zoom": [0.0, 0.1], "augment.crop": [0, 2], "augment.elastic": [0.0, 8.0]}'
+  config = lambda **o: shrink(load_config("mlp"), **{"model.hidden": (32,), **o})
+  _, population = train_and_evaluate(config(sweep=sweep))
+  assert len(population["members"]) == 8
+  last = population["members"][-1]
+  assert (last["augment.zoom"], last["augment.crop"], last["augment.elastic"]) == (0.1, 2, 8.0)
+  _, single = train_and_evaluate(config(**{"augment.zoom": 0.1, "augment.crop": 2,
+                                           "augment.elastic": 8.0}))
+  np.testing.assert_allclose(last["loss"], single["test"]["loss"], rtol=1e-4)
+  first = population["members"][0]  # every magnitude 0: the identity, as augmentation off
+  _, plain = train_and_evaluate(config())
+  np.testing.assert_allclose(first["loss"], plain["test"]["loss"], rtol=1e-4)
+  assert first["loss"] != last["loss"]  # the augmentations did train the last member otherwise
+
+
+def test_test_time_augmentation_scores_each_member_and_their_ensemble():
+  """tta_shift in a population: each member's sums are its own eval_step's with tta_shift, and
+  the ensemble averages the probabilities of every member's shifted views."""
+  from training import tasks
+  from training.data import augment
+  from training.model import steps
+  config = shrink(load_config("mlp"), population=2, **{"model.hidden": (16,)})
+  state = tasks.get(config, 10, (28, 28, 1)).init_population(lambda step: 1e-3,
+                                                             members.members(config))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 28, 28, 1), np.uint8),
+           "label": rng.integers(0, 10, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
+  got = steps.population_eval_step(state, batch, 10, jax.vmap, tta_shift=1)
+  views = augment.shifted_views(steps.preprocess(batch["image"]), 1)
+  probs = []
+  for k in range(2):
+    member = members.take(state, k)
+    one = steps.eval_step(member, batch, 10, tta_shift=1)
+    np.testing.assert_allclose(got["members"]["loss_sum"][k], one["loss_sum"], rtol=1e-5)
+    assert one["loss_sum"] != steps.eval_step(member, batch, 10)["loss_sum"]
+    probs += [jax.nn.softmax(steps.eval_logits(member, v)) for v in views]
+  nll = -np.log(np.mean(probs, axis=0)[np.arange(8), batch["label"]]).sum()
+  np.testing.assert_allclose(got["ensemble"]["loss_sum"], nll, rtol=1e-4)

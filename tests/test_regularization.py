@@ -111,7 +111,27 @@ def _with(config, **fields):
   return c
 
 
-@pytest.mark.parametrize("field, value", [("ema_decay", 1.0), ("augment.rotate", -5.0)])
+@pytest.mark.parametrize("field, value", [
+    ("ema_decay", 1.0), ("augment.rotate", -5.0), ("augment.elastic", -1.0),
+    ("augment.crop", -1), ("augment.zoom", 1.0), ("augment.elastic_sigma", 0.0)])
 def test_bad_regularization_values_fail_clearly(field, value, mock_mnist):
   with pytest.raises(ValueError, match=field.split(".")[-1]):
     train_and_evaluate(shrink(load_config("mlp"), **{field: value}))
+
+
+def test_test_time_augmentation_is_an_option_of_the_evaluation_only():
+  """tta_shift averages the softmax over 5 shifted views in every evaluation: another loss than
+  the plain evaluation, the same as the views averaged by hand."""
+  state, batch = _state_and_batch(ema=False)
+  masked = {**batch, "mask": np.ones(16, np.float32)}
+  plain = steps.eval_step(state, masked, num_classes=10)
+  tta = steps.eval_step(state, masked, num_classes=10, tta_shift=1)
+  assert float(tta["loss_sum"]) != float(plain["loss_sum"]) and float(tta["count"]) == 16
+  views = augment.shifted_views(steps.preprocess(batch["image"]), 1)
+  probs = np.mean([jax.nn.softmax(state.apply_fn(state.variables(), v, train=False))
+                   for v in views], axis=0)
+  nll = -np.log(probs[np.arange(16), batch["label"]]).sum()
+  np.testing.assert_allclose(float(tta["loss_sum"]), nll, rtol=1e-4)
+  driver = device.DeviceSteps(mesh_lib.make_mesh((-1,), ("data",)), 16, 16, 10, tta_shift=1)
+  evaluated = driver.evaluate(driver.put(state), *driver.put_eval(batch["image"], batch["label"]))
+  np.testing.assert_array_equal(evaluated["confusion"], tta["confusion"])

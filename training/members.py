@@ -88,6 +88,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
       raise ConfigError(f"--config.sweep: {field} takes numbers, got {bad[0]!r}.")
+    # A member's traced value is used as given, its single run's rounded (`member_config`).
+    if type(flat[field]) is int and any(v != int(v) for v in values):
+      raise ConfigError(f"--config.sweep: {field} takes whole numbers, got {values}.")
 
 
 def members(config: ml_collections.ConfigDict) -> list[Member]:

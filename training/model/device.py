@@ -95,10 +95,12 @@ class DeviceSteps:
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
                chunk: int = 1, steps_per_epoch: int = 0, step: Callable | None = None,
-               members: int = 0, mode: str = "vmap", **step_options: float):
+               members: int = 0, mode: str = "vmap", tta_shift: int = 0,
+               **step_options: float):
     """`step`: the task's pure train step (state, batch, rng) -> (state, metrics); by default
     the classifier's `train_step` with `step_options`. `members`: the population's size (0: a
-    single model); `mode`: how the step runs over them (`member_map`)."""
+    single model); `mode`: how the step runs over them (`member_map`). `tta_shift`: the
+    evaluation's test-time augmentation (`steps.eval_step`)."""
     _check_divisible(mesh, batch_size, eval_batch_size, members)
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
     self.members, self.mode, self.map = members, mode, member_map(mode, mesh)
@@ -106,8 +108,8 @@ class DeviceSteps:
     self.sharded = NamedSharding(mesh, P("data"))
     self.by_member = NamedSharding(mesh, P("members" if "members" in mesh.axis_names else None))
     step = step or functools.partial(steps_lib.train_step, **step_options)
-    self._compile(step, steps_lib.population_eval_step if members else steps_lib.eval_step,
-                  num_classes)
+    evaluate = steps_lib.population_eval_step if members else steps_lib.eval_step
+    self._compile(step, functools.partial(evaluate, tta_shift=tta_shift), num_classes)
     self.chunk = chunk
     self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
     permutation = lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n)

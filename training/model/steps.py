@@ -31,19 +31,27 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
                label_smoothing: float = 0.0, augment_shift: float = 0.0,
-               augment_rotate: float = 0.0, ema_decay: float = 0.0
+               augment_rotate: float = 0.0, augment_zoom: float = 0.0,
+               augment_crop: float = 0, augment_elastic: float = 0.0,
+               augment_elastic_sigma: float = 4.0, ema_decay: float = 0.0
                ) -> tuple[TrainState, Metrics]:
   """One optimizer step on `batch`; pure, with per-step randomness from fold_in(rng, step).
 
-  `augment_*`: random shift (pixels) and rotation (degrees) of each image; `ema_decay`: the
-  decay of the moving average of the weights (kept when the state has one). A population's swept
-  values (`state.hyper`, one per member) replace the options of the same fields.
+  `augment_*`: each image's random shift (pixels), rotation (degrees), zoom (relative),
+  whole-pixel crop and elastic distortion (`augment.random_affine`); `ema_decay`: the decay of
+  the moving average of the weights (kept when the state has one). A population's swept values
+  (`state.hyper`, one per member) replace the options of the same fields.
   """
   o = swept_options(state.hyper, label_smoothing=label_smoothing, augment_shift=augment_shift,
-                    augment_rotate=augment_rotate, ema_decay=ema_decay)
+                    augment_rotate=augment_rotate, augment_zoom=augment_zoom,
+                    augment_crop=augment_crop, augment_elastic=augment_elastic,
+                    augment_elastic_sigma=augment_elastic_sigma, ema_decay=ema_decay)
   step_rng = jax.random.fold_in(rng, state.step)
   images = augment.random_affine(preprocess(batch["image"]), jax.random.fold_in(step_rng, 1),
-                                 max_shift=o["augment_shift"], max_rotate_deg=o["augment_rotate"])
+                                 max_shift=o["augment_shift"], max_rotate_deg=o["augment_rotate"],
+                                 max_zoom=o["augment_zoom"], max_crop=o["augment_crop"],
+                                 elastic=o["augment_elastic"],
+                                 elastic_sigma=o["augment_elastic_sigma"])
   apply_fn = model_apply(state)
 
   def loss_fn(params):
@@ -81,28 +89,37 @@ def model_apply(state: TrainState) -> Callable[..., Any]:
   return state.apply_fn.__self__.clone(**fields).apply
 
 
-def eval_step(state: TrainState, batch: Batch, num_classes: int) -> Metrics:
-  """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly."""
-  logits = state.apply_fn(state.eval_variables(), preprocess(batch["image"]), train=False)
-  return _sums(logits, batch, num_classes)
+def eval_step(state: TrainState, batch: Batch, num_classes: int, tta_shift: int = 0) -> Metrics:
+  """Sums over the real (mask=1) examples of a padded batch, so partial batches count exactly.
+  `tta_shift`: test-time augmentation over shifts by that many pixels (0: off)."""
+  return _sums(eval_logits(state, preprocess(batch["image"]), tta_shift), batch, num_classes)
+
+
+def eval_logits(state: TrainState, images: jax.Array, tta_shift: int = 0) -> jax.Array:
+  """One model's evaluation logits of preprocessed `images`; with `tta_shift`, the log of its
+  mean softmax over the image and its shifted copies (`augment.test_time_logits`)."""
+  apply = lambda x: state.apply_fn(state.eval_variables(), x, train=False)
+  return augment.test_time_logits(apply, images, tta_shift) if tta_shift else apply(images)
 
 
 def population_eval_step(state: TrainState, batch: Batch, num_classes: int,
-                         member_map: Callable[[Callable], Callable]) -> dict[str, Metrics]:
+                         member_map: Callable[[Callable], Callable],
+                         tta_shift: int = 0) -> dict[str, Metrics]:
   """`eval_step`'s sums for each member of a population (a leading axis), under "members", and
-  for their ensemble, whose class probabilities are the mean of the members', under "ensemble"."""
-  logits = members_logits(state, preprocess(batch["image"]), member_map)
+  for their ensemble, whose class probabilities are the mean of the members', under "ensemble".
+  With `tta_shift` each member's probabilities are its mean over the shifted views."""
+  logits = members_logits(state, preprocess(batch["image"]), member_map, tta_shift)
   members = jax.vmap(lambda member: _sums(member, batch, num_classes))(logits)
   # As logits, the log of the mean probability has that mean for its softmax.
   return {"members": members, "ensemble": _sums(ensemble_log_probs(logits), batch, num_classes)}
 
 
 def members_logits(state: TrainState, images: jax.Array,
-                   member_map: Callable[[Callable], Callable]) -> jax.Array:
+                   member_map: Callable[[Callable], Callable], tta_shift: int = 0) -> jax.Array:
   """Each member's logits of the same `images` (preprocessed): (members, N, classes). Under
   jax.vmap the members' weights batch into wider layers, as the input is shared: no grouped
   convolutions, unlike training, where each member has a batch of its own."""
-  return member_map(lambda s: s.apply_fn(s.eval_variables(), images, train=False))(state)
+  return member_map(lambda s: eval_logits(s, images, tta_shift))(state)
 
 
 def ensemble_log_probs(logits: jax.Array) -> jax.Array:

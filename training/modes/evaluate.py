@@ -51,8 +51,9 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
                       "(validation_fraction=0); evaluate --split=test or train.")
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   n = mesh.shape["data"]
+  # .get: configs saved before tta_shift existed evaluated without it.
   driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes,
-                              members=len(r.members))
+                              members=len(r.members), tta_shift=config.get("tta_shift", 0))
   totals = driver.evaluate(driver.put_state(r.state), *driver.put_eval(part.images, part.labels))
   result, lines = _result(r, totals, split)
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)

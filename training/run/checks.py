@@ -25,7 +25,7 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "checkpoint.keep_best": 0, "stop_after_steps": 0, "steps_per_call": 0,
              "max_train_examples": 0, "max_eval_examples": 0, "max_per_class": 0,
              "folder.image_size": 1, "weight_decay": 0.0,
-             "grad_clip_norm": 0.0, "profile_steps": 0}
+             "grad_clip_norm": 0.0, "profile_steps": 0, "tta_shift": 0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -34,6 +34,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          ("schedule", optim.SCHEDULES)):
     if config[field] not in choices:
       raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
+  _check_ranges(config)
+  sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
+                        config.get("data_url"))
+  nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
+  members.check(config)
+  _check_swept_ranges(config)
+  tasks.check(config)
+  finetune.validate(config)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """The numeric fields (those a sweep may vary among them), each within its meaningful range."""
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, low in _AT_LEAST.items():
     if (value := flat.get(field, low)) < low:
@@ -46,16 +58,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
-  for field in ("shift", "rotate"):
-    if config.augment[field] < 0:
+  # The defaults first: configs saved before zoom, crop and elastic existed (resumed) lack them.
+  a = {"zoom": 0.0, "crop": 0, "elastic": 0.0, "elastic_sigma": 4.0, **config.augment.to_dict()}
+  for field in ("shift", "rotate", "zoom", "crop", "elastic"):
+    if a[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
-                        f"{config.augment[field]}.")
-  sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
-                        config.get("data_url"))
-  nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
-  members.check(config)
-  tasks.check(config)
-  finetune.validate(config)
+                        f"{a[field]}.")
+  if not a["zoom"] < 1:
+    raise ConfigError(f"augment.zoom must be below 1 (a zoom factor in [1 - zoom, 1 + zoom]), "
+                      f"got {a['zoom']}.")
+  if not a["elastic_sigma"] > 0:
+    raise ConfigError(f"augment.elastic_sigma must be positive (pixels), got "
+                      f"{a['elastic_sigma']}.")
+
+
+def _check_swept_ranges(config: ml_collections.ConfigDict) -> None:
+  """`_check_ranges` of each sweep setting, as its members run it (a traced value out of range,
+  e.g. elastic_sigma 0, would train on NaNs rather than fail)."""
+  if not members.swept(config):
+    return
+  for member in members.members(config):
+    if member.seed == config.seed:  # each setting once, not once per seed
+      try:
+        _check_ranges(members.member_config(config, member))
+      except ConfigError as e:
+        raise ConfigError(f"--config.sweep: {e}") from e
 
 
 def check_workdir(workdir: str) -> None:

@@ -128,7 +128,8 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
                               steps_per_epoch=steps_per_epoch, step=task.train_step,
-                              members=len(population), mode=mode)
+                              members=len(population), mode=mode,
+                              tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
              _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch,
              population)

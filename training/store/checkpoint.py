@@ -73,7 +73,7 @@ RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "
                      "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
                      "progress_bar", "test_every_epoch", "report",
-                     "population_mode", "profile_steps")  # and checkpoint.*
+                     "population_mode", "profile_steps", "tta_shift")  # and checkpoint.*
 
 
 def _state_tree(state: Any) -> dict[str, Any]:

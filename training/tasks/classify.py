@@ -15,8 +15,11 @@ from training.tasks import base
 
 def step_options(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The config's keyword arguments of `steps.train_step`."""
-  return {"label_smoothing": config.label_smoothing, "augment_shift": config.augment.shift,
-          "augment_rotate": config.augment.rotate, "ema_decay": config.ema_decay}
+  a = config.augment
+  return {"label_smoothing": config.label_smoothing, "augment_shift": a.shift,
+          "augment_rotate": a.rotate, "augment_zoom": a.get("zoom", 0.0),
+          "augment_crop": a.get("crop", 0), "augment_elastic": a.get("elastic", 0.0),
+          "augment_elastic_sigma": a.get("elastic_sigma", 4.0), "ema_decay": config.ema_decay}
 
 
 class Classify(base.Task):
