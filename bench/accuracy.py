@@ -36,6 +36,11 @@ SEEDS = {"best": 5, "cnn": 5, "mlp": 5, "speedrun": 5}
 DEFAULT_SEEDS = 3
 
 
+def _population(name: str) -> int:
+  import importlib
+  return importlib.import_module(f"configs.{name}").get_config().get("population", 1)
+
+
 def run(name: str, root: str, seeds: int, extra: list[str]) -> dict:
   workdir = os.path.join(root, name)
   cmd = [sys.executable, "train.py", f"--config=configs/{name}.py", f"--workdir={workdir}",
@@ -82,7 +87,9 @@ def main() -> None:
   # Anything else (e.g. --config.dtype=bfloat16) is passed to every run.
   args, overrides = ap.parse_known_args()
   known = configs.names()
-  classifiers = [n for n in known if configs.task(n) == "classify"]
+  # A config that is already a population (ensemble.py: best.py's 5 seeds) is the row of the
+  # config it extends, so the full table leaves it out; named, it keeps its own population.
+  classifiers = [n for n in known if configs.task(n) == "classify" and _population(n) == 1]
   names = args.configs.split(",") if args.configs else classifiers
   unknown = sorted(set(names) - set(known))
   if unknown:
@@ -93,7 +100,8 @@ def main() -> None:
   rows = []
   with tempfile.TemporaryDirectory() as root:
     for name in names:
-      seeds = args.seeds or SEEDS.get(name, DEFAULT_SEEDS)
+      own = _population(name)
+      seeds = args.seeds or SEEDS.get(name) or (own if own > 1 else DEFAULT_SEEDS)
       rows.append(run(name, root, seeds, overrides))
       r = rows[-1]
       print(f"{name}: {r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f}% over {seeds} seeds, "

@@ -2,8 +2,9 @@
 
     python train.py --config=configs/cnn.py
 
-Reaches 99.28% test accuracy (macro F1 0.9927) in 5 epochs: 79 s for the whole process on a
-2-core CPU (see README).
+Reaches 99.23 +- 0.05% test accuracy over 5 seeds (0-4, trained as one population with
+`--config.population=5`), their ensemble 99.31%, in 5 epochs: 349 s for all five in one process
+on a 2-core CPU, 79 s for one seed (see README).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python train.py --config=configs/mlp.py
 
-Reaches 98.54% test accuracy (macro F1 0.9853) in 10 epochs: 27 s for the whole process on a
-2-core CPU (see README).
+Reaches 98.54 +- 0.06% test accuracy over 5 seeds (0-4, trained as one population with
+`--config.population=5`), their ensemble 98.71%, in 10 epochs: 85 s for all five in one process
+on a 2-core CPU, 27 s for one seed (see README).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python train.py --config=configs/mobilenet.py
 
-Reaches 99.12% test accuracy (macro F1 0.9911) in 6 epochs: 99 s for the whole process on a
-2-core CPU, 15 s an epoch (see README).
+Reaches 99.06 +- 0.04% test accuracy over 3 seeds (0-2, trained as one population with
+`--config.population=3`), their ensemble 99.22%, in 6 epochs: 322 s for all three in one process
+on a 2-core CPU, 99 s for one seed (see README).
 """
 
 from __future__ import annotations

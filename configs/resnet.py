@@ -2,8 +2,9 @@
 
     python train.py --config=configs/resnet.py
 
-Reaches 99.23% test accuracy (macro F1 0.9922) in 5 epochs: 97 s for the whole process on a
-2-core CPU, 19 s an epoch (see README).
+Reaches 99.15 +- 0.01% test accuracy over 3 seeds (0-2, trained as one population with
+`--config.population=3`), their ensemble 99.35%, in 5 epochs: 250 s for all three in one process
+on a 2-core CPU, 97 s for one seed (see README).
 """
 
 from __future__ import annotations

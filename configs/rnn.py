@@ -2,8 +2,9 @@
 
     python train.py --config=configs/rnn.py
 
-Reaches 99.13% test accuracy (macro F1 0.9912) in 7 epochs: 110 s for the whole process on a
-2-core CPU, 15 s an epoch (see README).
+Reaches 99.14 +- 0.04% test accuracy over 3 seeds (0-2, trained as one population with
+`--config.population=3`), their ensemble 99.26%, in 7 epochs: 298 s for all three in one process
+on a 2-core CPU, 110 s for one seed (see README).
 """
 
 from __future__ import annotations

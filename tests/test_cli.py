@@ -39,7 +39,8 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
      "model by --config.dtype (float32 or bfloat16), not by a model field."),
     (["--config=configs/cnn.py", "--config.model.width=3"],
      "error: bad --config override: --config.model.width: model 'cnn' has no field 'width'; its "
-     "fields: features, kernel_size, convs_per_stage, dense, downsample, dropout, batch_norm."),
+     "fields: features, kernel_size, convs_per_stage, dense, downsample, dropout, batch_norm, "
+     "weight_init."),
     ([], "error: training needs --config, e.g. --config=configs/cnn.py. (python train.py --help "
          "lists the modes and flags)\n"),
     (["--mode=evaluate"], "error: --mode=evaluate needs --workdir, the trained run's directory."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,9 @@ def test_config_docstring_has_command_and_accuracy(config_name):
   doc = importlib_doc(config_name)
   assert f"python train.py --config=configs/{config_name}.py" in doc
   assert "%" in doc, "state the test accuracy this config reaches"
+  if config_name in CLASSIFIER_CONFIGS:  # an accuracy claim is a mean +- std over seeds
+    assert re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc), (
+        "state the test accuracy as `M +- S% over N seeds` (python bench/accuracy.py)")
 
 
 def importlib_doc(config_name: str) -> str:
