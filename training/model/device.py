@@ -4,7 +4,7 @@ of several per call, over a `jax.sharding` mesh."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -70,14 +70,24 @@ def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Calla
 
 def _has_convolution(jaxpr: Any) -> bool:
   """Whether the traced program, or one nested in it, convolves."""
-  from jax.extend import core
+  return any(e.primitive.name == "conv_general_dilated"
+             for j in jaxprs_within(jaxpr) for e in j.eqns)
+
+
+def jaxprs_within(jaxpr: Any) -> Iterator[Any]:
+  """`jaxpr` and every jaxpr nested in it (a scan's body, a cond's branches, a pjit's program),
+  found in the equations' parameters: every jax since the lower bound has those, where
+  `jax.extend.core.subjaxprs` came after 0.7.1."""
   pending = [jaxpr]
   while pending:
     j = pending.pop()
-    if any(e.primitive.name == "conv_general_dilated" for e in j.eqns):
-      return True
-    pending.extend(core.subjaxprs(j))
-  return False
+    yield j
+    for value in (v for e in j.eqns for v in e.params.values()):
+      for v in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(v, "eqns"):
+          pending.append(v)
+        elif hasattr(getattr(v, "jaxpr", None), "eqns"):  # a closed jaxpr
+          pending.append(v.jaxpr)
 
 
 class DeviceSteps:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import export as jax_export  # jax 0.7.1 has no jax.export until it is imported
 
 from training.errors import ConfigError
+from training.model import device
 
 # ONNX opset 17 (of 2022): current runtimes read it (onnxruntime since 1.13), and every model
 # here converts to it.
@@ -88,14 +89,11 @@ def _with_static_jnp_shape(fn: Probabilities) -> Probabilities:
 
 def _where(fn: Probabilities, shape: tuple[int, ...], primitive: str) -> str:
   """' (at file:line (function))': where the model's code uses `primitive`, if found."""
-  from jax.extend import core, source_info_util
-  pending = [jax.make_jaxpr(fn)(input_spec(shape)).jaxpr]
-  while pending:
-    jaxpr = pending.pop()
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == primitive:
-        return f" (at {source_info_util.summarize(eqn.source_info)})"
-    pending.extend(core.subjaxprs(jaxpr))
+  from jax.extend import source_info_util
+  jaxpr = jax.make_jaxpr(fn)(input_spec(shape)).jaxpr
+  for eqn in (e for j in device.jaxprs_within(jaxpr) for e in j.eqns):
+    if eqn.primitive.name == primitive:
+      return f" (at {source_info_util.summarize(eqn.source_info)})"
   return ""
 
 

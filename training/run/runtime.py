@@ -149,6 +149,5 @@ def setup(config: ml_collections.ConfigDict | None = None) -> None:
     # Cache every program: even sub-second compiles add up at start-up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    # XLA's own caches beside it (GPU kernels and autotuning results), where jax has the option.
-    if hasattr(jax.config, "jax_persistent_cache_enable_xla_caches"):
-      jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
+    # XLA's own caches beside it (GPU kernels and autotuning results; jax 0.7.1 has the option).
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
