@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="--mode=serve needs the serve extra: pip i
                     "'.[serve]'")
 
 from training import data, train_and_evaluate
-from training.modes import export, predict, triton
+from training.modes import evaluate, export, predict, triton
 from training.modes.serve import batcher as batcher_lib
 from training.modes.serve import model as model_lib
 
@@ -322,3 +322,32 @@ def test_triton_repository_structure():
   batching = config["dynamic_batching"][0]
   assert all(0 < b <= 64 for b in batching["preferred_batch_size"])
   assert batching["max_queue_delay_microseconds"] > 0
+
+
+async def _classify_all(url: str, pngs: list[bytes], per_request: int) -> list[str | None]:
+  """Every PNG's class, `per_request` files a request, 16 requests in flight."""
+  limit = asyncio.Semaphore(16)
+  async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    async def post(start: int) -> list[str | None]:
+      files = [("file", (f"{i}.png", pngs[i], "image/png"))
+               for i in range(start, min(start + per_request, len(pngs)))]
+      async with limit:
+        answer = await client.post("predict", files=files)
+      assert answer.status_code == 200, answer.text
+      return [p["class_name"] for p in answer.json()["predictions"]]
+    parts = await asyncio.gather(*(post(s) for s in range(0, len(pngs), per_request)))
+  return [c for part in parts for c in part]
+
+
+@pytest.mark.slow
+def test_the_test_digits_posted_as_pngs_give_evaluates_accuracy(mnist_served_run, mnist):
+  """All 10,000 test digits as PNG files, 50 a request and one a request, are classified with
+  --mode=evaluate's accuracy (to 0.01 point)."""
+  expected = evaluate.evaluate(mnist_served_run, split="test")["accuracy"]
+  pngs = [serving.png(x) for x in mnist.test.images]
+  labels = [str(y) for y in mnist.test.labels]
+  with serving.serving(mnist_served_run) as server:
+    for per_request in (50, 1):
+      classes = asyncio.run(_classify_all(server.url, pngs, per_request))
+      accuracy = np.mean([c == y for c, y in zip(classes, labels, strict=True)])
+      assert abs(accuracy - expected) <= 1e-4, (per_request, accuracy, expected)
