@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import ipaddress
+import os
 import signal
 import socket
 
@@ -55,6 +57,7 @@ def serve(directory: str, which: str = "best", member: int | None = None,
     raise ConfigError("--batch_window_ms must be 0 or more, --max_images and --max_pixels 1 "
                       "or more.")
   sock = _listen(options.host, options.port)  # first: a port in use costs no compilation
+  _leave_a_core_to_the_server()
   served = model.load(directory, which, member, options.max_batch)
   calls = batcher.Batcher(served.probabilities, options.max_batch,
                           options.batch_window_ms / 1000, options.batching)
@@ -62,9 +65,26 @@ def serve(directory: str, which: str = "best", member: int | None = None,
   config = uvicorn.Config(app.build(served, calls, limits), log_config=None, log_level="critical",
                           access_log=False, timeout_graceful_shutdown=DRAIN_S, lifespan="on")
   server = _server(config)
+  # What start-up made (JAX, Flax, the model: millions of objects) lives as long as the server:
+  # out of the garbage collector's sight, its full collections no longer walk them all.
+  gc.collect()
+  gc.freeze()
   _start_notes(directory, served, options, sock.getsockname()[:2])
   server.run(sockets=[sock])
   log(f"note: stopped after {calls.calls} device calls of {calls.images} images.")
+
+
+def _leave_a_core_to_the_server() -> None:
+  """XLA:CPU's computations on all but one core (before JAX starts its backend): with all of
+  them, a large batch's call takes every core and the event loop, which reads and answers the
+  requests, waits for it instead of working beside it (on 2 cores, 64 clients got half the
+  requests/s of 8; docs/performance.md). Other backends ignore these flags; XLA_FLAGS that set
+  them already win."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "intra_op_parallelism_threads" not in flags and "multi_thread_eigen" not in flags:
+    threads = max(1, (os.cpu_count() or 2) - 1)
+    os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
+                               f"intra_op_parallelism_threads={threads}").strip()
 
 
 def _listen(host: str, port: int) -> socket.socket:

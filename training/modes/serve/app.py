@@ -4,6 +4,8 @@ OpenAPI docs FastAPI makes (/docs, /openapi.json). Every error is a JSON {"error
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -14,7 +16,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -22,6 +23,10 @@ from training.modes.serve import inputs
 from training.modes.serve.batcher import Batcher
 from training.modes.serve.model import Served
 
+DECODE_THREADS = 2
+# Uploads up to this size (a few small digits, the page's drawing) are decoded on the event loop:
+# faster than the hand-over to a thread, and too short to hold up other requests.
+SMALL_BYTES = 64 * 1024
 PAGE = pathlib.Path(__file__).with_name("page.html")
 
 
@@ -33,11 +38,16 @@ class Limits:
 
 
 def build(served: Served, batcher: Batcher, limits: Limits) -> FastAPI:
+  # A few threads decode images, off the event loop: more would only queue for the GIL, and
+  # hold up the device thread's dispatch behind them.
+  decoding = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, "serve-decode")
+
   @contextlib.asynccontextmanager
   async def lifespan(_: FastAPI):
     batcher.start()
     yield
     await batcher.stop()  # uvicorn has drained the requests by now
+    decoding.shutdown()
 
   api = FastAPI(title="mnist-flax: a trained model", lifespan=lifespan,
                 description="Classify images with a trained run's model (--mode=serve).")
@@ -61,21 +71,25 @@ def build(served: Served, batcher: Batcher, limits: Limits) -> FastAPI:
 
   @api.post("/predict", summary="Classify images: multipart files, or JSON pixel arrays",
             openapi_extra={"requestBody": _request_body(served)})
-  async def predict(request: Request, invert: bool = False) -> dict[str, Any]:
+  async def predict(request: Request, invert: bool = False) -> JSONResponse:
     """Each image's class, its probability, every class's probability and the notes (blank,
     too small, light background: `invert=true` for dark ink on light paper)."""
     try:
-      names, loaded = await _read(request, served, limits, invert)
+      with batcher.arriving():
+        names, loaded = await _read(request, served, limits, invert, decoding)
     except inputs.BadInput as e:
       raise HTTPException(e.status, e.message) from None
     probabilities = await batcher.probabilities(np.stack([item.array for item in loaded]))
-    return {"predictions": [inputs.answer(name, item, p, served.class_names, invert,
-                                          served.light_matters)
-                            for name, item, p in zip(names, loaded, probabilities)]}
+    # A JSONResponse of plain values: FastAPI's encoding of a returned dict costs as much as
+    # the rest of a small request.
+    return JSONResponse({"predictions": [
+        inputs.answer(name, item, p, served.class_names, invert, served.light_matters)
+        for name, item, p in zip(names, loaded, probabilities)]})
   return api
 
 
-async def _read(request: Request, served: Served, limits: Limits, invert: bool) -> tuple:
+async def _read(request: Request, served: Served, limits: Limits, invert: bool,
+                decoding: concurrent.futures.Executor) -> tuple:
   """(the images' names, their `Loaded`) from a multipart form or a JSON body."""
   kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
   if kind == "application/json":
@@ -85,8 +99,8 @@ async def _read(request: Request, served: Served, limits: Limits, invert: bool) 
       raise inputs.BadInput(400, f"the body is not valid JSON ({e}): "
                                  + inputs.JSON_FORMAT.format(h=served.shape[0],
                                                              w=served.shape[1]) + ".") from None
-    loaded = await run_in_threadpool(inputs.read_arrays, body, served.shape, invert,
-                                     limits.max_images)
+    loaded = await asyncio.get_running_loop().run_in_executor(
+        decoding, inputs.read_arrays, body, served.shape, invert, limits.max_images)
     return [f"images[{i}]" for i in range(len(loaded))], loaded
   if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
     raise inputs.BadInput(415, f"content type {kind or '(none)'}: send image files as "
@@ -98,9 +112,12 @@ async def _read(request: Request, served: Served, limits: Limits, invert: bool) 
   if not files:
     raise inputs.BadInput(400, "the form holds no files: send each image as a file field, "
                                "e.g. curl -F file=@digit.png.")
-  loaded = await run_in_threadpool(
-      lambda: [inputs.read_upload(name, data, served.shape, served.fit, invert,
-                                  limits.max_pixels) for name, data in files])
+  def read() -> list:
+    return [inputs.read_upload(name, data, served.shape, served.fit, invert, limits.max_pixels)
+            for name, data in files]
+  if sum(len(data) for _, data in files) <= SMALL_BYTES:
+    return [name for name, _ in files], read()
+  loaded = await asyncio.get_running_loop().run_in_executor(decoding, read)
   return [name for name, _ in files], loaded
 
 

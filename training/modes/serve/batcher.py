@@ -1,11 +1,11 @@
 """Concurrent requests' images classified together: one device call for many requests.
 
 Requests put their images in a queue and wait. One worker takes what is queued, waits up to the
-batching window for more while the batch is not full, and runs the model on all of it in a
-thread of its own, so that the event loop goes on accepting and decoding requests meanwhile; the
-requests that arrive during a device call form the next batch. Under load the batches grow with
-the number of clients and each device call's fixed cost is shared; alone, a request waits at most
-the window. With batching off, each request's images are a device call of their own (the same
+batching window for more when the batch has room and other requests are still being read
+(`arriving`), and runs the model on all of it in a thread of its own, so that the event loop
+goes on accepting and decoding requests meanwhile; the requests that arrive during a device call
+form the next batch. Under load the batches grow with the number of clients and each device
+call's fixed cost is shared; a request alone never waits: no other is on its way. With batching off, each request's images are a device call of their own (the same
 single thread: the device runs one call at a time either way).
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import concurrent.futures
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class Batcher:
     self.pending: collections.deque = collections.deque()  # (images, future) in arrival order
     self.arrived: asyncio.Event | None = None
     self.worker: asyncio.Task | None = None
+    self.reading = 0  # requests being read, whose images will come: worth waiting for
     self.calls = 0  # device calls made, and the images they held: the mean batch size
     self.images = 0
 
@@ -47,6 +49,16 @@ class Batcher:
       await asyncio.gather(self.worker, return_exceptions=True)
     self.device.shutdown(wait=True)
 
+  @contextlib.contextmanager
+  def arriving(self) -> Iterator[None]:
+    """Around the reading of a request whose images will be classified: while any is read, a
+    batch waits (up to the window) for their images."""
+    self.reading += 1
+    try:
+      yield
+    finally:
+      self.reading -= 1
+
   async def probabilities(self, images: np.ndarray) -> np.ndarray:
     """(N, classes) for `images` (N, H, W, C), N of any size: more than a batch are split."""
     parts = [images[i:i + self.max_batch] for i in range(0, len(images), self.max_batch)]
@@ -57,6 +69,8 @@ class Batcher:
       futures.append(asyncio.get_running_loop().create_future())
       self.pending.append((part, futures[-1]))
     self.arrived.set()
+    if len(futures) == 1:
+      return await futures[0]
     return np.concatenate(await asyncio.gather(*futures))
 
   async def _call(self, batch: np.ndarray) -> np.ndarray:
@@ -86,19 +100,17 @@ class Batcher:
         start += len(images)
 
   async def _gather(self, waiting: list) -> None:
-    """Adds to `waiting` what is queued, then what comes within the window, while it fits in a
-    batch; what does not fit stays first in the queue, for the next batch."""
-    size = len(waiting[0][0])
-    deadline = asyncio.get_running_loop().time() + self.window_s
-    while True:
-      while self.pending and size + len(self.pending[0][0]) <= self.max_batch:
-        size += len(self.pending[0][0])
-        waiting.append(self.pending.popleft())
-      left = deadline - asyncio.get_running_loop().time()
-      if self.pending or size >= self.max_batch or left <= 0:
-        return
-      self.arrived.clear()
-      try:
-        await asyncio.wait_for(self.arrived.wait(), left)
-      except asyncio.TimeoutError:
-        return
+    """Adds to `waiting` what is queued while it fits in a batch; if the batch has room and
+    other requests are being read, once more after the window (one timer a batch, not a wake-up
+    per arrival: under load, the event loop's time is what limits). What does not fit stays
+    first in the queue, for the next batch."""
+    size = self._take(waiting, len(waiting[0][0]))
+    if size < self.max_batch and not self.pending and self.reading and self.window_s > 0:
+      await asyncio.sleep(self.window_s)
+      self._take(waiting, size)
+
+  def _take(self, waiting: list, size: int) -> int:
+    while self.pending and size + len(self.pending[0][0]) <= self.max_batch:
+      size += len(self.pending[0][0])
+      waiting.append(self.pending.popleft())
+    return size
