@@ -127,6 +127,10 @@ BIG = 50 * 2**20
      400, "the form holds no files"),
     ("a form of text", {"data": {"note": "no files"}}, 400, "the form holds no files"),
     ("an empty file", {"files": [("file", ("empty.png", b""))]}, 400, "the file is empty"),
+    ("too many files", {"files": [("file", ("a.png", b"x"))] * 257}, 400,
+     "Maximum number of files is 256"),
+    ("too many arrays", {"json": {"images": [[[0] * 28] * 28] * 257}}, 413,
+     "257 images in one request, over the limit of 256 (--max_images)"),
     ("malformed JSON", {"content": b'{"images": [[', "headers": {"content-type":
                                                                    "application/json"}},
      400, "the body is not valid JSON"),
