@@ -10,6 +10,7 @@
     python train.py --config=configs/cnn.py --mode=show    # the settings and the model, untrained
     python train.py --mode=show --workdir=runs/cnn         # a trained run's settings
     python train.py --mode=sample --workdir=runs/cgan [--label=7] [--num=64]   # a GAN's samples
+    python train.py --mode=serve --workdir=runs/cnn [--port=8000] [--host=127.0.0.1]   # HTTP API
 
 Multi-host: run the same command on every host, adding --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I (or --distributed where the cluster is detected: TPU pod slices,
@@ -34,7 +35,7 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cnn.p
 flags.DEFINE_string("workdir", None, "Where metrics, TensorBoard events and checkpoints go "
                     "(default: runs/<config file name>).")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "export", "show",
-                                    "sample"],
+                                    "sample", "serve"],
                   "train (resumes from the workdir's checkpoints); show: the --config's fields "
                   "with their comments, its model's layers and the registered models (with "
                   "--workdir alone: a trained run's settings); evaluate a trained workdir, "
@@ -43,7 +44,8 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "e
                   "or the runs given as arguments compared (into --workdir, default "
                   "runs/comparison); export: a checkpoint as files "
                   "that run without this code (jax.export, ONNX; see docs/export.md); sample: a "
-                  "PNG grid of a trained GAN's images.")
+                  "PNG grid of a trained GAN's images; serve: an HTTP API and a draw-a-digit page for "
+                  "a trained workdir or an export folder (see docs/serve.md).")
 flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export: best (by validation "
                     "accuracy), latest, or a step number.")
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
@@ -67,13 +69,26 @@ flags.DEFINE_string("output", None, "export: the directory (default <workdir>/ex
                     "class's probability, notes).")
 flags.DEFINE_list("formats", ["jax", "onnx"], "export: the formats to write; one that cannot be "
                   "made (ONNX without jax2onnx, or an operation it cannot express) is left out "
-                  "and said so, the others are written.")
+                  "and said so, the others are written; triton: also a Triton Inference Server "
+                  "model repository of the ONNX model (docs/serve.md).")
 flags.DEFINE_integer("label", None, "sample: the class to draw (a conditional GAN); default: "
                      "every class in turn.")
 flags.DEFINE_integer("num", 64, "sample: how many images.")
 flags.DEFINE_integer("sample_seed", 0, "sample: the noise's seed.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing export in --output.")
-flags.DEFINE_integer("member", None, "evaluate/predict/export of a population: member K "
+flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on (loopback: this "
+                    "machine only; 0.0.0.0: every network).")
+flags.DEFINE_integer("port", 8000, "serve: the port (0: any free one, named at start-up).")
+flags.DEFINE_integer("max_batch", 64, "serve: images per device call at most (compiled at "
+                     "start-up for 1, 2, 4, ... up to it).")
+flags.DEFINE_float("batch_window_ms", 2.0, "serve: how long a request waits for others to "
+                   "join its device call.")
+flags.DEFINE_bool("batching", True, "serve: batch concurrent requests together (--nobatching: "
+                  "a device call per request).")
+flags.DEFINE_float("max_body_mb", 20.0, "serve: the largest request body.")
+flags.DEFINE_integer("max_pixels", 40_000_000, "serve: the most pixels an image may have.")
+flags.DEFINE_integer("max_images", 256, "serve: the most images in one request.")
+flags.DEFINE_integer("member", None, "evaluate/predict/export/serve of a population: member K "
                      "alone (default: the ensemble, its members' probabilities averaged).")
 
 
@@ -273,6 +288,11 @@ def _run(argv: list[str], config: Any, note: str | None) -> None:
     from training.modes import sample
     print(sample.sample(FLAGS.workdir, FLAGS.checkpoint, FLAGS.label, FLAGS.num, FLAGS.output,
                         FLAGS.sample_seed))
+  elif FLAGS.mode == "serve":
+    from training.modes import serve
+    serve.serve(FLAGS.workdir, FLAGS.checkpoint, FLAGS.member, serve.Options(
+        FLAGS.host, FLAGS.port, FLAGS.max_batch, FLAGS.batch_window_ms, FLAGS.batching,
+        FLAGS.max_body_mb, FLAGS.max_pixels, FLAGS.max_images))
   elif FLAGS.mode == "show":
     from training.modes import show
     print(show.show(config, config_flags.get_config_filename(FLAGS["config"]), note)

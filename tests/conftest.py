@@ -100,3 +100,16 @@ def kill_once_logged(proc, metrics, step: int, timeout_s: float = 300) -> None:
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait(timeout=60) == -signal.SIGKILL
+
+
+@pytest.fixture(scope="session")
+def mnist_served_run(tmp_path_factory, data_cache) -> str:
+  """configs/cnn.py trained for one epoch on the real MNIST (about 98.8%, 40 s on 2 cores): the
+  model of the slow serve tests, which post the test digits and draw digits on the page."""
+  from training import train_and_evaluate
+  workdir = str(tmp_path_factory.mktemp("serve_cnn"))
+  config = load_config("cnn")
+  config.update(num_epochs=1, progress_bar=False, report=False, data_dir=real_data_dir(),
+                cache_dir=data_cache)
+  train_and_evaluate(config, workdir)
+  return workdir

@@ -25,7 +25,7 @@ import nets
 from training import ConfigError
 from training.store import checkpoint
 from training import data
-from training.modes import export, onnx_convert
+from training.modes import export, onnx_convert, triton
 from training.model import optim
 from training import train_and_evaluate
 from training.modes import predict
@@ -270,6 +270,29 @@ def test_export_command(trained, tmp_path):
   assert ("model.onnx" in done.stdout) and "checked: jax within" in done.stdout
   assert sorted(os.listdir(tmp_path / "out")) == sorted(
       ["model.jax", "model.json"] + (["model.onnx"] if HAVE_ONNX else []))
+
+
+def test_triton_repository_holds_the_onnx_model_its_config_names(trained, tmp_path):
+  """--formats=...,triton: the ONNX model as version 1 of a Triton repository, whose
+  config.pbtxt names its input and output tensors with their types and shapes (less the batch
+  dimension); without the ONNX model, the repository is left out and said so."""
+  workdir, _, _ = trained
+  out = tmp_path / "out"
+  meta = export.export(workdir, output=str(out), formats=["jax", "triton"])
+  repository = out / "triton" / triton.model_name(meta)
+  if not HAVE_ONNX:
+    assert "ONNX model, which was not made" in meta["not_written"]["triton"]
+    assert not (out / "triton").exists() and (out / "model.jax").exists()
+    return
+  assert (repository / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+  import onnx
+  graph = onnx.load(str(repository / "1" / "model.onnx")).graph
+  config = (repository / "config.pbtxt").read_text()
+  for tensor, kind in ((graph.input[0], "TYPE_UINT8"), (graph.output[0], "TYPE_FP32")):
+    dims = ", ".join(str(d.dim_value) for d in tensor.type.tensor_type.shape.dim[1:])
+    assert f'name: "{tensor.name}" data_type: {kind} dims: [ {dims} ]' in config
+  assert "dynamic_batching {" in config and "a Triton model repository" in export.format_summary(
+      meta)
 
 
 def _write_digits(mnist, tmp_path, workdir: str) -> tuple[list[str], list[str], list[int]]:

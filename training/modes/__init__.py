@@ -6,6 +6,8 @@
 - export.py    jax.export and ONNX files that classify without this code
 - sample.py    a trained GAN's images
 - show.py      a config's fields, its model's layers and the registered models (no workdir)
+- serve/       the model over HTTP: a prediction API and a draw-a-digit page (--mode=serve)
+- triton.py    a Triton Inference Server model repository of the ONNX export
 
 Each reads a workdir (its checkpoints through training.tasks.restore) and writes only its own
 outputs. May import: training.tasks, training.store, training.model, training.data and the base

@@ -36,6 +36,7 @@ from jax import export as jax_export
 
 from training.errors import unsaved
 from training.model import device, steps
+from training.modes import triton
 from training.modes.onnx_convert import (ONNX_OPSET, ExportError, Probabilities, export_onnx,
                                            input_spec, version)
 from training.store.checkpoint import Checkpointer
@@ -44,6 +45,7 @@ from training.tasks.restore import Restored, restore
 JAX_FILE, ONNX_FILE, META_FILE = "model.jax", "model.onnx", "model.json"
 FILES = (JAX_FILE, ONNX_FILE, META_FILE)
 FORMATS = {"jax": JAX_FILE, "onnx": ONNX_FILE}  # --formats
+TRITON = "triton"  # --formats=onnx,triton: also a Triton repository of the ONNX model (triton.py)
 # The jax.export artifact carries a lowering for each; a machine runs the one of its backend.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # An exported model's probabilities may differ from the in-process model's by this much (they
@@ -72,7 +74,8 @@ def export(workdir: str, which: str = "best", output: str | None = None,
   r = restore(workdir, which, member=member)
   probabilities = probabilities_fn(r)
   shape = tuple(r.dataset_info["image_shape"])
-  files, missing = _convert(formats, probabilities, shape, r.config.model.name)
+  files, missing = _convert([f for f in formats if f in FORMATS], probabilities, shape,
+                            r.config.model.name)
   differences = verify(probabilities, shape, files)
   for fmt, difference in list(differences.items()):
     if not difference <= TOLERANCE:  # a converter bug: that file would give other answers
@@ -83,6 +86,11 @@ def export(workdir: str, which: str = "best", output: str | None = None,
     raise ExportError(f"Nothing could be exported to {', '.join(formats)}: "
                       + "; ".join(f"{fmt}: {why}" for fmt, why in missing.items()) + ".")
   meta = {**metadata(r, workdir, files), "max_abs_difference": differences}
+  if TRITON in formats:  # Triton serves the ONNX model: without it there is no repository
+    if ONNX_FILE in files:
+      files.update(triton.repository(files[ONNX_FILE], meta))
+    else:
+      missing[TRITON] = "its repository holds the ONNX model, which was not made"
   if missing:
     meta["not_written"] = missing
   files[META_FILE] = (json.dumps(meta, indent=2) + "\n").encode()
@@ -97,11 +105,11 @@ def export(workdir: str, which: str = "best", output: str | None = None,
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-  unknown = sorted(set(formats) - set(FORMATS))
+  unknown = sorted(set(formats) - set(FORMATS) - {TRITON})
   if unknown or not formats:
     raise ExportError(f"Unknown export format(s) {', '.join(unknown) or '(none)'}; give some of "
-                      f"{', '.join(FORMATS)}, e.g. --formats=jax,onnx.")
-  return tuple(dict.fromkeys(formats))
+                      f"{', '.join(FORMATS)}, {TRITON}, e.g. --formats=jax,onnx.")
+  return tuple(dict.fromkeys(["onnx"] * (TRITON in formats) + list(formats)))
 
 
 def _convert(formats: Sequence[str], probabilities: Probabilities, shape: tuple[int, ...],
@@ -245,8 +253,8 @@ def _write(output: str, files: dict[str, bytes]) -> None:
   """Writes all files under temporary names, then renames them (and removes an older export's
   file that this one lacks): a failed write (an OSError) leaves the previous export whole."""
   try:
-    os.makedirs(output, exist_ok=True)
     for name, data in files.items():
+      os.makedirs(os.path.dirname(os.path.join(output, name)), exist_ok=True)
       with open(os.path.join(output, name + ".tmp"), "wb") as f:
         f.write(data)
     for name in files:
@@ -279,8 +287,11 @@ def format_summary(meta: dict[str, Any]) -> str:
       size = meta["sizes"][name]
       shown = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
       lines.append(f"  {name:<11} {shown:>9}  {what}")
+  repository = sorted({"/".join(n.split("/")[:2]) for n in meta["sizes"] if n.startswith(TRITON)})
+  lines += [f"  {d}/  a Triton model repository (config.pbtxt, labels.txt, 1/model.onnx)"
+            for d in repository]
   for fmt, why in meta.get("not_written", {}).items():
-    lines.append(f"  {FORMATS[fmt]:<11} not written: {why}")
+    lines.append(f"  {FORMATS.get(fmt, fmt + '/'):<11} not written: {why}")
   checked = meta["max_abs_difference"]
   lines.append("checked: " + ", ".join(f"{k} within {v:.1g}" for k, v in checked.items())
                + " of the in-process model's probabilities")

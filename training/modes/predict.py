@@ -52,9 +52,7 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
     on_start(names)
   # A folder's images keep their own background, which the model learnt: no --invert note.
   ink_note = not str(info["name"]).startswith(folder.PREFIX)
-  population = bool(r.members)
-  apply = jax.jit(lambda s, x: jnp.exp(steps.log_probabilities(s, steps.preprocess(x),
-                                                               population)))
+  apply = jax.jit(probabilities_fn(bool(r.members)))
   for chunk, loaded, batch in images.read_batches(paths, shape, batch_size, invert=invert,
                                                   fit=fit):
     probs = np.asarray(apply(r.state, batch), np.float64)  # one shape: compiled once
@@ -63,6 +61,12 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
         yield {"file": path, "error": str(item)}
       else:
         yield _prediction(path, item, p, names, images.notes(item, invert, ink_note), top)
+
+
+def probabilities_fn(population: bool) -> Callable[[Any, jax.Array], jax.Array]:
+  """(state, uint8 images (N, H, W, C)) -> class probabilities (N, classes): one model's, or a
+  population's ensemble (its members' probabilities averaged); --mode=serve compiles it too."""
+  return lambda s, x: jnp.exp(steps.log_probabilities(s, steps.preprocess(x), population))
 
 
 def _prediction(path: str, item: images.Loaded, p: np.ndarray, names: list[str],
