@@ -1,16 +1,18 @@
-"""The house in layers: every import of the code (those inside functions included) goes down the
-layers that docs/design.md declares, none goes up, none closes a circle; modules and functions
-stay short enough to read at once.
+"""The house in rooms on floors: every import of the code (those inside functions, and those made
+by name through importlib.import_module, included) goes down the floors that docs/design.md
+declares, none goes up or sideways to a sibling room, none closes a circle; each package's
+docstring says what it may import, in agreement with the table; modules and functions stay short
+enough to read at once.
 
-The layers are the table under "## Layers" in docs/design.md, top to bottom: the one place
-where they are declared, next to their diagram. Two imports are made by name at run time and so
-are not read here: `nets` and `training.tasks.base` import their own plug-in modules (each
-registers itself), which lie in their own package.
+The floors are the table under "## Layers" in docs/design.md: the one place where they are
+declared, next to their diagram. A room may import its own modules and any room on a lower floor;
+rooms on one floor are siblings that know nothing of each other.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import pathlib
 import re
@@ -21,6 +23,8 @@ from conftest import REPO
 
 MAX_FUNCTION_LINES = 60  # a function a reader takes in at once (the style guide's ~60)
 MAX_MODULE_LINES = 400  # in training/
+# The callables that import a module named by a string.
+IMPORTERS = {"import_module", "__import__"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -38,12 +42,36 @@ def _modules() -> dict[str, pathlib.Path]:
   return {_module_name(p): p for p in paths}
 
 
-def _imports_of(path: pathlib.Path, name: str) -> list[tuple[str, int]]:
-  """(module of this repository, line) for every import in `path`, at any depth. `from X import
-  Y` names the module X.Y when Y is one, else X."""
+def _resolve(target: str, modules: dict[str, pathlib.Path]) -> str:
+  """The module of this repository that `target` names (`a.b.c` of a name inside `a.b` is a.b)."""
+  while target and target not in modules:
+    target = target.rpartition(".")[0]
+  return target
+
+
+def _named_import(node: ast.Call) -> str | None:
+  """The module an `importlib.import_module(...)` call names: its string, or an f-string's
+  constant start (f"training.tasks.{name}" names the package training.tasks)."""
+  func = node.func
+  called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+  if called not in IMPORTERS or not node.args:
+    return None
+  arg = node.args[0]
+  if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+    return arg.value
+  if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+    return arg.values[0].value.rstrip(".")
+  return None
+
+
+def _imports_of(path: pathlib.Path, name: str, source: str | None = None
+                ) -> list[tuple[str, int]]:
+  """(module of this repository, line) for every import in `path` (or in `source`, read as
+  `path`), at any depth. `from X import Y` names the module X.Y when Y is one, else X."""
   modules, package = _modules(), name if path.name == "__init__.py" else name.rpartition(".")[0]
   found = []
-  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+  tree = ast.parse(path.read_text() if source is None else source, str(path))
+  for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       targets = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom):
@@ -53,11 +81,13 @@ def _imports_of(path: pathlib.Path, name: str) -> list[tuple[str, int]]:
                         + ([base] if base else []))
       targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
                  for a in node.names]
+    elif isinstance(node, ast.Call) and (named := _named_import(node)):
+      # f"training.tasks.{name}" from inside training.tasks: a plug-in of its own package.
+      targets = [] if name.startswith(named + ".") else [named]
     else:
       continue
     for target in targets:
-      while target and target not in modules:  # `import a.b.c` of a name inside a module
-        target = target.rpartition(".")[0]
+      target = _resolve(target, modules)
       if target and target != name:
         found.append((target, node.lineno))
   return found
@@ -68,47 +98,88 @@ def _graph() -> dict[str, list[tuple[str, int]]]:
   return {name: _imports_of(path, name) for name, path in _modules().items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Room:
+  name: str
+  floor: int
+  modules: tuple[str, ...]  # a folder ("training.run.") stands for every module in it
+
+
 @functools.cache
-def _layers() -> list[tuple[str, list[str]]]:
-  """(layer, its modules) from docs/design.md's table, top layer first: a folder ("training.run.")
-  stands for every module in it, a file for itself."""
+def _rooms() -> tuple[Room, ...]:
+  """The rooms of docs/design.md's table under '## Layers' (floor | room | modules | ...)."""
   text = (REPO / "docs" / "design.md").read_text()
   section = text.split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
-  layers = []
+  rooms = []
   for row in re.findall(r"^\|(.+)\|\s*$", section, re.M):
     cells = [c.strip() for c in row.split("|")]
-    paths = re.findall(r"`([^`]+)`", cells[1]) if len(cells) > 1 else []
-    if paths and not set(cells[0]) <= set("-: "):
-      layers.append((cells[0], [p.replace("/", ".") if p.endswith("/") else
-                                p.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-                                for p in paths]))
-  assert layers, "docs/design.md has no layer table under '## Layers'"
-  return layers
+    if len(cells) < 3 or not cells[0].isdigit():
+      continue
+    paths = re.findall(r"`([^`]+)`", cells[2])
+    rooms.append(Room(cells[1], int(cells[0]), tuple(
+        p.replace("/", ".") if p.endswith("/") else
+        p.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for p in paths)))
+  assert rooms, "docs/design.md has no table of floors and rooms under '## Layers'"
+  return tuple(rooms)
 
 
-def _layer(module: str) -> int | None:
-  """The layer's height (0: the bottom one), by the longest declared prefix of `module`."""
-  best, height = -1, None
-  for i, (_, declared) in enumerate(_layers()):
-    for name in declared:
+def _room(module: str) -> Room | None:
+  """The room of `module`, by the longest declared prefix."""
+  best, found = -1, None
+  for room in _rooms():
+    for name in room.modules:
       folder = name.endswith(".")
       if (module + "." == name or module.startswith(name)) if folder else module == name:
         if len(name) > best:
-          best, height = len(name), len(_layers()) - 1 - i
-  return height
+          best, found = len(name), room
+  return found
 
 
-def test_every_module_is_in_a_declared_layer():
-  missing = sorted(m for m in _modules() if _layer(m) is None)
-  assert not missing, f"in no layer of docs/design.md's table: {missing}"
+def _may_import(a: Room, b: Room) -> bool:
+  return a == b or b.floor < a.floor
 
 
-def test_no_import_goes_up_a_layer():
-  names = [name for name, _ in _layers()][::-1]
-  up = [f"{_modules()[a].relative_to(REPO)}:{line} imports {b} ({names[_layer(a)]} -> "
-        f"{names[_layer(b)]})" for a, targets in _graph().items() for b, line in targets
-        if _layer(a) is not None and _layer(b) is not None and _layer(b) > _layer(a)]
-  assert not up, "imports that go up a layer:\n" + "\n".join(up)
+def _violations(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
+  """Every import that goes up a floor or sideways to a sibling room."""
+  out = []
+  for a, targets in sorted(graph.items()):
+    for b, line in targets:
+      ra, rb = _room(a), _room(b)
+      if ra and rb and not _may_import(ra, rb):
+        way = "a sibling on its floor" if ra.floor == rb.floor else "up a floor"
+        where = _modules()[a].relative_to(REPO) if a in _modules() else a
+        out.append(f"{where}:{line} imports {b} ({ra.name} -> {rb.name}: {way})")
+  return out
+
+
+def test_every_module_is_in_a_declared_room():
+  missing = sorted(m for m in _modules() if _room(m) is None)
+  assert not missing, f"in no room of docs/design.md's table: {missing}"
+
+
+def test_no_import_goes_up_a_floor_or_to_a_sibling():
+  bad = _violations(_graph())
+  assert not bad, "imports the table forbids:\n" + "\n".join(bad)
+
+
+def test_the_check_catches_a_sibling_import():
+  """store and model share a floor: the store importing the model is refused."""
+  source = "from training.model import build\n"
+  graph = {"training.store.checkpoint": _imports_of(
+      REPO / "training/store/checkpoint.py", "training.store.checkpoint", source)}
+  assert _violations(graph) == [
+      "training/store/checkpoint.py:1 imports training.model.build (store -> model: a sibling "
+      "on its floor)"]
+
+
+@pytest.mark.parametrize("call", ['importlib.import_module("training.run.loop")',
+                                  'import_module(f"training.modes.{name}")'])
+def test_the_check_catches_an_import_by_name_of_a_higher_floor(call):
+  source = f"import importlib\nfrom importlib import import_module\n\ndef later(name):\n  {call}\n"
+  graph = {"training.data.sources": _imports_of(
+      REPO / "training/data/sources.py", "training.data.sources", source)}
+  bad = _violations(graph)
+  assert len(bad) == 1 and ":5 imports training." in bad[0] and "up a floor" in bad[0], bad
 
 
 def _cycles(graph: dict[str, list[tuple[str, int]]]) -> list[list[str]]:
@@ -182,7 +253,46 @@ def test_modules_of_the_library_stay_small():
   assert not long, "\n".join(long)
 
 
-def test_each_package_says_what_it_holds_and_may_import():
-  for init in sorted(REPO.glob("training/*/__init__.py")):
-    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
-    assert "May import" in doc or "may import" in doc, f"{init.relative_to(REPO)}'s docstring"
+def _docstring_disagreements(package: str, doc: str) -> list[str]:
+  """How a package's docstring disagrees with the table and with the package's own imports: its
+  "May import" sentence names rooms (training.x, nets, configs, "the base modules", or "every
+  layer below"); each must be one the table lets it import, and it must import no other."""
+  own = _room(package)
+  found = re.search(r"May import:?(.*?)(?:\.\s|\.$|$)", doc, re.S | re.I)
+  if not found:
+    return [f"{package}: no 'May import' sentence in its docstring"]
+  sentence, below = " ".join(found.group(1).split()), [r for r in _rooms() if r.floor < own.floor]
+  named = {_room(n) for n in re.findall(r"\b(training\.\w+|nets|configs)\b", sentence)}
+  named |= {r for r in _rooms() if r.name == "base" and "base modules" in sentence}
+  named |= set(below) if re.search(r"every (layer|floor) below", sentence) else set()
+  out = [f"{package}: its docstring allows {r.name}, which the table forbids (floor {r.floor} "
+         f"from {own.name} on floor {own.floor})"
+         for r in sorted(named - {None}, key=lambda r: r.name) if not _may_import(own, r)]
+  used = {_room(b) for a, targets in _graph().items() if a == package or
+          a.startswith(package + ".") for b, _ in targets} - {own, None}
+  out += [f"{package}: imports {r.name}, which its docstring does not allow"
+          for r in sorted(used - named, key=lambda r: r.name)]
+  return out
+
+
+def _packages() -> list[str]:
+  return sorted(_module_name(p) for p in REPO.glob("training/*/__init__.py"))
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_each_package_docstring_may_import_what_the_table_allows(package):
+  init = REPO / package.replace(".", "/") / "__init__.py"
+  doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+  assert not _docstring_disagreements(package, doc)
+
+
+@pytest.mark.parametrize("doc, wrong", [
+    ("May import: training.model and the base modules.", "allows model, which the table forbids"),
+    ("May import: training.modes.", "allows modes, which the table forbids"),
+    ("May import: nets.", "imports base, which its docstring does not allow"),
+    ("It keeps files.", "no 'May import' sentence")])
+def test_a_docstring_that_disagrees_with_the_table_is_caught(doc, wrong):
+  """The store's docstring rewritten: one that allows a sibling, one that allows a higher floor,
+  one that leaves out what the store imports, one with no sentence at all."""
+  found = _docstring_disagreements("training.store", doc)
+  assert any(wrong in line for line in found), found

@@ -157,8 +157,3 @@ def summary(values: np.ndarray) -> tuple[float, float]:
   """(mean, standard deviation) of the members' values (ddof=1: a sample of seeds; 0 for one)."""
   values = np.asarray(values, np.float64)
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def step_of(state: Any) -> int:
-  """The step of a train state (a population's members all take each step together)."""
-  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])

@@ -8,5 +8,6 @@
 - mesh.py    the device mesh that batches are split over
 - scores.py  accuracy, macro F1 and the confusion matrix from the eval step's sums
 
-May import: training.data (augmentation), the base modules (training.errors, ...) and nets.
+May import: training.data (augmentation), the base modules (training.errors, ...), configs and
+nets.
 """

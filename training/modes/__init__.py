@@ -10,6 +10,6 @@
 - triton.py    a Triton Inference Server model repository of the ONNX export
 
 Each reads a workdir (its checkpoints through training.tasks.restore) and writes only its own
-outputs. May import: training.tasks, training.store, training.model, training.data and the base
-modules; never the run layer (the training loop).
+outputs. May import: training.tasks, training.store, training.model, training.data, the base
+modules, configs and nets; never the run layer (the training loop).
 """

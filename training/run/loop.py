@@ -18,7 +18,6 @@ import numpy as np
 
 from training.console import log
 from training.errors import Preempted
-from training.members import step_of
 from training.model.build import param_count
 from training.modes import report
 from training.run.progress import Progress
@@ -105,10 +104,10 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
                          or epoch == config.num_epochs):
           best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
           run.ckpt.save(state, best)
-      if stop.requested and step_of(state) < run.total_steps:  # at the end: finish as usual
+      if stop.requested and checkpoint.step_of(state) < run.total_steps:  # at the end: finish as usual
         run.ckpt.save(state)  # nothing new when the epoch's save has just written this step
         run.ckpt.wait()
-        raise Preempted(f"Stopped by {stop.signal_name} at step {step_of(state)}; a "
+        raise Preempted(f"Stopped by {stop.signal_name} at step {checkpoint.step_of(state)}; a "
                         f"checkpoint was saved in {run.ckpt.directory}. Re-run the same command "
                         "to resume.")
   return state

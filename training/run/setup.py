@@ -17,13 +17,12 @@ from training import data, members, tasks
 from training.console import log
 from training.data import Dataset
 from training.errors import ConfigError, workdir_write_error
-from training.members import step_of
 from training.model import device, optim
 from training.model import mesh as mesh_lib
 from training.model.build import model_error, param_count
 from training.run import checks, finetune
 from training.run.profile import Profiler
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import Checkpointer, step_of
 from training.store.lock import WorkdirLock
 from training.store.records import MetricWriter
 

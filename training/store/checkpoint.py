@@ -35,7 +35,6 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
-from training.members import step_of
 from training.store.orbax_io import join_orbax_threads, read_errors_as
 
 BEST_METRIC = "validation/accuracy"
@@ -74,6 +73,11 @@ RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "
                      "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
                      "progress_bar", "test_every_epoch", "report",
                      "population_mode", "profile_steps", "tta_shift")  # and checkpoint.*
+
+
+def step_of(state: Any) -> int:
+  """The step of a train state (a population's members all take each step together)."""
+  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
 def _state_tree(state: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@
 - restore.py   a task's state restored from a workdir's checkpoint (for the modes, the GAN's
                judge and fine-tuning)
 
-May import: training.store, training.model, training.data and the base modules. Never the
+May import: training.store, training.model, training.data, the base modules and nets. Never the
 modes or the run layer: the loop hands a task what it needs (the Run) when it calls it.
 """
 
