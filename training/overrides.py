@@ -1,0 +1,133 @@
+"""The command line's config: a bad config file or `--config.*` override explained in one line.
+
+ml_collections and absl report these with a traceback or a bare KeyError; a user gets instead
+what the field is and the override that was probably meant. Only what the command line gave is
+read here (the argv), so train.py stays a door: it parses the flags and calls the mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any
+
+from absl import flags
+
+from training import settings
+
+SHOW_HINT = "See --helpfull for the flags, --mode=show for the config's fields."
+FIELDS_HINT = ("See the config's fields with --config=... --mode=show (configs/common.py holds "
+               "the shared ones); overrides cannot add new fields.")
+
+
+def config_path(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def config_file_problem(argv: list[str]) -> str | None:
+  """A config file that is missing or is not Python with a get_config(): what is wrong, listing
+  the configs there are (ml_collections would print a traceback)."""
+  path = config_path(argv)
+  if path is None:
+    return None
+  import configs
+  known = ", ".join(f"configs/{name}.py" for name in configs.names())
+  if not os.path.isfile(path):
+    return f"no config file {path!r}. The configs: {known}."
+  try:
+    with open(path, "rb") as f:
+      tree = ast.parse(f.read(), path)
+  except (SyntaxError, ValueError, OSError) as e:
+    where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+    return (f"{path} is not a config file: it is not valid Python{where}. Pass a Python "
+            f"file that defines get_config(), e.g. one of: {known}.")
+  if not any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
+    return f"{path} has no get_config() function, so it is not a config file. The configs: {known}."
+  return None
+
+
+def parse_error(argv: list[str], e: Exception) -> str:
+  """The `error: ...` lines for an exception that absl's flag parsing raised."""
+  if isinstance(e, flags.Error):
+    explained = explain(argv)
+    return (f"error: {f'bad --config override: {explained}' if explained else e}\n"
+            + SHOW_HINT)
+  # ml_collections raises these for overrides of missing fields or of the wrong type.
+  # Their text is a KeyError's repr ('name'\nDid you mean ...): unquote it.
+  text = str(e.args[0] if e.args else e).replace("\\n", ": ").replace("\\", "")
+  return (f"error: bad --config override: {explain(argv) or text.replace(chr(39), '')}\n"
+          + FIELDS_HINT)
+
+
+def file_config(path: str | None) -> Any:
+  """The config file's own config (without the command line's overrides), or None."""
+  try:
+    return settings.from_file(path)
+  except Exception:  # the override's own message is all there is then
+    return None
+
+
+def overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """(arg, dotted field) of each --config.FIELD=VALUE (or --config.FIELD VALUE) of `argv`."""
+  return [(arg, arg[len("--config."):].split("=", 1)[0]) for arg in argv
+          if arg.startswith("--config.")]
+
+
+def explain(argv: list[str]) -> str | None:
+  """For an override that names a group of fields (--config.model=cnn), reaches into a field
+  that is not a group (--config.optimizer.lr=...) or sets a model field the config lacks: what
+  the field is, and the override that was probably meant."""
+  config = file_config(config_path(argv))
+  if config is None:
+    return None
+  for arg, field in overrides(argv):
+    node, names = config, field.split(".")
+    for i, name in enumerate(names):
+      if not hasattr(node, "keys"):
+        return (f"--config.{field}: {'.'.join(names[:i])} is a {type(node).__name__} field "
+                f"({node!r}), not a group of fields, so it has no field {name!r}.")
+      if name not in node:
+        explained = _missing_field(config, names[:i], name, argv)
+        if explained:
+          return explained
+        break
+      node = node[name]
+    else:
+      if hasattr(node, "keys"):
+        return _group_override(field, list(node.keys()), arg.partition("=")[2])
+  return None
+
+
+def _group_override(field: str, keys: list[str], value: str) -> str:
+  """--config.model=cnn: a group of fields set as one value."""
+  meant = (f"to choose the architecture use --config.model.name={value or 'NAME'}"
+           if field == "model" else f"set one of them, e.g. --config.{field}.{keys[0]}=VALUE")
+  return (f"--config.{field} is a group of fields ({', '.join(keys)}), not one value: {meant}.")
+
+
+def _missing_field(config: Any, groups: list[str], name: str, argv: list[str]) -> str | None:
+  """An override of a model field that the config does not set (ml_collections' message covers
+  the other fields)."""
+  if groups != ["model"]:
+    return None
+  if name == "dtype":
+    return ("--config.model.dtype: the compute dtype is set for every model by --config.dtype "
+            "(float32 or bfloat16), not by a model field.")
+  import nets
+  model = next((arg.partition("=")[2] for arg, f in overrides(argv) if f == "model.name"),
+               config.model.name)
+  try:
+    known = [f for f in nets.field_names(model) if f not in ("num_classes", "dtype")]
+  except nets.ModelConfigError:
+    return None
+  if name in known:
+    return (f"--config.model.{name}: {model} has that field, but the config file does not set "
+            "it and an override cannot add a field; set it in a copy of the config file"
+            + (f", or start from configs/{model}.py" if model != config.model.name else "") + ".")
+  return (f"--config.model.{name}: model {model!r} has no field {name!r}; its fields: "
+          f"{', '.join(known)}.")
