@@ -72,9 +72,14 @@ def test_a_model_of_other_shapes_is_refused(mock_mnist, tmp_path, override):
 def test_the_mlp_config_is_refused_on_a_cnn_workdir(mock_mnist, tmp_path):
   train_and_evaluate(_config(num_epochs=1), str(tmp_path))
   mlp = shrink(load_config("mlp"), num_epochs=2)
+  # A file made and removed again (the lock) would change the directory's modification time.
+  touched = {p: p.stat().st_mtime_ns for p in [tmp_path, *tmp_path.rglob("*")] if p.is_dir()}
   with pytest.raises(CheckpointMismatchError, match=r"Conv_0.*checkpoint \(3, 3, 1, 32\) vs "
                      r"config missing") as e:
     train_and_evaluate(mlp, str(tmp_path))
+  # The refusal comes before the run takes the workdir: nothing in it was written, even for a while.
+  assert touched == {p: p.stat().st_mtime_ns for p in [tmp_path, *tmp_path.rglob("*")]
+                     if p.is_dir()}
   # What changed comes first, then the parameters that differ because of it.
   assert str(e.value).startswith("The checkpoint was trained with another model: cnn -> mlp "
                                  "(checkpoint -> now).\nThe checkpoint at step 3 in ")

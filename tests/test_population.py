@@ -282,3 +282,34 @@ def test_test_time_augmentation_scores_each_member_and_their_ensemble():
     probs += [jax.nn.softmax(steps.eval_logits(member, v)) for v in views]
   nll = -np.log(np.mean(probs, axis=0)[np.arange(8), batch["label"]]).sum()
   np.testing.assert_allclose(got["ensemble"]["loss_sum"], nll, rtol=1e-4)
+
+
+def test_a_sweeps_last_line_gives_each_setting_its_mean_and_spread():
+  """Different learning rates are different recipes: the line averages each one's seeds alone."""
+  from training import tasks
+  config = load_config("mlp")
+  config.update(population=2, sweep='{"learning_rate": [0.001, 0.003]}')
+  task = tasks.get(config, 10, (28, 28, 1))
+  rows = [{"member": i, "seed": 0 + i % 2, "learning_rate": lr, "accuracy": acc}
+          for i, (lr, acc) in enumerate([(0.001, 0.97), (0.001, 0.95), (0.003, 0.90),
+                                         (0.003, 0.91)])]
+  line = task.headline({"members": rows, "mean": 0.9325, "std": 0.03,
+                        "ensemble": {"accuracy": 0.96}})
+  assert line == ("test accuracy over 2 seeds a setting: learning_rate=0.001: 96.00 +- 1.41%; "
+                  "learning_rate=0.003: 90.50 +- 0.71%; ensemble 96.00% of all 4 members")
+  config.population = 1
+  one = tasks.get(config, 10, (28, 28, 1)).headline(
+      {"members": rows[::2], "mean": 0.935, "std": 0.05, "ensemble": {"accuracy": 0.96}})
+  assert one == ("test accuracy over 1 seed a setting: learning_rate=0.001: 97.00%; "
+                 "learning_rate=0.003: 90.00%; ensemble 96.00% of all 2 members")
+
+
+def test_a_member_run_in_the_loop_equals_its_single_run_to_the_bit(mock_mnist):
+  """docs/populations.md: in the `loop` mode a member computes what its single run computes."""
+  config = lambda **o: shrink(load_config("cnn"), num_epochs=2, **{
+      "model.features": (4, 8), "model.dense": (16,), **o})
+  population, _ = train_and_evaluate(config(population=2, population_mode="loop"))
+  single, _ = train_and_evaluate(config(seed=1))
+  for a, b in zip(jax.tree_util.tree_leaves(population.params),
+                  jax.tree_util.tree_leaves(single.params)):
+    np.testing.assert_array_equal(np.asarray(a)[1], np.asarray(b))

@@ -83,3 +83,18 @@ def os_reason(e: BaseException) -> str:
       return os.strerror(int(m.group(1)))
   text = str(e).split(" [tensorstore_spec=")[0].splitlines()
   return (text[0][:300] if text else "") or type(e).__name__
+
+
+def check_writable(directory: str) -> None:
+  """Raises the OSError that writing a file into `directory` (or, while it does not exist yet,
+  into its nearest existing parent, where it would be made) would raise. Writes nothing: a
+  refused run leaves no trace in its workdir."""
+  path = os.path.abspath(directory)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise NotADirectoryError(errno.ENOTDIR, f"{path} is a file")
+  if not os.access(path, os.W_OK | os.X_OK):
+    readonly = os.statvfs(path).f_flag & os.ST_RDONLY
+    code = errno.EROFS if readonly else errno.EACCES
+    raise OSError(code, os.strerror(code), path)

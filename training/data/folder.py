@@ -4,7 +4,7 @@ Two layouts: /path/<class>/<images> (validation and test are carved from them), 
 /path/train/<class>/..., /path/test/<class>/... and optionally /path/validation/<class>/...
 (a missing test/ is carved from train/, a missing validation/ as for tfds data). Class names are
 the folder names, sorted; images may be nested in subfolders of a class folder. Each image is
-converted as `--mode=predict --fit=resize` converts one (training/images.py), to image_size x
+converted as `--mode=predict --fit=resize` converts one (training/data/images.py), to image_size x
 image_size x channels, so that a trained model sees predict's images as it saw its training data.
 The decoded arrays are cached like the tfds data, keyed by the files' names, sizes and times.
 """
@@ -12,11 +12,11 @@ The decoded arrays are cached like the tfds data, keyed by the files' names, siz
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 
 import numpy as np
 
+from training.console import note
 from training.data import cache, images
 from training.data.dataset import Dataset, Split, carve_validation
 from training.errors import ConfigError
@@ -178,8 +178,8 @@ def _warn_skipped(root: str, skipped: np.ndarray) -> None:
   if len(skipped):
     shown = ", ".join(str(s) for s in skipped[:SHOWN_SKIPPED])
     more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
-    logging.warning("Skipped %d unreadable file(s) in %s (not images, damaged or too large): "
-                    "%s%s.", len(skipped), root, shown, more)
+    note(f"skipped {len(skipped)} unreadable file(s) in {root} (not images, damaged or too "
+         f"large): {shown}{more}.")
 
 
 def _check_counts(root: str, classes: list[str], arrays: dict[str, np.ndarray]) -> None:

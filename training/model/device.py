@@ -42,7 +42,7 @@ def member_map(mode: str, mesh: Mesh) -> Callable[[Callable], Callable]:
 def unrolled(f: Callable) -> Callable:
   """`f` over the leading axis of its arguments, one member after another, unrolled: a loop
   (`lax.map`) around a convolution's step ran 20x slower on XLA:CPU than the steps apart
-  (docs/performance.md#populations). The program holds `f` once per member."""
+  (docs/performance.md#populations-benchpopulationpy). The program holds `f` once per member."""
   def each(*args):
     n = jax.tree_util.tree_leaves(args)[0].shape[0]
     outs = [f(*jax.tree_util.tree_map(lambda x: x[k], args)) for k in range(n)]
@@ -53,7 +53,7 @@ def unrolled(f: Callable) -> Callable:
 def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Callable) -> str:
   """`config.population_mode`, or by backend and model when it is "auto": "loop" on CPU for a
   model with convolutions (`init`: a function whose trace runs the model), "vmap" otherwise
-  (docs/performance.md#populations has the measurements)."""
+  (docs/performance.md#populations-benchpopulationpy has the measurements)."""
   mode = config.get("population_mode", "auto")
   if mode not in ("auto", "vmap", "loop"):
     raise ConfigError(f"population_mode must be auto, vmap or loop, got {mode!r}.")

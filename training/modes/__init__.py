@@ -9,7 +9,10 @@
 - serve/       the model over HTTP: a prediction API and a draw-a-digit page (--mode=serve)
 - triton.py    a Triton Inference Server model repository of the ONNX export
 
-Each reads a workdir (its checkpoints through training.tasks.restore) and writes only its own
-outputs. May import: training.tasks, training.store, training.model, training.data, the base
-modules, configs and nets; never the run layer (the training loop).
+Each reads a workdir and writes only its own outputs: a trained state through
+training.tasks.restore; what a checkpoint says of itself (its step, config, dataset, the shapes of
+its arrays) through training.store.checkpoint's read-only `Checkpointer.reader` or `read_latest`.
+
+May import: training.tasks, training.store, training.model, training.data, the base modules,
+configs and nets; never the run layer (the training loop).
 """

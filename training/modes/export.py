@@ -39,7 +39,7 @@ from training.model import device, steps
 from training.modes import triton
 from training.modes.onnx_convert import (ONNX_OPSET, ExportError, Probabilities, export_onnx,
                                            input_spec, version)
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import read_latest
 from training.tasks.restore import Restored, restore
 
 JAX_FILE, ONNX_FILE, META_FILE = "model.jax", "model.onnx", "model.json"
@@ -216,11 +216,7 @@ def _test_accuracy(workdir: str, r: Restored) -> tuple[float | None, str]:
   keys = (("members", member) if member is not None else ("ensemble",) if r.members
           else ("test",))
   accuracy = _read_accuracy(final, *keys)
-  ckpt = Checkpointer.reader(workdir)
-  try:
-    latest = ckpt.latest_step()
-  finally:
-    ckpt.close()
+  latest, _ = read_latest(workdir)
   shown = "unreadable" if accuracy is None else f"{accuracy:.2%}"
   if step == latest:
     return accuracy, "test_metrics.json: the end of training, which is this checkpoint (the latest)"

@@ -28,7 +28,7 @@ from training.data import folder, idx, tfds_source
 from training.data.dataset import parse_classes
 from training.errors import ConfigError
 from training.model import build
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import read_latest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs")
@@ -279,15 +279,9 @@ def _run_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
   saved, info, source = None, None, "config.json"
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     try:
-      ckpt = Checkpointer.reader(workdir)
-      try:
-        step = ckpt.latest_step()
-        if step is not None:
-          info = ckpt.read_json(step, "dataset")
-          saved = ckpt.read_json(step, "config")
-          source = f"the checkpoint of step {step}"
-      finally:
-        ckpt.close()
+      step, (info, saved) = read_latest(workdir, "dataset", "config")
+      if step is not None:
+        source = f"the checkpoint of step {step}"
     except ConfigError:
       pass  # no readable checkpoint: config.json says it all
   try:

@@ -3,9 +3,7 @@ costs the user seconds, not a data load or a compilation."""
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 
 import ml_collections
 from flax import traverse_util
@@ -13,7 +11,7 @@ from flax import traverse_util
 import nets
 from training import members, tasks
 from training.data import sources
-from training.errors import ConfigError
+from training.errors import ConfigError, check_writable
 from training.model import optim
 from training.model.build import DTYPES
 from training.run import finetune
@@ -88,14 +86,8 @@ def _check_swept_ranges(config: ml_collections.ConfigDict) -> None:
 def check_workdir(workdir: str) -> None:
   """Fails fast, before the data is loaded, if `workdir` cannot be written or created; creates
   nothing, so that a refused run leaves no empty workdir behind."""
-  path = os.path.abspath(workdir)
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
   try:
-    if not os.path.isdir(path):
-      raise NotADirectoryError(errno.ENOTDIR, f"{path} is a file")
-    with tempfile.TemporaryFile(dir=path):
-      pass
+    check_writable(workdir)
   except OSError as e:
     raise ConfigError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}); pass a "
                       "writable directory with --workdir=...") from e

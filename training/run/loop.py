@@ -1,8 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)` returns the final state and metrics.
 
 A run is set up once (setup.py), then trained epoch by epoch (`_train_epoch`), each epoch a
-series of jitted calls whose metrics are fetched at log steps only (`_Progress.flush`), and
-finally evaluated on the test split (`_finish`), after which its report is written.
+series of jitted calls whose metrics are fetched at log steps only (`Progress.flush` in
+progress.py), and finally evaluated on the test split (`_finish`), after which its report is
+written.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
                          or epoch == config.num_epochs):
           best = epoch_metrics if checkpoint.BEST_METRIC in epoch_metrics else None
           run.ckpt.save(state, best)
-      if stop.requested and checkpoint.step_of(state) < run.total_steps:  # at the end: finish as usual
+      # At the end a stop is not needed: the run finishes as usual.
+      if stop.requested and checkpoint.step_of(state) < run.total_steps:
         run.ckpt.save(state)  # nothing new when the epoch's save has just written this step
         run.ckpt.wait()
         raise Preempted(f"Stopped by {stop.signal_name} at step {checkpoint.step_of(state)}; a "

@@ -93,6 +93,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   state = _initial_state(run)
   task.start(run)  # e.g. loads what evaluation needs: its errors come before any write
   changes = None
+  if workdir is not None and config.checkpoint.enabled:
+    _refuse_early(run, state, workdir)
   try:
     if workdir is not None:  # taken before anything in the workdir is read or written
       run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
@@ -173,14 +175,30 @@ def _resume(run: Run, state: Any, workdir: str
   if run.ckpt.latest_step() is None:
     return state, None
   state, changes = run.ckpt.resume(state)
-  if step_of(state) > run.total_steps:
+  _check_within_the_run(run, step_of(state), run.ckpt.directory, workdir)
+  return state, changes
+
+
+def _refuse_early(run: Run, state: Any, workdir: str) -> None:
+  """The checkpoint's refusals (another model, other settings, past this config's end), read
+  before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with Checkpointer.reader(workdir) as ckpt:
+    step = ckpt.latest_step()
+    if step is not None:
+      ckpt.check_resume(state, run.config)
+      _check_within_the_run(run, step, ckpt.directory, workdir)
+
+
+def _check_within_the_run(run: Run, step: int, directory: str, workdir: str) -> None:
+  if step > run.total_steps:
     raise ConfigError(
-        f"The checkpoint in {run.ckpt.directory} is at step {step_of(state)}, past the "
-        f"{config.num_epochs} epochs ({run.total_steps} steps) of this config. Raise "
-        f"--config.num_epochs to at least {-(-step_of(state) // run.steps_per_epoch)}, "
+        f"The checkpoint in {directory} is at step {step}, past the "
+        f"{run.config.num_epochs} epochs ({run.total_steps} steps) of this config. Raise "
+        f"--config.num_epochs to at least {-(-step // run.steps_per_epoch)}, "
         f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or use "
         "another --workdir.")
-  return state, changes
 
 
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:

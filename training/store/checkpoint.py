@@ -12,9 +12,8 @@ A save that cannot be written (a full disk, a lost mount) surfaces wherever orba
 the `save` that starts it, at the next `save`, at `wait` or at `close`. Each of them raises the
 same `CheckpointWriteError` (a ConfigError: one `error:` line on the command line) that says what
 failed, the free space, and the last committed checkpoint, which is left intact; the partial
-temporary directory is removed. Orbax's and tensorstore's own reports of the failure (logged
-tracebacks from their threads, "Event loop is closed") are dropped by the filters that
-`runtime.quiet_library_noise` installs at start-up.
+temporary directory is removed; orbax's own reports of it are dropped at start-up
+(`runtime.quiet_library_noise`).
 """
 
 from __future__ import annotations
@@ -52,13 +51,11 @@ class DamagedCheckpointError(ConfigError):
 
 
 class CheckpointGoneError(ConfigError):
-  """A checkpoint removed while it was read: the run writing the workdir keeps only its latest
-  ones. Another checkpoint can be read instead; nothing is damaged."""
+  """A checkpoint that the run writing the workdir rotated away while it was read; not damage."""
 
 
 class CheckpointWriteError(WorkdirWriteError):
-  """A checkpoint could not be written (a full disk, a lost mount); the committed ones are intact
-  and the partial one was removed."""
+  """A checkpoint could not be written (a full disk, a lost mount); the committed ones stay."""
 
 
 # Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
@@ -69,15 +66,23 @@ TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 # other change would continue one run with another's settings, or hand back a finished run's
 # result for a config that never trained (a seed sweep into the default workdir).
 RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "cache_dir",
-                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples",
-                     "mesh_shape", "mesh_axes", "steps_per_call", "log_every_steps",
-                     "progress_bar", "test_every_epoch", "report",
-                     "population_mode", "profile_steps", "tta_shift")  # and checkpoint.*
+                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples", "mesh_shape",
+                     "mesh_axes", "steps_per_call", "log_every_steps", "progress_bar",
+                     "test_every_epoch", "report", "population_mode", "profile_steps",
+                     "tta_shift")  # and checkpoint.*
 
 
 def step_of(state: Any) -> int:
   """The step of a train state (a population's members all take each step together)."""
   return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
+
+def read_latest(workdir: str, *items: str) -> tuple[int | None, list[dict[str, Any] | None]]:
+  """The latest checkpoint's step and its JSON `items` ("config", "dataset"), read-only (None for
+  each while there is no checkpoint)."""
+  with Checkpointer.reader(workdir) as ckpt:
+    step = ckpt.latest_step()
+    return step, [None if step is None else ckpt.read_json(step, item) for item in items]
 
 
 def _state_tree(state: Any) -> dict[str, Any]:
@@ -147,6 +152,12 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "dataset": ocp.JsonCheckpointHandler()})
+
+  def __enter__(self) -> "Checkpointer":  # `with Checkpointer.reader(workdir) as ckpt:` closes it
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -315,14 +326,21 @@ class Checkpointer:
   def resume(self, state: Any) -> tuple[Any, dict[str, str]]:
     """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
     each config field that differs from the checkpoint's). Refuses changes of settings."""
+    changes = self.check_resume(state, self.config)
+    return self.restore(state, self.latest_step()), changes
+
+  def check_resume(self, state: Any, config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The refusals of `resume`, read from the latest checkpoint's metadata and config alone (a
+    reader can check them before the run takes the workdir); its changes, if none refuses."""
     step = self.latest_step()
     saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
-    old, new = saved.get("model.name"), self.config.model.get("name")
-    state = self.restore(state, step, why=(  # named first: the parameters follow from it
-        f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
-        if old != new else ""))
+    old, new = saved.get("model.name"), config.model.get("name")
+    why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
+           if old != new else "")  # named first: the parameters follow from it
+    with read_errors_as(lambda cause: self._damaged(step, cause)):
+      self._check_shapes(self.manager.item_metadata(step)["state"], _state_tree(state), step, why)
     # Through JSON, so that tuples compare as the saved lists.
-    now = traverse_util.flatten_dict(json.loads(json.dumps(self.config.to_dict())), sep=".")
+    now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
     for side in (saved, now):
       side.pop("checkpoint.allow_config_changes", None)
     changes = {k: f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
@@ -330,14 +348,14 @@ class Checkpointer:
     # A field that only one side has was added or removed by a newer version of this code.
     refused = [line for k, line in changes.items() if k in saved and k in now
                and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
-    if refused and not self.config.checkpoint.get("allow_config_changes", False):
+    if refused and not config.checkpoint.get("allow_config_changes", False):
       raise ConfigChangedError(
           f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
           "changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
           "Resuming would continue that run with these settings. Start a new run with another "
           "--workdir, or run again with the checkpoint's values, or pass "
           "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
-    return state, changes
+    return changes
 
   def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
     have, want = _shapes(saved), _shapes(target)

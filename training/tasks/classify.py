@@ -94,10 +94,21 @@ class Classify(base.Task):
   def headline(self, test: dict[str, Any]) -> str:
     if "members" not in test:
       return f"test accuracy {test['accuracy']:.2%}"
-    n = len(test["members"])
-    what = "members" if members.swept(self.config) else "seeds"
-    return (f"test accuracy {test['mean'] * 100:.2f} +- {test['std'] * 100:.2f}% over {n} {what}; "
-            f"ensemble {test['ensemble']['accuracy']:.2%}")
+    n, swept = len(test["members"]), members.swept(self.config)
+    ensemble = f"ensemble {test['ensemble']['accuracy']:.2%}"
+    if not swept:
+      return (f"test accuracy {test['mean'] * 100:.2f} +- {test['std'] * 100:.2f}% over {n} seeds; "
+              + ensemble)
+    # A sweep's settings are different recipes: each gets the mean +- std over its own seeds.
+    settings: dict[str, list[float]] = {}
+    for row in test["members"]:
+      name = ", ".join(f"{field}={row[field]:g}" for field in swept)
+      settings.setdefault(name, []).append(row["accuracy"])
+    seeds = len(next(iter(settings.values())))
+    return (f"test accuracy over {seeds} seed{'s' if seeds > 1 else ''} a setting: "
+            + "; ".join(f"{name}: {scores.spread(acc if len(acc) > 1 else acc[0], '.2%')}"
+                        for name, acc in settings.items())
+            + f"; {ensemble} of all {n} members")
 
 
 base.register("classify", Classify)

@@ -74,8 +74,7 @@ def restore(workdir: str, which: str = "best", task: str | None = "classify",
 
 
 def _restore(workdir: str, which: str, task: str | None) -> Restored:
-  ckpt = Checkpointer.reader(workdir)
-  try:
+  with Checkpointer.reader(workdir) as ckpt:
     step, which = ckpt.choose(which)
     config = settings.from_json(ckpt.read_json(step, "config"))
     found = settings.task_name(config)
@@ -85,8 +84,6 @@ def _restore(workdir: str, which: str, task: str | None) -> Restored:
                         f"run is needed here; for that run use {use}.")
     info = ckpt.read_json(step, "dataset")
     state = ckpt.restore(abstract_state(config, info), step)
-  finally:
-    ckpt.close()
   return Restored(state, config, info, step, which,
                   members.members(config) if members.is_population(config) else [])
 

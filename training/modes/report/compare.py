@@ -40,12 +40,9 @@ def _checkpoint_params(workdir: str) -> int | None:
     return None
   try:
     import jax
-    ckpt = Checkpointer.reader(workdir)
-    try:
+    with Checkpointer.reader(workdir) as ckpt:
       step = ckpt.latest_step()
       meta = ckpt.manager.item_metadata(step)["state"] if step is not None else None
-    finally:
-      ckpt.close()
     leaves = jax.tree_util.tree_flatten_with_path(meta)[0] if meta is not None else []
     return sum(int(np.prod(getattr(leaf, "shape", ()))) for path, leaf in leaves
                if "params" in str(path[0])) or None

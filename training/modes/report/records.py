@@ -8,6 +8,7 @@ import os
 import tempfile
 from typing import Any
 
+from training import errors
 from training.errors import ConfigError
 from training.store import records as records_lib
 
@@ -46,9 +47,8 @@ def check_run_dir(workdir: str, writable: bool = True) -> None:
 
 def check_writable(directory: str) -> None:
   try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryFile(dir=directory):
-      pass
+    errors.check_writable(directory)
+    os.makedirs(directory, exist_ok=True)  # the report's files are written into it next
   except OSError as e:
     raise ReportError(f"Cannot write the report into {directory!r} ({e.strerror or e}); make "
                       "it writable, or copy the run to a writable place.") from e

@@ -20,7 +20,7 @@ import scipy.linalg
 import nets
 from training.errors import ConfigError
 from training.model import steps
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import read_latest
 from training.tasks import restore
 
 TRAIN_COMMAND = "python train.py --config=configs/speedrun.py --workdir=runs/speedrun"
@@ -31,15 +31,11 @@ D_COLLAPSE = 0.01  # a mean discriminator loss below this: the generator gets no
 def _check_classifier_workdir(workdir: str) -> None:
   """A ConfigError naming the command that trains a classifier, unless `workdir` holds one."""
   how = (f"train one (about 20 s on 2 CPU cores) with `{TRAIN_COMMAND}` and pass "
-         "--config.eval_classifier=runs/speedrun")
+         "--config.gan.eval_classifier=runs/speedrun")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ConfigError(f"No trained classifier in {workdir} to measure the images with: {how}.")
-  reader = Checkpointer.reader(workdir)
-  try:
-    step = reader.latest_step()
-    name = reader.read_json(step, "config")["model"]["name"] if step is not None else None
-  finally:
-    reader.close()
+  _, (saved,) = read_latest(workdir, "config")
+  name = saved["model"]["name"] if saved else None
   if name is None:
     raise ConfigError(f"No complete checkpoint in {workdir} to measure the images with: {how}.")
   if nets.kind_of(name) != "classifier":
