@@ -109,7 +109,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # Library chatter in absl's format (orbax: every save, a checkpoint rotated away while it is
+    # read) is not for users: this code says what matters in note: and error: lines.
+    logging.set_verbosity(logging.ERROR)
   from training import cli
   cli.check_usage(argv)
   import nets  # after flag parsing: --help stays instant

@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 import configs
+import mnist_data
 from training.run import runtime
 from training import settings
 
@@ -48,12 +49,27 @@ def shrink(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Con
   return c
 
 
+def real_tfds_dir() -> str | None:
+  """The folder of the prepared tfds MNIST, or None."""
+  return mnist_data.tfds_dir()
+
+
+def real_idx_dir() -> str:
+  """The folder of MNIST's four IDX files (mnist_data.py says where they are looked for)."""
+  return mnist_data.idx_dir() or pytest.fail(mnist_data.MISSING, pytrace=False)
+
+
 def real_data_dir() -> str:
-  """The prepared real MNIST: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets."""
-  path = os.environ.get("TFDS_DATA_DIR") or str(REPO.parent / "shared" / "tensorflow_datasets")
-  if not os.path.isdir(os.path.join(path, "mnist")):
-    pytest.fail(f"Real MNIST not found in {path}: set TFDS_DATA_DIR to the folder holding "
-                "mnist/3.0.1 (see README).")
+  """A --config.data_dir (and $TFDS_DATA_DIR for a subprocess) with the real MNIST in it."""
+  return mnist_data.data_dir() or pytest.fail(mnist_data.MISSING, pytrace=False)
+
+
+def needs_tfds_mnist() -> str:
+  """For the tests of the tfds format itself: its folder, or a skip that says why."""
+  path = real_tfds_dir()
+  if path is None:
+    pytest.skip("needs MNIST prepared by tfds (mnist/3.0.1 in $TFDS_DATA_DIR); the IDX files "
+                "that the other tests use do not have its format")
   return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import importlib.util
-import logging
 import os
 import re
 import subprocess
@@ -24,7 +23,7 @@ from training import settings
 from training.run import checks
 from training.modes import evaluate
 
-from conftest import REPO, load_config, real_data_dir, shrink
+from conftest import REPO, load_config, real_data_dir, real_idx_dir, shrink
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PER_CLASS = 30
@@ -78,7 +77,7 @@ def test_folder_of_mnist_pngs_is_mnist(mnist_folder):
   assert len(ds.train) + len(ds.validation) == 10 * PER_CLASS and len(ds.validation) == PER_CLASS
   assert np.array_equal(np.bincount(ds.test.labels), [PER_CLASS] * 10)
   # The PNGs decode to MNIST's own pixels, with labels from the folder names.
-  images, _ = _example_module().load_split("test", str(REPO.parent / "shared" / "mnist"))
+  images, _ = _example_module().load_split("test", real_idx_dir())
   first = sorted(os.listdir(os.path.join(mnist_folder, "test", "eight")))[0]
   assert np.array_equal(ds.test.images[0, ..., 0], images[int(first[5:10])])
   assert ds.info()["class_names"] == sorted(WORDS)
@@ -173,17 +172,16 @@ def test_decoded_folder_is_cached_and_decoded_again_when_it_changes(tmp_path, mo
   assert len(os.listdir(cache)) == 2  # another size is another file
 
 
-def test_unreadable_files_are_skipped_with_a_count_and_names(tmp_path, caplog):
+def test_unreadable_files_are_skipped_with_a_count_and_names(tmp_path, capsys):
   root = _folder(tmp_path / "f", {"a": 5, "b": 5})
   for i in range(7):
     (tmp_path / "f" / "a" / f"broken{i}.png").write_bytes(b"not a png")
   (tmp_path / "f" / "b" / "notes.txt").write_text("hello")
   (tmp_path / "f" / "b" / ".hidden.png").write_bytes(b"ignored: hidden")
-  with caplog.at_level(logging.WARNING):
-    ds = _load(root, validation_fraction=0.0, folder={"test_fraction": 0.2})
+  ds = _load(root, validation_fraction=0.0, folder={"test_fraction": 0.2})
   assert len(ds.train) + len(ds.test) == 10
-  [message] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
-  assert "Skipped 8 unreadable file(s)" in message and "a/broken0.png" in message
+  [message] = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+  assert message.startswith("note: skipped 8 unreadable file(s)") and "a/broken0.png" in message
   assert "and 3 more" in message and ".hidden" not in message
 
 

@@ -1,5 +1,5 @@
 """MNIST as its four IDX files: read from a folder, downloaded from a local HTTP server of
-../shared/mnist (no test reaches outside the machine), each way a download can fail, the order
+the real files (no test reaches outside the machine), each way a download can fail, the order
 of the sources, and the same 70,000 examples as the tfds path."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import http.server
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,9 +22,14 @@ import pytest
 from training import DataNotFoundError, data
 from training.data import download, idx
 
-from conftest import REPO, real_data_dir, unused_url
+from conftest import REPO, needs_tfds_mnist, real_idx_dir, unused_url
 
-MNIST_FILES = REPO.parent / "shared" / "mnist"  # the original files (README.md there)
+
+
+@functools.cache  # found once: a test that moves HOME away must still find them
+def mnist_files() -> pathlib.Path:
+  """The original IDX files of MNIST, where the tests find them (conftest.real_idx_dir)."""
+  return pathlib.Path(real_idx_dir())
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -36,7 +43,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     name = self.path.lstrip("/")
     if name not in self.cut:
       return super().do_GET()
-    body = (MNIST_FILES / name).read_bytes()
+    body = (mnist_files() / name).read_bytes()
     self.send_response(200)
     self.send_header("Content-Length", str(len(body)))
     self.end_headers()
@@ -63,7 +70,8 @@ def serving(directory, cut: dict[str, int] | None = None):
 
 
 def _mirror(tmp_path, replace: dict[str, bytes] | None = None, drop: str | None = None):
-  """A folder to serve: links to the original files, some replaced by other bytes, or missing."""
+  """A folder to serve: copies of the original files (a server does not follow links out of its
+  folder), some replaced by other bytes, or missing."""
   served = tmp_path / "served"
   served.mkdir()
   for name in idx.gz_names():
@@ -72,7 +80,7 @@ def _mirror(tmp_path, replace: dict[str, bytes] | None = None, drop: str | None 
     if replace and name in replace:
       (served / name).write_bytes(replace[name])
     else:
-      os.symlink(MNIST_FILES / name, served / name)
+      shutil.copy(mnist_files() / name, served / name)
   return served
 
 
@@ -82,7 +90,7 @@ def _files_under(path) -> list[str]:
 
 def test_a_download_is_verified_and_then_read_offline(tmp_path, capsys):
   dest = tmp_path / "data"
-  with serving(MNIST_FILES) as (url, requests):
+  with serving(mnist_files()) as (url, requests):
     ds = data.load("mnist", data_dir=str(dest), data_url=url, cache_dir="none")
     assert sorted(requests) == sorted(f"/{n}" for n in idx.gz_names())
     # Once there, the files are read, not fetched again.
@@ -101,14 +109,14 @@ def test_a_download_is_verified_and_then_read_offline(tmp_path, capsys):
   assert (len(ds.train), len(ds.validation), len(ds.test)) == (54_000, 6_000, 10_000)
   np.testing.assert_array_equal(again.train.images, ds.train.images)
   # The files' order is kept: the test split is the t10k file, example for example.
-  with gzip.open(MNIST_FILES / "t10k-labels-idx1-ubyte.gz") as f:
+  with gzip.open(mnist_files() / "t10k-labels-idx1-ubyte.gz") as f:
     np.testing.assert_array_equal(ds.test.labels, np.frombuffer(f.read()[8:], np.uint8))
   np.testing.assert_array_equal(ds.test.indices, np.arange(10_000))
   assert "original files' order" in ds.order and ds.class_names == [str(i) for i in range(10)]
 
 
 def _cut(name: str) -> bytes:
-  return (MNIST_FILES / name).read_bytes()[:3000]
+  return (mnist_files() / name).read_bytes()[:3000]
 
 
 @pytest.mark.parametrize("case, reason", [
@@ -123,7 +131,7 @@ def test_a_failed_download_is_one_line_and_leaves_nothing_behind(case, reason, t
   """The last file fails, after three were fetched and verified: none is kept."""
   last = "t10k-labels-idx1-ubyte.gz"
   replace = {"truncated": {last: _cut(last)},  # a valid start, cut short
-              "wrong file": {last: (MNIST_FILES / "train-labels-idx1-ubyte.gz").read_bytes()}}
+              "wrong file": {last: (mnist_files() / "train-labels-idx1-ubyte.gz").read_bytes()}}
   served = _mirror(tmp_path, replace=replace.get(case), drop=last if case == "404" else None)
   dest = tmp_path / "data"
   with serving(served, cut={last: 2000} if case == "closed mid-file" else None) as (url, _):
@@ -156,7 +164,7 @@ def test_an_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
 
   monkeypatch.setattr(download, "_stream", interrupted)
   dest = tmp_path / "data" / "mnist"
-  with serving(MNIST_FILES) as (url, _), pytest.raises(KeyboardInterrupt):
+  with serving(mnist_files()) as (url, _), pytest.raises(KeyboardInterrupt):
     download.fetch("mnist", str(dest), url)
   assert not (tmp_path / "data").exists()
 
@@ -172,11 +180,11 @@ def test_a_data_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
 def test_files_in_the_folder_itself_gzipped_or_not_and_damaged_ones(tmp_path):
   # gzipped in the folder itself (../shared/mnist) and plain in a copy's <dataset>/ folder: the
   # same arrays, the second through the cache, keyed by the files' content.
-  gz = data.load("mnist", data_dir=str(MNIST_FILES), cache_dir="none")
+  gz = data.load("mnist", data_dir=str(mnist_files()), cache_dir="none")
   plain = tmp_path / "plain" / "mnist"
   plain.mkdir(parents=True)
   for name in idx.FILES.values():
-    with gzip.open(MNIST_FILES / f"{name}.gz") as f:
+    with gzip.open(mnist_files() / f"{name}.gz") as f:
       (plain / name).write_bytes(f.read())
   cache = tmp_path / "cache"
   for _ in range(2):
@@ -193,17 +201,17 @@ def test_files_in_the_folder_itself_gzipped_or_not_and_damaged_ones(tmp_path):
 
 
 def test_the_sources_in_their_order(tmp_path, monkeypatch, data_cache):
-  tfds_dir = real_data_dir()
+  tfds_dir = needs_tfds_mnist()
   # Prepared tfds data first: TFDS_DATA_DIR, or a data_dir that holds it.
   monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
   assert data.load("mnist", cache_dir=data_cache).order.startswith("tfds's order of mnist/3.0.1")
   assert "tfds" in data.load("mnist", data_dir=tfds_dir, cache_dir=data_cache).order
   # Else the IDX files in the data directory.
-  assert "original files" in data.load("mnist", data_dir=str(MNIST_FILES), cache_dir="none").order
+  assert "original files" in data.load("mnist", data_dir=str(mnist_files()), cache_dir="none").order
   # Else a download into the default folder, ~/.cache/mnist_flax/data/mnist/.
   monkeypatch.delenv("TFDS_DATA_DIR")
   monkeypatch.setenv("HOME", str(tmp_path))
-  with serving(MNIST_FILES) as (url, _):
+  with serving(mnist_files()) as (url, _):
     assert "original" in data.load("mnist", data_url=url, cache_dir="none").order
   assert _files_under(tmp_path) == sorted(f".cache/mnist_flax/data/mnist/{n}"
                                           for n in idx.gz_names())
@@ -216,9 +224,9 @@ def _by_content(images: np.ndarray, labels: np.ndarray) -> list[tuple[bytes, int
 
 
 def test_the_idx_and_tfds_paths_give_the_same_70000_examples(data_cache):
-  from_idx = data.load("mnist", data_dir=str(MNIST_FILES), cache_dir="none",
+  from_idx = data.load("mnist", data_dir=str(mnist_files()), cache_dir="none",
                        validation_fraction=0.0)
-  from_tfds = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache,
+  from_tfds = data.load("mnist", data_dir=needs_tfds_mnist(), cache_dir=data_cache,
                         validation_fraction=0.0)
   assert len(from_idx.train) + len(from_idx.test) == 70_000
   for split in ("train", "test"):
@@ -259,7 +267,7 @@ def test_a_run_from_a_download_and_a_refused_corrupt_file(tmp_path):
                                                        "train-labels-idx1-ubyte.gz")
   assert "checksum" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
   assert not (tmp_path / "data").exists() and not (tmp_path / "w").exists()
-  with serving(MNIST_FILES) as (url, _):
+  with serving(mnist_files()) as (url, _):
     run = _train(tmp_path, f"--config.data_url={url}")
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.count("checksum verified") == 4

@@ -16,7 +16,7 @@ from training.data import tfds_source
 
 _decode = tfds_source._decode  # the real one, for tests that count calls
 
-from conftest import REPO, load_config, real_data_dir, unused_url
+from conftest import REPO, load_config, needs_tfds_mnist, real_data_dir, unused_url
 
 
 @pytest.fixture(scope="module")
@@ -43,35 +43,35 @@ def test_validation_is_carved_from_train_disjoint_and_reproducible(mnist, data_c
 
 def test_cache_matches_a_fresh_decode_and_survives_corruption(mnist, data_cache, tmp_path):
   import tensorflow_datasets as tfds
-  builder = tfds.builder("mnist", data_dir=real_data_dir())
-  fresh_images, fresh_labels = tfds_source.load_split(builder, "test", "", real_data_dir())
+  builder = tfds.builder("mnist", data_dir=needs_tfds_mnist())
+  fresh_images, fresh_labels = tfds_source.load_split(builder, "test", "", needs_tfds_mnist())
   np.testing.assert_array_equal(fresh_images, mnist.test.images)
   np.testing.assert_array_equal(fresh_labels, mnist.test.labels)
   # A truncated cache file (a run killed mid-write elsewhere) is decoded again, not trusted.
   cache = tmp_path / "cache"
-  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   (path,) = cache.glob("*.npz")
   path.write_bytes(path.read_bytes()[:1000])
-  images, _ = tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  images, _ = tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   np.testing.assert_array_equal(images, mnist.test.images)
 
 
 def test_cache_is_rebuilt_in_place_when_the_source_files_change(mnist, monkeypatch, tmp_path):
   import tensorflow_datasets as tfds
-  builder = tfds.builder("mnist", data_dir=real_data_dir())
+  builder = tfds.builder("mnist", data_dir=needs_tfds_mnist())
   cache = tmp_path / "cache"
-  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   decoded = []
   monkeypatch.setattr(tfds_source, "_decode", lambda source: decoded.append(1) or _decode(source))
-  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   assert not decoded  # unchanged files: read from the cache
   # Re-prepared files with new content change the fingerprint: decode again, and overwrite the
   # one cache file of this split rather than add another beside it.
   monkeypatch.setattr(tfds_source, "_fingerprint", lambda builder, split: "re-prepared")
-  images, _ = tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  images, _ = tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   assert decoded == [1] and len(list(cache.glob("*.npz"))) == 1
   np.testing.assert_array_equal(images, mnist.test.images)
-  tfds_source.load_split(builder, "test", str(cache), real_data_dir())
+  tfds_source.load_split(builder, "test", str(cache), needs_tfds_mnist())
   assert decoded == [1]
 
 
@@ -79,15 +79,15 @@ def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path)
   import shutil
 
   import tensorflow_datasets as tfds
-  source = os.path.join(real_data_dir(), "mnist", "3.0.1")
+  source = os.path.join(needs_tfds_mnist(), "mnist", "3.0.1")
   copy = tmp_path / "tfds" / "mnist" / "3.0.1"
   copy.mkdir(parents=True)
   for f in os.listdir(source):
     if not f.startswith("mnist-train."):  # the test split is enough, and 6x smaller
       shutil.copy(os.path.join(source, f), copy / f)
   cache = tmp_path / "cache"
-  tfds_source.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test", str(cache),
-                  real_data_dir())
+  tfds_source.load_split(tfds.builder("mnist", data_dir=needs_tfds_mnist()), "test", str(cache),
+                  needs_tfds_mnist())
   decoded = []
   monkeypatch.setattr(tfds_source, "_decode", lambda source: decoded.append(1) or _decode(source))
   # A copy elsewhere, or a re-provisioned dataset, gets new file times: no reason to decode.
@@ -106,14 +106,14 @@ def test_cache_follows_file_content_not_file_times(mnist, monkeypatch, tmp_path)
   assert tfds_source._fingerprint(builder, "test") != before
 
 
-def test_a_cache_that_cannot_be_written_is_a_warning(mnist, tmp_path, caplog):
+def test_a_cache_that_cannot_be_written_is_a_note(mnist, tmp_path, capsys):
   import tensorflow_datasets as tfds
   not_a_dir = tmp_path / "a_file"
   not_a_dir.write_text("")
-  images, _ = tfds_source.load_split(tfds.builder("mnist", data_dir=real_data_dir()), "test",
-                              str(not_a_dir), real_data_dir())
+  images, _ = tfds_source.load_split(tfds.builder("mnist", data_dir=needs_tfds_mnist()), "test",
+                              str(not_a_dir), needs_tfds_mnist())
   np.testing.assert_array_equal(images, mnist.test.images)
-  assert "Could not write the decoded-data cache" in caplog.text
+  assert "note: could not write the decoded-data cache" in capsys.readouterr().out
 
 
 def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):

@@ -28,7 +28,7 @@ from training.errors import DataCorruptError
 from training.store.records import MetricWriter, drop_records_after
 from training.model import state as state_lib
 
-from conftest import REPO, load_config, real_data_dir, shrink
+from conftest import REPO, load_config, needs_tfds_mnist, real_data_dir, shrink
 
 
 # --- A checkpoint that cannot be written --------------------------------------------------------
@@ -260,7 +260,7 @@ def test_a_full_disk_while_logging_is_one_clear_error(tmp_path, monkeypatch):
 def damaged_data(tmp_path):
   """A copy of the prepared MNIST whose train records have 8 flipped bytes."""
   copy = tmp_path / "tfds" / "mnist" / "3.0.1"
-  shutil.copytree(os.path.join(real_data_dir(), "mnist", "3.0.1"), copy)
+  shutil.copytree(os.path.join(needs_tfds_mnist(), "mnist", "3.0.1"), copy)
   (record,) = copy.glob("mnist-train.array_record-*")
   os.chmod(record, 0o644)
   content = bytearray(record.read_bytes())

@@ -3,12 +3,13 @@ what they were decoded from, so later starts load them in well under a second.""
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import zipfile
 
 import numpy as np
+
+from training.console import note
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mnist_flax", "datasets")
 
@@ -42,8 +43,7 @@ def write(path: str, fingerprint: str, **arrays: np.ndarray) -> None:
       np.savez(f, fingerprint=np.asarray(fingerprint), **arrays)
     os.replace(tmp, path)
   except OSError as e:
-    logging.warning("Could not write the decoded-data cache %s (%s); later runs will decode the "
-                    "data again. Set --config.cache_dir to a writable directory, or to none.",
-                    path, e.strerror or e)
+    note(f"could not write the decoded-data cache {path} ({e.strerror or e}); later runs will "
+         "decode the data again. Set --config.cache_dir to a writable directory, or to none.")
     if tmp and os.path.exists(tmp):
       os.remove(tmp)

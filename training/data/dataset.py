@@ -5,11 +5,11 @@ caps."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Sequence
 
 import numpy as np
 
+from training.console import note
 from training.errors import ConfigError
 
 
@@ -117,13 +117,12 @@ def class_indices(classes: str, class_names: Sequence[str], dataset: str) -> lis
   if len(set(indices)) < len(indices):
     raise ConfigError(f"classes={classes!r} names the same class twice (by name and by index).")
   if by_position:
-    logging.warning("--config.classes=%s: %s has no class named %s, so %s read as %s in its "
-                    "list of classes: %s. Give class names to be sure of the choice, e.g. "
-                    "--config.classes=%s.", classes, dataset,
-                    " or ".join(e.split(" ->")[0] for e in by_position),
-                    *(("that is", "a position") if len(by_position) == 1 else
-                      ("those are", "positions")), ", ".join(by_position),
-                    ",".join(names[i] for i in indices))
+    that, position = (("that is", "a position") if len(by_position) == 1 else
+                      ("those are", "positions"))
+    note(f"--config.classes={classes}: {dataset} has no class named "
+         f"{' or '.join(e.split(' ->')[0] for e in by_position)}, so {that} read as {position} "
+         f"in its list of classes: {', '.join(by_position)}. Give class names to be sure of the "
+         f"choice, e.g. --config.classes={','.join(names[i] for i in indices)}.")
   return indices
 
 
@@ -150,12 +149,14 @@ def per_class_positions(split: Split, n: int, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(chosen))
 
 
-def select(ds: Dataset, classes: str = "", max_per_class: int = 0, seed: int = 0) -> Dataset:
+def select(ds: Dataset, classes: str = "", max_per_class: int = 0, seed: int = 0,
+           where: str = "") -> Dataset:
   """`ds` with only `classes` (names or indices, comma-separated; "" = all), relabelled 0..k-1 in
   the order given, in every split; and at most `max_per_class` training examples of each class
-  (0 = all), chosen reproducibly from `seed` (validation and test are left whole)."""
+  (0 = all), chosen reproducibly from `seed` (validation and test are left whole). `where`: the
+  data as the user named it (a folder's path), for the notes."""
   if classes.strip():
-    indices = class_indices(classes, ds.class_names, ds.name)
+    indices = class_indices(classes, ds.class_names, where or ds.name)
     mapping = np.full(ds.num_classes, -1, np.int64)
     mapping[indices] = np.arange(len(indices))
     validation = _keep(ds.validation, mapping)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import logging
 import os
 import struct
 import zlib
 
 import numpy as np
 
+from training.console import note
 from training.data import cache
 from training.data.dataset import Dataset, from_arrays
 from training.errors import DataCorruptError
@@ -134,9 +134,8 @@ def verified(spec: IdxDataset, role: str, data: bytes, where: str, strict: bool 
   if digest.raw is not None and _sha256(raw) == digest.raw:
     return raw
   if digest.raw is None and not strict:
-    logging.warning("%s is not the published %s file of %s, so its checksum cannot be checked "
-                    "(only that of the .gz is known); it is used as it is.", where, name,
-                    spec.name)
+    note(f"{where} is not the published {name} file of {spec.name}, so its checksum cannot be "
+         "checked (only that of the .gz is known); it is used as it is.")
     return raw
   raise ChecksumError(f"{where} failed the checksum: its SHA-256 is {_sha256(data)}, while "
                       f"{spec.name}'s {name} has {digest.gz}"

@@ -67,7 +67,9 @@ def load(name: str = "mnist", *, data_dir: str | None = None, cache_dir: str | N
   check_options(name, classes, folder, data_url)
   ds = _load_source(name, data_dir, data_url, cache.resolve_dir(cache_dir), validation_fraction,
                     split_seed, folder)
-  ds = select(ds, classes, max_per_class, split_seed)
+  where = (f"the folder {name[len(folder_source.PREFIX):]}"
+           if name.startswith(folder_source.PREFIX) else name)
+  ds = select(ds, classes, max_per_class, split_seed, where=where)
   return cap(ds, max_train_examples, max_eval_examples)
 
 
