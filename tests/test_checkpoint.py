@@ -85,6 +85,13 @@ def test_the_mlp_config_is_refused_on_a_cnn_workdir(mock_mnist, tmp_path):
                                  "(checkpoint -> now).\nThe checkpoint at step 3 in ")
 
 
+def test_a_finished_one_epoch_run_says_so_in_the_singular(mock_mnist, tmp_path, capsys):
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  capsys.readouterr()
+  train_and_evaluate(_config(num_epochs=1), str(tmp_path))
+  assert "This run is complete (1 epoch): evaluating only." in capsys.readouterr().out
+
+
 def test_a_finished_run_evaluates_with_its_history_and_a_shorter_one_is_refused(mock_mnist,
                                                                                  tmp_path):
   train_and_evaluate(_config(num_epochs=2), str(tmp_path))

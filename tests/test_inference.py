@@ -148,8 +148,7 @@ def test_predictions_go_to_a_csv_or_jsonl_file(trained, tmp_path):
     failed = predict.predict_command(workdir, files, output=str(output), out=out, err=err)
     assert [f["file"] for f in failed] == [files[1]]
     assert out.getvalue().splitlines()[-1] == (
-        f"3 files: 1 classified (0 of them flagged: see the notes), 1 blank (no class), 1 could "
-        f"not be read; written to {output}")
+        f"3 files: 1 classified, 1 blank (no class), 1 could not be read; written to {output}")
     if kind == "csv":
       rows = list(csv.DictReader(open(output, newline="", encoding="utf-8")))
       probabilities = lambda row: [row[f"p_{c}"] for c in "0123456789"]
@@ -246,8 +245,8 @@ def test_predict_command_prints_the_good_and_reports_the_bad(trained, tmp_path):
   assert [line.split()[0] for line in lines] == [files[n] for n in ("good0", "good1", "blank",
                                                                      "dot")]
   assert "blank: no ink found" in lines[2]
-  assert summary == ("9 files: 2 classified (0 of them flagged: see the notes), 2 blank (no "
-                     "class), 5 could not be read")
+  # No "(0 of them flagged: ...)" clause when none are.
+  assert summary == "9 files: 2 classified, 2 blank (no class), 5 could not be read"
   errors = run.stderr.strip().splitlines()
   assert len(errors) == 6 and all(line.startswith("error: ") for line in errors), run.stderr
   assert errors[-1] == "error: 5 of 9 files could not be classified."

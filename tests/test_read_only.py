@@ -98,7 +98,7 @@ def test_evaluate_report_predict_and_export_of_a_read_only_workdir(run_dir, read
   reported = _cli(ro, "--mode=report", f"--workdir={run_dir}")
   assert reported.returncode == 0 and "Traceback" not in reported.stderr, reported.stderr[-3000:]
   lines = reported.stdout.strip().splitlines()
-  assert lines[1].startswith("test: accuracy ") and lines[-1] == (
+  assert lines[1].startswith("test (") and " examples" in lines[1] and lines[-1] == (
       "note: could not write learning_curves.png, confusion_matrix.png, per_class.png, "
       f"mistakes.png, report.html and the TensorBoard images into {run_dir}: the workdir is "
       f"{WHY}.")

@@ -274,7 +274,7 @@ def test_the_report_of_a_read_only_run_is_printed_with_what_was_not_saved(runs, 
       "read-only.")
   text = report.format_result(result)
   assert text.splitlines()[-1] == result["unsaved"] and "wrote" not in text
-  assert f"test: accuracy {result['test']['accuracy']:.2%}" in text
+  assert f"test (10,000 examples): accuracy {result['test']['accuracy']:.2%}" in text
   assert sorted(os.listdir(workdir)) == before
 
 
@@ -408,3 +408,17 @@ def test_report_html_renders_in_a_browser(runs, tmp_path):
   assert rows.max() - rows.min() > 2000, (rows.min(), rows.max())
   dark = lambda rgb: (rgb.max(-1) < 40).mean()
   assert dark(shot) > dark(without) + 0.03, (dark(shot), dark(without))
+
+
+def test_the_reports_test_line_says_how_many_examples_and_why():
+  """A run tested on max_eval_examples=500 reports on those 500; --mode=evaluate on the whole
+  split: the lines say so, so that the two figures are not taken for one."""
+  result = {"model": "mlp", "dataset": "mnist", "checkpoint": "best", "step": 8,
+            "status": "finished: 1 of 1 epochs", "files": {}, "mistakes": [], "wrong": 95,
+            "seconds": {"total": 1.0}, "max_eval_examples": 500,
+            "test": {"accuracy": 0.81, "macro_f1": 0.8, "count": 500}}
+  line = report.format_result(result).splitlines()[1]
+  assert line.startswith("test (500 examples, the run's max_eval_examples: --mode=evaluate scores "
+                         "the whole split): accuracy 81.00%")
+  result.update(max_eval_examples=0, test={**result["test"], "count": 10_000})
+  assert report.format_result(result).splitlines()[1].startswith("test (10,000 examples): ")

@@ -42,6 +42,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
     raise ConfigError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
   r = restore_lib.restore(workdir, which, member=member)
   config = r.config
+  capped = config.get("max_eval_examples", 0)  # what the run itself was tested on (and report)
   config.max_eval_examples = 0  # every example of the split, whatever the training run used
   config.max_train_examples = 0
   ds = load_data(config, data_dir, data_url)
@@ -59,7 +60,9 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)
   whose = f" ({r.describe()})" if r.describe() else ""
   log(f"{config.model.name} from the {r.which} checkpoint (step {r.step}) of {workdir}{whose}, "
-      f"on {ds.name}/{split}:")
+      f"on {ds.name}/{split}, all {len(part):,} examples"
+      + (f" (the run and its report use the first {capped:,}: max_eval_examples):" if capped
+         and split != "train" else ":"))
   log("\n".join(lines + [scores.format_report(result, ds.class_names).replace(
       "test:", "ensemble:" if r.members else f"{split}:", 1)]))
   name = f"eval_{split}_step{r.step}{'' if member is None else f'_member{member}'}.json"

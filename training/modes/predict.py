@@ -117,10 +117,10 @@ def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
   finally:
     if saved:
       saved.close(done)
-  print(f"{len(paths)} file{'s' * (len(paths) != 1)}: {counts['classified']} classified "
-        f"({counts['flagged']} of them flagged: see the notes), {counts['blank']} blank (no "
-        f"class), {len(failures)} could not be read" + (f"; written to {output}" if saved else ""),
-        file=out, flush=True)
+  flagged = f" ({counts['flagged']} of them flagged: see the notes)" if counts["flagged"] else ""
+  print(f"{len(paths)} file{'s' * (len(paths) != 1)}: {counts['classified']} classified{flagged}, "
+        f"{counts['blank']} blank (no class), {len(failures)} could not be read"
+        + (f"; written to {output}" if saved else ""), file=out, flush=True)
   return failures
 
 

@@ -261,9 +261,10 @@ def _log_resume(run: Run, changes: dict[str, str]) -> None:
   log(f"Resuming from the checkpoint at step {step} in {run.ckpt.directory}"
       + (f" (config changed: {'; '.join(changes.values())})" if changes else ""))
   if "num_epochs" in changes and config.schedule != "constant" and step < run.total_steps:
-    log(f"Note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
+    log(f"note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
         f"epochs, so the rate at step {step} is {run.learning_rates[step]:.3g}.")
   if step == run.total_steps:
-    log(f"This run is complete ({config.num_epochs} epochs): evaluating only. Raise "
-        "--config.num_epochs to train on, or pass another --workdir for a new run.")
+    log(f"This run is complete ({config.num_epochs} epoch{'s' * (config.num_epochs != 1)}): "
+        "evaluating only. Raise --config.num_epochs to train on, or pass another --workdir for "
+        "a new run.")
 

@@ -239,6 +239,7 @@ def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, A
   return {"files": files, "unsaved": note, "checkpoint": restored.which,
           "step": restored.step, **found,
           "dataset": restored.dataset_info["name"], "model": restored.config.model.name,
+          "max_eval_examples": restored.config.get("max_eval_examples", 0),
           "status": status(records, restored.config, final is not None),
           "seconds": {"restore_and_predict": t1 - t0, "figures": t2 - t1,
                       "model_summary": t3 - t2, "write": t4 - t3}}
@@ -281,6 +282,8 @@ def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
 def format_result(result: dict[str, Any]) -> str:
   """What `write_report` did, in a few lines for the terminal."""
   t = result["test"]
+  capped = (", the run's max_eval_examples: --mode=evaluate scores the whole split"
+            if result.get("max_eval_examples") else "")
   files = result["files"]
   figures = [os.path.basename(f) for n, f in files.items() if n != "report"]
   wrote = (f"wrote {files['report']}" if "report" in files else "wrote " + ", ".join(figures)
@@ -290,7 +293,8 @@ def format_result(result: dict[str, Any]) -> str:
   return "\n".join(line for line in [
       f"{result['model']} on {result['dataset']}, {result['checkpoint']} checkpoint (step "
       f"{result['step']}); {result['status']}",
-      f"test: accuracy {t['accuracy']:.2%}  macro F1 {t['macro_f1']:.4f}  "
-      f"({result['wrong']} mistakes; the {len(result['mistakes'])} most confident are shown)",
+      f"test ({t['count']:,} examples{capped}): accuracy {t['accuracy']:.2%}  macro F1 "
+      f"{t['macro_f1']:.4f}  ({result['wrong']} mistakes; the {len(result['mistakes'])} most "
+      "confident are shown)",
       f"{wrote} in {result['seconds']['total']:.1f}s" if wrote else "",
       result.get("unsaved") or ""] if line)
