@@ -182,6 +182,7 @@ def _resume(run: Run, state: Any, workdir: str
 def _refuse_early(run: Run, state: Any, workdir: str) -> None:
   """The checkpoint's refusals (another model, other settings, past this config's end), read
   before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
+  WorkdirLock(workdir, enabled=run.primary).check_free()  # "in use" comes before any other
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
   with Checkpointer.reader(workdir) as ckpt:

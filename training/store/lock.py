@@ -134,6 +134,23 @@ class WorkdirLock:
         "workdir would mix their checkpoints and metrics. Wait for that run to finish or stop "
         f"it, or pass another --workdir.{hint}")
 
+  def check_free(self) -> None:
+    """Raises WorkdirInUseError when a live run on this host holds the lock, as `__enter__`
+    would; takes nothing and writes nothing, so that a run can be refused for another reason
+    first without touching the workdir (the lock itself still decides, when it is taken)."""
+    try:
+      fd = os.open(self.path, os.O_RDONLY)
+    except OSError:
+      return  # no lock file: no run holds it
+    try:
+      holder = self._read(fd)
+    finally:
+      os.close(fd)
+    if (self.enabled and holder and holder.get("host") == socket.gethostname()
+        and holder.get("pid") not in (None, os.getpid())
+        and _alive(int(holder["pid"]), holder.get("process_start"))):
+      raise self._in_use(holder)
+
   def __enter__(self) -> "WorkdirLock":
     if not self.enabled:
       return self
