@@ -9,6 +9,7 @@ same for the report in-process, with every write failing as on a read-only file 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import sys
 import pytest
 from PIL import Image
 
-from training import train_and_evaluate
+from training import errors, train_and_evaluate
 
 from conftest import REPO, load_config, real_data_dir, shrink
 
@@ -143,3 +144,17 @@ def test_sample_of_a_read_only_gan_workdir(read_only, mock_mnist, tmp_path):
                    f"--output={tmp_path / 's.png'}")
   assert elsewhere.returncode == 0 and (tmp_path / "s.png").is_file(), elsewhere.stderr[-2000:]
   assert _files(gan) == before
+
+
+def test_the_writable_probe_creates_nothing_and_says_why(tmp_path, monkeypatch):
+  """One probe (training.errors.check_writable) for a workdir and a report's folder: it asks the
+  OS, so a refused run leaves no file made and removed again."""
+  errors.check_writable(str(tmp_path / "new" / "deeper"))  # to be made: its parent is asked
+  assert list(tmp_path.iterdir()) == []
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(NotADirectoryError):
+    errors.check_writable(str(tmp_path / "file" / "sub"))
+  monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere
+  with pytest.raises(OSError) as e:
+    errors.check_writable(str(tmp_path))
+  assert (e.value.errno, e.value.strerror) == (errno.EACCES, "Permission denied")

@@ -243,11 +243,9 @@ def test_bad_workdirs_fail_with_one_clear_error(runs, tmp_path, monkeypatch):
           for f in os.listdir(parent / "a")} == before
   assert not [f for f in os.listdir(parent / "a") if f.endswith((".png", ".html", ".tmp"))]
 
-  # A comparison's unwritable output: root writes anywhere, so the write is made to fail as it
-  # would. (A run's own unwritable workdir gets its report printed: the next test.)
-  def denied(*args, **kwargs):
-    raise PermissionError(13, "Permission denied")
-  monkeypatch.setattr(report_records.tempfile, "TemporaryFile", denied)
+  # A comparison's unwritable output: root writes anywhere, so the probe is told it may not, as
+  # it would be. (A run's own unwritable workdir gets its report printed: the next test.)
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
   with pytest.raises(report.ReportError, match=r"Cannot write the report into .*\(Permission "
                                                r"denied\)"):
     report.write_comparison([str(parent / "a")], str(tmp_path / "out"))
