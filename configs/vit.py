@@ -19,15 +19,10 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "vit"
+  c = common.base("vit")
   c.model.patch_size = 7  # 28x28 -> 4x4 = 16 tokens (4x4 patches: 49, 3x the cost per block)
-  c.model.dim = 64  # token width
   c.model.depth = 6  # encoder blocks
-  c.model.num_heads = 4  # attention heads of 16 dims each
-  c.model.mlp_dim = 128  # hidden width of each block's MLP
   c.model.pool = "mean"  # classify the mean token (mean) or a class token (cls)
-  c.model.dropout = 0.0
   c.optimizer = "adamw"
   c.weight_decay = 0.05
   c.schedule = "warmup_cosine"

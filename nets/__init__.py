@@ -86,6 +86,18 @@ def field_defaults(name: str) -> dict[str, Any]:
           for f in dataclasses.fields(cls) if f.name in settable}
 
 
+# Model fields a config never sets: the classes come from the data, the dtype from config.dtype.
+NOT_CONFIG_FIELDS = ("num_classes", "dtype")
+
+
+def config_fields(name: str) -> dict[str, Any]:
+  """{field: default} of the fields a config sets on model `name`: its fields with a default of
+  a plain value (what a ConfigDict holds and `--config.model.FIELD=V` parses)."""
+  plain = (bool, int, float, str, tuple, list)
+  return {k: v for k, v in field_defaults(name).items()
+          if k not in NOT_CONFIG_FIELDS and isinstance(v, plain)}
+
+
 def get_factory(name: str) -> ModelFactory:
   _discover()
   if name not in _REGISTRY:

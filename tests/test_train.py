@@ -16,6 +16,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
 from training.run import progress
 from training.model import optim
@@ -277,9 +278,9 @@ def test_switching_the_model_drops_the_fields_of_the_config_file_s_model():
   config = load_config("cnn")
   config.model.name, config.model.dropout = "resnet", 0.1  # as the command line sets them
   switched, note = build.switch_model(config, "cnn", given=["dropout"])
-  assert dict(switched.model) == {"name": "resnet", **build.config_defaults("resnet"),
+  assert dict(switched.model) == {"name": "resnet", **nets.config_fields("resnet"),
                                   "dropout": 0.1}
-  assert "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size)" in note
+  assert "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size, weight_init)" in note
   build.build_model(switched, 10)  # the cnn's (32, 64) features would not fit resnet's 3 stages
   assert build.switch_model(load_config("cnn"), "cnn", given=[]) == (load_config("cnn"), None)
 
