@@ -35,6 +35,7 @@ from conftest import (CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrin
 GOLDEN_LOSSES = {
     "best": (2.86091, 2.55320),
     "cnn": (2.27792, 2.19948),
+    "mixer": (2.88483, 2.90838),
     "mlp": (2.33627, 2.33282),
     "mobilenet": (2.33514, 2.31061),
     "resnet": (2.34045, 2.33707),
