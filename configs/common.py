@@ -164,3 +164,14 @@ def base(model: str = "cnn") -> ml_collections.ConfigDict:
   c.profile_steps = 0
   return c
 
+
+def patch_token_recipe(c: ml_collections.ConfigDict) -> None:
+  """The training of the models of image patches (configs/vit.py, configs/mixer.py), which lack
+  a conv net's inductive bias: AdamW with warm-up and cosine decay, clipped gradients, random
+  shifts of up to 2 pixels (the shift invariance a conv net has built in) and an evaluated
+  moving average of the weights. Set here without comments: the fields' own stay in base()."""
+  c.optimizer, c.weight_decay = "adamw", 0.05
+  c.schedule, c.warmup_epochs, c.learning_rate = "warmup_cosine", 0.5, 2e-3
+  c.grad_clip_norm = 1.0
+  c.augment.shift = 2.0
+  c.ema_decay = 0.999

@@ -19,13 +19,6 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   c = common.base("mixer")
-  c.optimizer = "adamw"
-  c.weight_decay = 0.05
-  c.schedule = "warmup_cosine"
-  c.warmup_epochs = 0.5
-  c.learning_rate = 2e-3
-  c.grad_clip_norm = 1.0
-  c.augment.shift = 2.0  # pixels: the shift invariance a conv net has built in
-  c.ema_decay = 0.999  # evaluate a moving average of the weights
+  common.patch_token_recipe(c)  # AdamW, warm-up and cosine decay, shifts, EMA
   c.num_epochs = 5
   return c
