@@ -56,28 +56,32 @@ class FromNNX(nn.Module):
       raise ValueError(f"{self.nnx_class.__name__} keeps state that is neither a parameter nor "
                        "a batch statistic (an Rngs?): take the dropout stream as __call__'s "
                        "`rngs` instead.")
-    params = self._linen("params", params)
-    stats = self._linen("batch_stats", stats)
+    params, _ = self._linen("params", params)
+    stats, stored = self._linen("batch_stats", stats)
     module = nnx.merge(graphdef, params, stats, rest)
     rngs = nnx.Rngs(dropout=self.make_rng("dropout")) if train and self.has_rng("dropout") else None
     y = module(x, train=train, rngs=rngs)
-    if train and self.is_mutable_collection("batch_stats"):
-      self._linen("batch_stats", nnx.split(module, nnx.BatchStat, ...)[1], update=True)
+    if train and self.is_mutable_collection("batch_stats"):  # the statistics that `train` updated
+      for name, value in _nested(nnx.split(module, nnx.BatchStat, ...)[1]).items():
+        stored[name].value = value
     return y
 
-  def _linen(self, collection: str, state: Any, update: bool = False) -> Any:
+  def _linen(self, collection: str, state: Any) -> tuple[Any, dict[str, Any]]:
     """`state` (an nnx State) kept as the Linen variables of `collection`, one per top-level
-    attribute: the state with their values (with `update`, theirs set to the state's)."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    tree = traverse_util.unflatten_dict({_names(p): leaf for p, leaf in leaves})
-    values = {}
-    for name, value in tree.items():
+    attribute: (the state with their values, {attribute: its Linen variable} unless params)."""
+    values, stored = {}, {}
+    for name, value in _nested(state).items():
       if collection == "params":
         values[name] = self.param(name, lambda _, v=value: v)
       else:
-        variable = self.variable(collection, name, lambda v=value: v)
-        if update:
-          variable.value = value
-        values[name] = variable.value
+        stored[name] = self.variable(collection, name, lambda v=value: v)
+        values[name] = stored[name].value
     flat = traverse_util.flatten_dict(values)
-    return jax.tree_util.tree_unflatten(treedef, [flat[_names(p)] for p, _ in leaves])
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    return jax.tree_util.tree_unflatten(treedef, [flat[_names(p)] for p, _ in leaves]), stored
+
+
+def _nested(state: Any) -> dict[str, Any]:
+  """An nnx State's arrays as nested dicts by attribute name."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return traverse_util.unflatten_dict({_names(p): leaf for p, leaf in leaves})
