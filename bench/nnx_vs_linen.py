@@ -3,7 +3,7 @@
     python bench/nnx_vs_linen.py [--steps=200] [--rounds=5] [--batch=128]
 
 The Linen side is nets/mlp.py's MLP with batch norm and dropout (configs/mlp.py's widths); the
-NNX side, `MLP` below, is the same layers under the same names, run through nets/_nnx.py (what
+NNX side, `MLP` below, is the same layers under the same names, run through nets/nnx_bridge.py (what
 a model registered in nets/ gets). Each takes the project's own jitted train step (training/model/steps.py) on one fixed batch;
 the rounds alternate the models, so the machine's drift falls on all of them, and the table
 gives each one's median milliseconds per step.
@@ -65,7 +65,7 @@ class MLP(nnx.Module):
 def models(fields: dict) -> dict[str, Any]:
   """The Linen MLP and its NNX twin."""
   found = {"linen": nets.create("mlp", **fields),
-           "nnx (nets/_nnx.py)": nets._nnx.FromNNX(MLP, nets.FrozenDict(fields), True)}
+           "nnx (nets/nnx_bridge.py)": nets.nnx_bridge.wrap(MLP, fields)}
   return found
 
 

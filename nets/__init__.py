@@ -2,7 +2,7 @@
 
 Every module in this package is imported on first use, and each registers its variants with
 `register`, so adding an architecture is one new file here (plus a config): nothing else changes.
-A model is a `flax.linen` module or a `flax.nnx` one (nets/_nnx.py makes it a Linen module).
+A model is a `flax.linen` module or a `flax.nnx` one (nets/nnx_bridge.py makes it a Linen module).
 
     from nets import register
     register("my_net", MyNet)                          # a class
@@ -18,9 +18,7 @@ import pkgutil
 from typing import Any, Callable
 
 import flax.linen as nn
-from flax.core import FrozenDict
-
-from nets import _nnx
+from nets import nnx_bridge
 
 class ModelConfigError(ValueError):
   """An unknown model name or model field."""
@@ -73,11 +71,11 @@ def kind_of(name: str) -> str:
 def _declared(cls: type) -> dict[str, Any]:
   """{field: default} that class `cls` declares (dataclasses.MISSING where none): a Linen
   module's dataclass fields, an NNX module's keyword arguments (not `rngs`, nor the
-  `input_shape` that nets/_nnx.py fills from the data)."""
-  if _nnx.is_nnx(cls):
+  `input_shape` that nets/nnx_bridge.py fills from the data)."""
+  if nnx_bridge.is_nnx(cls):
     params = inspect.signature(cls.__init__).parameters.values()
     return {p.name: dataclasses.MISSING if p.default is p.empty else p.default for p in params
-            if p.name not in ("self", "rngs", _nnx.INPUT_SHAPE)
+            if p.name not in ("self", "rngs", nnx_bridge.INPUT_SHAPE)
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
   return {f.name: (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING else
@@ -129,7 +127,6 @@ def create(name: str, **fields: Any) -> nn.Module:
     raise ModelConfigError(f"Model {name!r} has no field(s) {unknown}. Its fields are: "
                      f"{', '.join(allowed)}.")
   cls = getattr(factory, "func", factory)
-  if _nnx.is_nnx(cls):
-    return _nnx.FromNNX(factory, FrozenDict(fields), _nnx.INPUT_SHAPE in inspect.signature(
-        cls.__init__).parameters)
+  if nnx_bridge.is_nnx(cls):
+    return nnx_bridge.wrap(factory, fields)
   return factory(**fields)

@@ -256,7 +256,7 @@ def _committed(workdir) -> list[int]:
     ckpt.close()
 
 
-# mixer: a flax.nnx model (nets/_nnx.py), with a moving average of the weights and augmentation.
+# mixer: a flax.nnx model (nets/nnx_bridge.py), with a moving average of the weights and augmentation.
 @pytest.mark.parametrize("config_name", ["mlp", "mixer"])
 def test_sigkill_during_training_resumes_from_the_last_commit(tmp_path, data_cache,
                                                                uninterrupted, config_name):

@@ -1,5 +1,6 @@
 """Adding an architecture is one file in nets/ and one config, as docs/extending.md says: its code
-blocks, copied into a copy of the project, train and pass the architecture's part of the suite."""
+blocks (a Linen model and an NNX one, each with its config), copied into a copy of the project,
+train and pass the architecture's part of the suite."""
 
 from __future__ import annotations
 
@@ -73,10 +74,12 @@ def test_the_docs_files_pass_the_architecture_s_part_of_the_suite(project):
 
 def test_a_new_architecture_trains_on_mnist_and_takes_overrides(project, tmp_path, data_cache):
   root, files = project
-  assert {"nets/tiny.py", "configs/tiny.py"} <= set(files)
-  listed = _run(root, "-c", "import nets; print(nets.names()); print(nets.field_names('tiny'))")
+  assert set(files) == {"nets/tiny.py", "configs/tiny.py", "nets/tiny_nnx.py", "configs/tiny_nnx.py"}
+  listed = _run(root, "-c", "import nets; print(nets.names()); print(nets.field_names('tiny')); "
+                "print(nets.field_names('tiny_nnx'))")
   assert listed.returncode == 0, listed.stderr[-2000:]
   assert "'tiny'" in listed.stdout and "['num_classes', 'width', 'dtype']" in listed.stdout
+  assert "['num_classes', 'width', 'dropout', 'dtype']" in listed.stdout  # the NNX one's
   trained = _run(root, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
                  "--config.max_train_examples=8192", "--config.num_epochs=1",
                  f"--config.cache_dir={data_cache}", "--config.progress_bar=False")

@@ -1,4 +1,4 @@
-"""flax.nnx models (nets/_nnx.py): batch norm and dropout as in Linen, on the same weights as
+"""flax.nnx models (nets/nnx_bridge.py): batch norm and dropout as in Linen, on the same weights as
 the same network in Linen; fine-tuning and both ways of running a population, on nets/mixer.py.
 The rest (shapes, mock training as a population, checkpoints, SIGKILL, export) runs on the NNX
 models as on every model, parametrized by architecture or config."""
@@ -30,10 +30,10 @@ def _bench():
 
 
 def _twins(dropout: float):
-  """nets/mlp.py's Linen MLP with batch norm, and the same network in NNX through nets/_nnx.py."""
+  """nets/mlp.py's Linen MLP with batch norm, and the same network in NNX through nets/nnx_bridge.py."""
   fields = {"hidden": (32, 16), "dropout": dropout, "batch_norm": True, "num_classes": 10}
   return (nets.create("mlp", **fields),
-          nets._nnx.FromNNX(_bench().MLP, nets.FrozenDict(fields), True))
+          nets.nnx_bridge.wrap(_bench().MLP, fields))
 
 
 def _close(a, b):
@@ -83,7 +83,7 @@ def test_an_nnx_model_keeping_an_rngs_is_refused_saying_what_to_do():
 
     def __call__(self, x, *, train, rngs=None):
       return self.linear(x)
-  model = nets._nnx.FromNNX(KeepsRngs)
+  model = nets.nnx_bridge.wrap(KeepsRngs, {})
   with pytest.raises(ValueError, match="take the dropout stream as __call__'s `rngs`"):
     model.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), train=False)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import inspect
+
 import flax.linen as nn
 import jax
 from flax import nnx, traverse_util
@@ -31,6 +33,13 @@ INPUT_SHAPE = "input_shape"  # the NNX field that the bridge fills from the data
 
 def is_nnx(cls: Any) -> bool:
   return isinstance(cls, type) and issubclass(cls, nnx.Module)
+
+
+def wrap(factory: Callable[..., nnx.Module], fields: dict[str, Any]) -> "FromNNX":
+  """The NNX module class `factory` (or a partial of one) with `fields`, as a Linen module."""
+  cls = getattr(factory, "func", factory)
+  return FromNNX(factory, FrozenDict(fields), INPUT_SHAPE in inspect.signature(
+      cls.__init__).parameters)
 
 
 def _names(path: tuple) -> tuple[str, ...]:
