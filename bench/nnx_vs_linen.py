@@ -1,6 +1,6 @@
 """The same network written in flax.linen and in flax.nnx: train-step time side by side.
 
-    python bench/nnx_vs_linen.py [--steps=200] [--rounds=5] [--batch=128]
+    python bench/nnx_vs_linen.py [--steps=200] [--rounds=5] [--batch=128] [--dropout=0.2]
 
 The Linen side is nets/mlp.py's MLP with batch norm and dropout (configs/mlp.py's widths); the
 NNX side, `MLP` below, is the same layers under the same names, run through nets/nnx_bridge.py (what
@@ -91,9 +91,11 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=200, help="steps per round and model")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--dropout", type=float, default=0.2, help="the rate (the Linen MLP's dropout "
+                  "is nets/layers.py's, the NNX one's nnx.Dropout)")
   args = ap.parse_args()
   config = common.base("mlp")
-  fields = {"hidden": (512, 512), "dropout": 0.2, "batch_norm": True}
+  fields = {"hidden": (512, 512), "dropout": args.dropout, "batch_norm": True}
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (args.batch, 28, 28, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, (args.batch,), dtype=np.int32)}
@@ -102,7 +104,7 @@ def main() -> None:
   for r in range(args.rounds):
     for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
       times[name].append(runs[name](args.steps) / args.steps * 1e3)
-  print(f"MLP {fields['hidden']} with batch norm and dropout, batch {args.batch}, "
+  print(f"MLP {fields['hidden']} with batch norm, dropout {args.dropout}, batch {args.batch}, "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}, flax "
         f"{__import__('flax').__version__}; ms per train step, median of {args.rounds} rounds:")
   base = statistics.median(times["linen"])
