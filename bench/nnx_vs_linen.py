@@ -58,7 +58,8 @@ class MLP(nnx.Module):
       x = getattr(self, f"Dense_{i}")(x)
       if self.batch_norm:
         x = getattr(self, f"BatchNorm_{i}")(x, use_running_average=not train)
-      x = self.dropout(jax.nn.relu(x), deterministic=not train, rngs=rngs)
+      x = jax.nn.relu(x)
+      x = self.dropout(x, rngs=rngs) if train else x  # as nets/mixer.py, for jax2onnx
     return getattr(self, f"Dense_{self.hidden}")(x).astype(jnp.float32)
 
 

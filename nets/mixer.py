@@ -28,9 +28,14 @@ class MixerBlock(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
     y = self.norm_tokens(x).swapaxes(1, 2)  # (n, dim, tokens): an MLP over the tokens
     y = self.token_out(jax.nn.gelu(self.token_in(y))).swapaxes(1, 2)
-    x = x + self.dropout(y, deterministic=not train, rngs=rngs)
+    x = x + self._drop(y, train, rngs)
     y = self.channel_out(jax.nn.gelu(self.channel_in(self.norm_channels(x))))
-    return x + self.dropout(y, deterministic=not train, rngs=rngs)
+    return x + self._drop(y, train, rngs)
+
+  def _drop(self, y: jax.Array, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    # Not called in evaluation: jax2onnx (the ONNX export) replaces nnx.Dropout's call with one
+    # that takes no `rngs`.
+    return self.dropout(y, rngs=rngs) if train else y
 
 
 class Mixer(nnx.Module):
