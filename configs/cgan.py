@@ -17,7 +17,6 @@ from configs import dcgan
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = dcgan.get_config()
-  c.model.name = "cgan"
+  c = dcgan.get_config("cgan")
   c.gan.loss = "hinge"  # measured ahead of bce at every epoch (docs/gan.md)
   return c

@@ -1,4 +1,4 @@
-"""Fields shared by every config; each runnable config calls `base()` and overrides a few.
+"""Fields shared by every config; each runnable config calls `base(MODEL)` and overrides a few.
 
 Not a runnable config itself (it has no `get_config`).
 """
@@ -8,8 +8,11 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+import nets
 
-def base() -> ml_collections.ConfigDict:
+
+def base(model: str = "cnn") -> ml_collections.ConfigDict:
+  """Every shared field, and `model`'s fields with the defaults its nets/ module declares."""
   c = ml_collections.ConfigDict()
 
   # --- Data ---
@@ -50,10 +53,12 @@ def base() -> ml_collections.ConfigDict:
   c.task = "classify"
 
   # --- Model: `name` picks the architecture; the other fields are its module fields ---
-  c.model = ml_collections.ConfigDict()
+  # A config overrides only the fields it tunes: each field, its default and its comment are
+  # declared once, in the model's nets/ module, and all of them take --config.model.FIELD=V.
+  c.model = ml_collections.ConfigDict(nets.config_fields(model))
   # The architecture: one of the models that nets/ registers (--mode=show lists them and their
   # fields). Set on the command line, its own defaults replace the config file's model fields.
-  c.model.name = "cnn"
+  c.model.name = model
   # Compute dtype: float32 or bfloat16 (parameters and loss stay float32). bfloat16 is for
   # GPU/TPU: on CPU it is slower than float32.
   c.dtype = "float32"
@@ -158,3 +163,15 @@ def base() -> ml_collections.ConfigDict:
   # <workdir>/tensorboard/plugins/profile, for TensorBoard or Perfetto (0: no trace).
   c.profile_steps = 0
   return c
+
+
+def patch_token_recipe(c: ml_collections.ConfigDict) -> None:
+  """The training of the models of image patches (configs/vit.py, configs/mixer.py), which lack
+  a conv net's inductive bias: AdamW with warm-up and cosine decay, clipped gradients, random
+  shifts of up to 2 pixels (the shift invariance a conv net has built in) and an evaluated
+  moving average of the weights. Set here without comments: the fields' own stay in base()."""
+  c.optimizer, c.weight_decay = "adamw", 0.05
+  c.schedule, c.warmup_epochs, c.learning_rate = "warmup_cosine", 0.5, 2e-3
+  c.grad_clip_norm = 1.0
+  c.augment.shift = 2.0
+  c.ema_decay = 0.999

@@ -17,13 +17,11 @@ import ml_collections
 from configs import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
+def get_config(model: str = "dcgan") -> ml_collections.ConfigDict:
+  """`model`: "dcgan", or "cgan" for configs/cgan.py."""
+  c = common.base(model)
   c.task = "gan"
-  c.model.name = "dcgan"
-  c.model.latent_dim = 64
   c.model.widths = (128, 64)  # the generator's channels at 7x7 and 14x14
-  c.model.d_widths = (32, 64)  # the discriminator's strided convolutions
   c.validation_fraction = 0.0  # a GAN trains on all of train; the test images are the reference
   c.batch_size = 64
   c.optimizer, c.learning_rate = "adam", 4e-4

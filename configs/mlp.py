@@ -15,11 +15,8 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "mlp"
-  c.model.hidden = (512, 512)  # widths of the hidden layers
+  c = common.base("mlp")
   c.model.dropout = 0.2  # after each hidden layer
-  c.model.batch_norm = False  # after each hidden layer
   c.schedule = "onecycle"
   c.learning_rate = 2e-3
   c.num_epochs = 10

@@ -15,14 +15,10 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "mobilenet"
+  c = common.base("mobilenet")
   c.model.stem_features = 32  # channels of the full 3x3 stem conv
   c.model.stem_stride = 2  # 28 -> 14 at once: at full resolution steps were 6x slower
   c.model.features = (64, 128, 128, 256)  # pointwise channels of each separable block
-  c.model.strides = (1, 2, 1, 2)  # depthwise strides: 14 -> 14 -> 7 -> 7 -> 4
-  c.model.depthwise = "shifted"  # shifted multiply-adds: grouped convs are slow on XLA:CPU
-  c.model.dropout = 0.0
   c.schedule = "onecycle"
   c.learning_rate = 3e-3
   c.num_epochs = 6

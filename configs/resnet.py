@@ -15,13 +15,8 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "resnet"
-  c.model.stem_features = 16  # channels of the 3x3 stem conv (at full resolution)
-  c.model.features = (16, 32, 64)  # channels of each stage
-  c.model.blocks = (1, 1, 1)  # basic residual blocks per stage
+  c = common.base("resnet")
   c.model.strides = (2, 2, 2)  # each stage halves the resolution: 28 -> 14 -> 7 -> 4
-  c.model.dropout = 0.0
   c.schedule = "onecycle"
   c.learning_rate = 3e-3
   c.num_epochs = 5

@@ -15,14 +15,9 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "rnn"
+  c = common.base("rnn")
   c.model.cell = "gru"  # lstm or gru (3 gates to 4: cheaper; the LSTM got 98.96% in 6)
-  c.model.hidden = 128  # units per direction
-  c.model.layers = 1  # stacked recurrent layers
   c.model.bidirectional = True  # a backward pass too: the classifier sees both final states
-  c.model.pool = "last"  # classify the final states (last) or the mean over rows (mean)
-  c.model.dropout = 0.0
   c.schedule = "onecycle"
   c.learning_rate = 3e-3
   c.grad_clip_norm = 1.0  # recurrent nets can have gradient spikes

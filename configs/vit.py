@@ -19,22 +19,10 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = common.base()
-  c.model.name = "vit"
+  c = common.base("vit")
   c.model.patch_size = 7  # 28x28 -> 4x4 = 16 tokens (4x4 patches: 49, 3x the cost per block)
-  c.model.dim = 64  # token width
   c.model.depth = 6  # encoder blocks
-  c.model.num_heads = 4  # attention heads of 16 dims each
-  c.model.mlp_dim = 128  # hidden width of each block's MLP
   c.model.pool = "mean"  # classify the mean token (mean) or a class token (cls)
-  c.model.dropout = 0.0
-  c.optimizer = "adamw"
-  c.weight_decay = 0.05
-  c.schedule = "warmup_cosine"
-  c.warmup_epochs = 0.5
-  c.learning_rate = 2e-3
-  c.grad_clip_norm = 1.0
-  c.augment.shift = 2.0  # pixels: the shift invariance a conv net has built in
-  c.ema_decay = 0.999  # evaluate a moving average of the weights
+  common.patch_token_recipe(c)  # AdamW, warm-up and cosine decay, shifts, EMA
   c.num_epochs = 8
   return c

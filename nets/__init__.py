@@ -2,6 +2,7 @@
 
 Every module in this package is imported on first use, and each registers its variants with
 `register`, so adding an architecture is one new file here (plus a config): nothing else changes.
+A model is a `flax.linen` module or a `flax.nnx` one (nets/nnx_bridge.py makes it a Linen module).
 
     from nets import register
     register("my_net", MyNet)                          # a class
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
 from typing import Any, Callable
 
 import flax.linen as nn
+from nets import nnx_bridge
 
 class ModelConfigError(ValueError):
   """An unknown model name or model field."""
 
 
-ModelFactory = Callable[..., nn.Module]
+ModelFactory = Callable[..., Any]  # a Linen or an NNX module class, or a partial of one
 _REGISTRY: dict[str, ModelFactory] = {}
 _KINDS: dict[str, str] = {}  # name -> "classifier", "gan", ...
 _discovered = False
@@ -65,25 +68,45 @@ def kind_of(name: str) -> str:
   return _KINDS[name]
 
 
+def _declared(cls: type) -> dict[str, Any]:
+  """{field: default} that class `cls` declares (dataclasses.MISSING where none): a Linen
+  module's dataclass fields, an NNX module's keyword arguments (not `rngs`, nor the
+  `input_shape` that nets/nnx_bridge.py fills from the data)."""
+  if nnx_bridge.is_nnx(cls):
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: dataclasses.MISSING if p.default is p.empty else p.default for p in params
+            if p.name not in ("self", "rngs", nnx_bridge.INPUT_SHAPE)
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  return {f.name: (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else
+                   dataclasses.MISSING)
+          for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+
+
 def field_names(name: str) -> list[str]:
   """The fields that a config may set on model `name` (those not fixed by its variant)."""
-  factory = get_factory(name)
-  cls = getattr(factory, "func", factory)
-  fixed = set(getattr(factory, "keywords", {}))
-  return [f.name for f in dataclasses.fields(cls)
-          if f.init and f.name not in fixed and f.name not in ("parent", "name")]
+  return list(field_defaults(name))
 
 
 def field_defaults(name: str) -> dict[str, Any]:
   """{field: default} of the fields a config may set on model `name` (dataclasses.MISSING for a
   field without a default)."""
   factory = get_factory(name)
-  cls = getattr(factory, "func", factory)
-  settable = field_names(name)
-  return {f.name: (f.default if f.default is not dataclasses.MISSING else
-                   f.default_factory() if f.default_factory is not dataclasses.MISSING else
-                   dataclasses.MISSING)
-          for f in dataclasses.fields(cls) if f.name in settable}
+  fixed = set(getattr(factory, "keywords", {}))
+  return {k: v for k, v in _declared(getattr(factory, "func", factory)).items()
+          if k not in fixed}
+
+
+# Model fields a config never sets: the classes come from the data, the dtype from config.dtype.
+NOT_CONFIG_FIELDS = ("num_classes", "dtype")
+
+
+def config_fields(name: str) -> dict[str, Any]:
+  """{field: default} of the fields a config sets on model `name`: its fields with a default of
+  a plain value (what a ConfigDict holds and `--config.model.FIELD=V` parses)."""
+  plain = (bool, int, float, str, tuple, list)
+  return {k: v for k, v in field_defaults(name).items()
+          if k not in NOT_CONFIG_FIELDS and isinstance(v, plain)}
 
 
 def get_factory(name: str) -> ModelFactory:
@@ -103,4 +126,7 @@ def create(name: str, **fields: Any) -> nn.Module:
   if unknown:
     raise ModelConfigError(f"Model {name!r} has no field(s) {unknown}. Its fields are: "
                      f"{', '.join(allowed)}.")
+  cls = getattr(factory, "func", factory)
+  if nnx_bridge.is_nnx(cls):
+    return nnx_bridge.wrap(factory, fields)
   return factory(**fields)

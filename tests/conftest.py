@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import re
 
 import ml_collections
 import pytest
@@ -28,6 +29,24 @@ CONFIG_NAMES = configs.names()
 _SHARED_TFDS = REPO.parent / "shared" / "tensorflow_datasets"
 if not os.environ.get("TFDS_DATA_DIR") and _SHARED_TFDS.is_dir():
   os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
+
+
+def ships(config_name: str) -> bool:
+  """Whether a config ships: it has a row in the README's results table, the list of measured
+  configs (a population config, configs/ensemble.py, by the config it extends). Those are held to
+  every rule; a contributor's new config, which no one has measured yet, skips the rules that
+  need a measurement (docs/extending.md). A list in a file that every reader sees, rather than
+  git's tracking: a copy of the project without .git (a release, the docs' test) keeps it."""
+  rows = re.findall(r"^\| `configs/(\w+)\.py` \|", (REPO / "README.md").read_text(), re.M)
+  base = load_config(config_name).get("population", 1) > 1 and _base_config(config_name)
+  return config_name in rows or base in rows
+
+
+def _base_config(config_name: str) -> str | None:
+  """The configs/ module that a config file's get_config() starts from, if one."""
+  text = (REPO / "configs" / f"{config_name}.py").read_text()
+  found = re.search(r"^\s*c = (\w+)\.get_config\(", text, re.M)
+  return found.group(1) if found else None
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:

@@ -203,9 +203,13 @@ def test_a_signal_saves_and_exits_cleanly_then_resumes(tmp_path, data_cache, sig
 
 # SIGKILL: a run killed at any moment loses at most the steps since its last committed
 # checkpoint, and the restart finishes with the metrics of a run that was never interrupted.
-KILL_ARGS = ["--config=configs/mlp.py", "--config.progress_bar=False",
+KILL_ARGS = ["--config.progress_bar=False",
              "--config.max_train_examples=4096", "--config.num_epochs=3",
              "--config.checkpoint.every_steps=10", "--config.log_every_steps=5"]
+
+
+def _kill_args(config_name: str = "mlp") -> list[str]:
+  return [f"--config=configs/{config_name}.py", *KILL_ARGS]
 # Issues the n-th save, then kills its own process while orbax is still writing it.
 KILL_IN_SAVE = """
 import os, runpy, signal, sys
@@ -225,10 +229,17 @@ runpy.run_path("train.py", run_name="__main__")
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_cache):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  _run_train(workdir, data_cache)
-  return {"test": json.loads((workdir / "test_metrics.json").read_text())["test"],
-          "metrics": _history(workdir)}
+  """{config name: the test metrics and metrics.jsonl of its run, not interrupted}."""
+  runs = {}
+
+  def of(config_name: str = "mlp") -> dict:
+    if config_name not in runs:
+      workdir = tmp_path_factory.mktemp("uninterrupted")
+      _run_train(workdir, data_cache, config_name)
+      runs[config_name] = {"test": json.loads((workdir / "test_metrics.json").read_text())["test"],
+                           "metrics": _history(workdir)}
+    return runs[config_name]
+  return of
 
 
 def _history(workdir) -> list[dict]:
@@ -241,8 +252,8 @@ def _env(data_cache, **extra):
   return {**os.environ, "TFDS_DATA_DIR": real_data_dir(), "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _run_train(workdir, data_cache) -> str:
-  proc = subprocess.run([sys.executable, "train.py", *KILL_ARGS, f"--workdir={workdir}",
+def _run_train(workdir, data_cache, config_name: str = "mlp") -> str:
+  proc = subprocess.run([sys.executable, "train.py", *_kill_args(config_name), f"--workdir={workdir}",
                          f"--config.cache_dir={data_cache}"], cwd=REPO, env=_env(data_cache),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -257,24 +268,28 @@ def _committed(workdir) -> list[int]:
     ckpt.close()
 
 
+# mixer: a flax.nnx model (nets/nnx_bridge.py), with a moving average of the weights and augmentation.
+@pytest.mark.parametrize("config_name", ["mlp", "mixer"])
 def test_sigkill_during_training_resumes_from_the_last_commit(tmp_path, data_cache,
-                                                               uninterrupted):
-  proc = subprocess.Popen([sys.executable, "train.py", *KILL_ARGS, f"--workdir={tmp_path}",
+                                                               uninterrupted, config_name):
+  proc = subprocess.Popen([sys.executable, "train.py", *_kill_args(config_name),
+                           f"--workdir={tmp_path}",
                            f"--config.cache_dir={data_cache}"], cwd=REPO, env=_env(data_cache),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   kill_once_logged(proc, tmp_path / "metrics.jsonl", 45, timeout_s=120)  # mid-epoch 2 (33-64)
   committed = _committed(tmp_path)
   assert committed and 30 <= max(committed) < 96  # the save at 40 may be in flight
-  out = _run_train(tmp_path, data_cache)
+  out = _run_train(tmp_path, data_cache, config_name)
   assert f"Resuming from the checkpoint at step {max(committed)}" in out
-  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
+  whole = uninterrupted(config_name)
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == whole["test"]
   # The steps logged after the last checkpoint and again by the resumed run appear once.
-  assert _history(tmp_path) == uninterrupted["metrics"]
+  assert _history(tmp_path) == whole["metrics"]
 
 
 def test_sigkill_during_a_save_leaves_no_checkpoint_that_breaks_the_restart(
     tmp_path, data_cache, uninterrupted):
-  proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *KILL_ARGS, f"--workdir={tmp_path}",
+  proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *_kill_args(), f"--workdir={tmp_path}",
                          f"--config.cache_dir={data_cache}"], cwd=REPO,
                         env=_env(data_cache, KILL_AT_SAVE="4"), capture_output=True, text=True,
                         timeout=300)
@@ -285,13 +300,13 @@ def test_sigkill_during_a_save_leaves_no_checkpoint_that_breaks_the_restart(
   out = _run_train(tmp_path, data_cache)
   assert "Resuming from the checkpoint at step 30" in out
   assert not list((tmp_path / "checkpoints").glob("*tmp*"))  # the leftover was cleaned up
-  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
-  assert _history(tmp_path) == uninterrupted["metrics"]
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted()["test"]
+  assert _history(tmp_path) == uninterrupted()["metrics"]
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(
     tmp_path, data_cache, uninterrupted):
-  cmd = [sys.executable, "train.py", *KILL_ARGS, f"--workdir={tmp_path}",
+  cmd = [sys.executable, "train.py", *_kill_args(), f"--workdir={tmp_path}",
          f"--config.cache_dir={data_cache}"]
   first = subprocess.Popen(cmd, cwd=REPO, env=_env(data_cache), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -311,8 +326,8 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(
   # The first run's files are its own, as if it had run alone.
   assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == load_config(
       "mlp").learning_rate
-  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted["test"]
-  assert _history(tmp_path) == uninterrupted["metrics"]
+  assert json.loads((tmp_path / "test_metrics.json").read_text())["test"] == uninterrupted()["test"]
+  assert _history(tmp_path) == uninterrupted()["metrics"]
   assert not (tmp_path / ".lock").exists()  # released at the end
 
 

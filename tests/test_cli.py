@@ -3,6 +3,7 @@ settings can be seen without training."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     # A group set as one value: ml_collections' own message was a ConfigDict parse error.
     (["--config=configs/cnn.py", "--config.model=nosuch"],
      "error: bad --config override: --config.model is a group of fields (batch_norm, "
-     "convs_per_stage, dense, downsample, dropout, features, kernel_size, name), not one value: "
+     "convs_per_stage, dense, downsample, dropout, features, kernel_size, name, weight_init), not "
+     "one value: "
      "to choose the architecture use --config.model.name=nosuch."),
     # --mode=show lists no model a `dtype` field: it is --config.dtype, for every model.
     (["--config=configs/cnn.py", "--config.model.dtype=bfloat16"],
@@ -41,6 +43,11 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
      "error: bad --config override: --config.model.width: model 'cnn' has no field 'width'; its "
      "fields: features, kernel_size, convs_per_stage, dense, downsample, dropout, batch_norm, "
      "weight_init."),
+    # Another model's field after switching models: the config holds the file's model's fields.
+    (["--config=configs/cnn.py", "--config.model.name=resnet", "--config.model.blocks=(2,2,2)"],
+     "error: bad --config override: --config.model.blocks: resnet has that field, but the config "
+     "holds cnn's fields and an override cannot add one; start from configs/resnet.py or a copy "
+     "of the config file with c = common.base('resnet')."),
     ([], "error: training needs --config, e.g. --config=configs/cnn.py. (python train.py --help "
          "lists the modes and flags)\n"),
     (["--mode=evaluate"], "error: --mode=evaluate needs --workdir, the trained run's directory."),
@@ -66,7 +73,8 @@ def test_the_model_can_be_switched_on_the_command_line(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   out = run.stdout
   assert out.startswith("note: --config.model.name=resnet replaces cnn: the config's cnn fields "
-                        "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size) "
+                        "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size, "
+                        "weight_init) "
                         "are dropped and resnet's defaults used (configs/resnet.py holds tuned "
                         "ones)"), out[:500]
   assert "* model.blocks = (1, 1, 1)  " in out and "model.kernel_size" not in out
@@ -92,6 +100,19 @@ def test_show_of_a_trained_run(tmp_path, data_cache):
   assert "Model 'mlp' on 28x28x1 images, 10 classes:" in run.stdout
   missing = _cli("--mode=show", f"--workdir={tmp_path / 'nothing'}")
   assert missing.returncode == 1 and missing.stderr.startswith("error: No trained run in")
+
+
+def test_a_model_field_the_config_file_does_not_list_takes_an_override(tmp_path, data_cache):
+  # configs/cnn.py tunes no weight_init: the field comes from nets/cnn.py, declared there once.
+  assert "weight_init" not in (REPO / "configs" / "cnn.py").read_text()
+  run = _cli("--config=configs/cnn.py", "--config.model.weight_init=torch",
+             f"--workdir={tmp_path / 'run'}", "--config.num_epochs=1",
+             "--config.max_train_examples=256", "--config.max_eval_examples=100",
+             "--config.progress_bar=False", "--config.report=False",
+             f"--config.cache_dir={data_cache}")
+  assert run.returncode == 0, run.stderr[-3000:]
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert saved["model"]["weight_init"] == "torch"
 
 
 def test_show_prints_the_settings_the_model_and_the_models_without_training(tmp_path):

@@ -1,4 +1,6 @@
-"""Adding an architecture is one file in nets/ and one config, as docs/extending.md says."""
+"""Adding an architecture is one file in nets/ and one config, as docs/extending.md says: its code
+blocks (a Linen model and an NNX one, each with its config), copied into a copy of the project,
+train and pass the architecture's part of the suite."""
 
 from __future__ import annotations
 
@@ -9,48 +11,82 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO, real_data_dir
+
+# What a copy of the project needs to train and to run its tests.
+PARTS = ("nets", "configs", "training", "tests", "docs", "train.py", "README.md", "pyproject.toml")
+# The test files whose tests are parametrized by architecture or config (docs/extending.md's
+# "What the suite checks").
+ARCHITECTURE_TESTS = ("tests/test_nets.py", "tests/test_show.py", "tests/test_train.py",
+                      "tests/test_export.py")
 
 
 def _doc_files() -> dict[str, str]:
-  """The code blocks of docs/extending.md's steps, by the path in their first line."""
-  section = REPO.joinpath("docs", "extending.md").read_text()
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+  """The code blocks of docs/extending.md that are files, by the path in their first line."""
+  text = REPO.joinpath("docs", "extending.md").read_text()
   files = {}
-  for block in blocks:
-    code = textwrap.dedent(block)
-    first, _, rest = code.partition("\n")
+  for block in re.findall(r"```python\n(.*?)```", text, re.S):
+    first, _, rest = textwrap.dedent(block).partition("\n")
     if first.startswith("# ") and first.endswith(".py"):
       files[first[2:]] = rest
   return files
 
 
-def test_a_new_architecture_is_one_file_and_one_config(tmp_path, data_cache):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+  """A copy of the project with docs/extending.md's files added, and nothing else changed."""
+  root = tmp_path_factory.mktemp("project")
+  for part in PARTS:
+    copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+    copy(REPO / part, root / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                      if (REPO / part).is_dir() else {}))
+  before = {p: p.read_bytes() for p in root.rglob("*.py")}
   files = _doc_files()
-  assert set(files) == {"nets/tiny.py", "configs/tiny.py"}
-  project = tmp_path / "project"
-  for part in ("nets", "configs", "training"):
-    shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-  shutil.copy(REPO / "train.py", project / "train.py")
-  before = {p: p.read_bytes() for p in project.rglob("*.py")}
   for path, code in files.items():
-    (project / path).write_text(code)
-  # Only the two new files differ from the project as it was.
+    (root / path).write_text(code)
+  # The docs' files are new: none replaces a file of the project.
   assert all(p.read_bytes() == content for p, content in before.items())
+  return root, files
 
+
+def _run(root, *args, timeout=300):
   env = {**os.environ, "TFDS_DATA_DIR": real_data_dir()}
-  run = lambda *args: subprocess.run([sys.executable, *args], cwd=project, env=env,
-                                     capture_output=True, text=True, timeout=300)
-  listed = run("-c", "import nets; print(nets.names()); print(nets.field_names('tiny'))")
+  return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_the_docs_files_pass_the_architecture_s_part_of_the_suite(project):
+  root, files = project
+  names = sorted(path[len("configs/"):-3] for path in files if path.startswith("configs/"))
+  assert names, "docs/extending.md has no configs/NAME.py block"
+  tests = _run(root, "-m", "pytest", "-n", "0", "-q", "-rs", "-p", "no:cacheprovider",
+               "-k", " or ".join(names), *ARCHITECTURE_TESTS, timeout=600)
+  out = tests.stdout + tests.stderr
+  assert tests.returncode == 0, out[-4000:]
+  for name in names:  # the rules that need a measurement skip, saying what to run
+    assert f"python bench/accuracy.py --configs={name}`" in out, out[-4000:]
+    assert f"configs/{name}.py is new: its first two losses are not pinned yet" in out
+  passed = int(re.search(r"(\d+) passed", out).group(1))
+  assert passed >= 7 * len(names), out[-2000:]  # test_nets 3, test_show 2, train 1, export 1
+
+
+def test_a_new_architecture_trains_on_mnist_and_takes_overrides(project, tmp_path, data_cache):
+  root, files = project
+  assert set(files) == {"nets/tiny.py", "configs/tiny.py", "nets/tiny_nnx.py", "configs/tiny_nnx.py"}
+  listed = _run(root, "-c", "import nets; print(nets.names()); print(nets.field_names('tiny')); "
+                "print(nets.field_names('tiny_nnx'))")
   assert listed.returncode == 0, listed.stderr[-2000:]
   assert "'tiny'" in listed.stdout and "['num_classes', 'width', 'dtype']" in listed.stdout
-  trained = run("train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-                "--config.max_train_examples=8192", "--config.num_epochs=1",
-                f"--config.cache_dir={data_cache}", "--config.progress_bar=False")
+  assert "['num_classes', 'width', 'dropout', 'dtype']" in listed.stdout  # the NNX one's
+  trained = _run(root, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
+                 "--config.max_train_examples=8192", "--config.num_epochs=1",
+                 f"--config.cache_dir={data_cache}", "--config.progress_bar=False")
   out = trained.stdout + trained.stderr
   assert trained.returncode == 0, out[-3000:]
-  assert "tiny: 50,890 parameters" in out  # 784*64 + 64 + 64*10 + 10
+  assert "tiny: 101,770 parameters" in out  # 784*128 + 128 + 128*10 + 10
   accuracy = float(re.search(r"test: loss [\d.]+  accuracy ([\d.]+)%", out).group(1))
   assert accuracy > 85.0
-  typo = run("train.py", "--config=configs/tiny.py", "--config.model.widht=3")
+  typo = _run(root, "train.py", "--config=configs/tiny.py", "--config.model.widht=3")
   assert typo.returncode != 0 and "widht" in typo.stderr and "Traceback" not in typo.stderr

@@ -3,6 +3,8 @@ training."""
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 
 import pytest
@@ -24,6 +26,32 @@ def test_every_field_is_listed_with_its_comment(config_name):
   assert len(fields) == len(traverse_util.flatten_dict(config.to_dict()))
   for line in fields:  # every field has a comment: here or on the model's field in nets/
     assert re.match(r"^  [\w.]+ = .*\S  +# \S", line), line
+
+
+def _model_assignments(path) -> list[str]:
+  """The model fields that a config file assigns (`c.model.X = ...`, `c.model.a, c.model.b = ...`)."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Assign):
+      for target in node.targets:
+        for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
+          if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Attribute)
+              and t.value.attr == "model"):
+            found.append(t.attr)
+  return found
+
+
+@pytest.mark.parametrize("config_name", CONFIG_NAMES)
+def test_a_config_sets_only_model_fields_it_changes_from_the_model_s_defaults(config_name):
+  # Each default is declared once, in nets/: a config repeating one would fall out of step.
+  config = load_config(config_name)
+  defaults = json.loads(json.dumps(nets.config_fields(config.model.name)))
+  assert set(config.model) == {"name", *defaults}  # every field takes --config.model.FIELD=V
+  for field in _model_assignments(REPO / "configs" / f"{config_name}.py"):
+    value = json.loads(json.dumps(config.model[field]))
+    assert field in defaults, f"{config_name}: model {config.model.name} has no field {field}"
+    assert value != defaults[field], (f"configs/{config_name}.py sets model.{field} to its "
+                                      "default; leave it to nets/")
 
 
 def test_fields_are_grouped_as_in_common_py_and_in_its_order():

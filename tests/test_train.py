@@ -6,6 +6,7 @@ import functools
 import json
 import pathlib
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +17,17 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
 from training.run import progress
 from training.model import optim
 from training.model import build
-from training.tasks import classify
+from training.tasks import classify, restore
 from training.model import state as state_lib
 from training.model import steps
 
-from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink, unused_url
+from conftest import (CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink, ships,
+                      unused_url)
 
 # Loss of the first two train steps on a fixed synthetic batch (seed 0), per config: pins the
 # model's init, the loss and the optimizer update. Re-pin only for an intended change. A config
@@ -32,6 +35,7 @@ from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink
 GOLDEN_LOSSES = {
     "best": (2.86091, 2.55320),
     "cnn": (2.27792, 2.19948),
+    "mixer": (2.88483, 2.90838),
     "mlp": (2.33627, 2.33282),
     "mobilenet": (2.33514, 2.31061),
     "resnet": (2.34045, 2.33707),
@@ -44,8 +48,15 @@ GOLDEN_LOSSES["ensemble"] = GOLDEN_LOSSES["best"]  # its members are configs/bes
 
 @pytest.mark.parametrize("config_name", CLASSIFIER_CONFIGS)
 def test_config_trains_on_mock_data(config_name, mock_mnist, tmp_path):
+  # As a population of 2 at least (docs/populations.md), which every model must train in.
   config = shrink(load_config(config_name))
+  config.population = max(config.population, 2)
   state, summary = train_and_evaluate(config, str(tmp_path))
+  # Its last checkpoint holds the state it ended with.
+  saved = restore.restore(str(tmp_path), "latest").state
+  for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(saved.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert len(summary["members"]) == config.population
   # A population's state counts steps per member (configs/ensemble.py): every member's the same.
   assert set(np.ravel(state.step).tolist()) == {(64 - round(64 * config.validation_fraction)) // 16}
   assert summary["test"]["count"] == 48
@@ -65,10 +76,34 @@ def test_config_trains_on_mock_data(config_name, mock_mnist, tmp_path):
 def test_config_docstring_has_command_and_accuracy(config_name):
   doc = importlib_doc(config_name)
   assert f"python train.py --config=configs/{config_name}.py" in doc
-  assert "%" in doc, "state the test accuracy this config reaches"
-  if config_name in CLASSIFIER_CONFIGS:  # an accuracy claim is a mean +- std over seeds
-    assert re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc), (
-        "state the test accuracy as `M +- S% over N seeds` (python bench/accuracy.py)")
+  if config_name not in CLASSIFIER_CONFIGS:
+    assert "%" in doc, "state what this config reaches"
+  elif not re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc):
+    # An accuracy claim is a mean +- std over seeds; a new config is not measured yet.
+    message = (f"configs/{config_name}.py has no `M +- S% over N seeds` test accuracy: run "
+               f"`python bench/accuracy.py --configs={config_name}`, then paste the line it "
+               f"prints into configs/{config_name}.py's docstring and its row into README.md's "
+               "results table")
+    if ships(config_name):
+      pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_a_config_without_its_accuracy_fails_if_it_ships_and_skips_if_new(monkeypatch):
+  import importlib
+  monkeypatch.setattr(importlib.import_module("configs.mlp"), "__doc__",
+                      "MLP.\n\n    python train.py --config=configs/mlp.py\n\nReaches about 98%.")
+  with pytest.raises(pytest.fail.Exception, match="no `M [+]- S% over N seeds`"):
+    test_config_docstring_has_command_and_accuracy("mlp")
+  monkeypatch.setattr(sys.modules[__name__], "ships", lambda name: False)
+  with pytest.raises(pytest.skip.Exception, match=r"run `python bench/accuracy.py "
+                     r"--configs=mlp`, then paste .* into configs/mlp.py's docstring"):
+    test_config_docstring_has_command_and_accuracy("mlp")
+
+
+def test_the_configs_that_ship_are_the_readme_s_results_table_s():
+  assert all(ships(n) for n in ("cnn", "mlp", "best", "ensemble"))  # ensemble: best.py's row
+  assert not any(ships(n) for n in ("dcgan", "cgan"))  # scored otherwise (their docstrings)
 
 
 def importlib_doc(config_name: str) -> str:
@@ -92,30 +127,39 @@ def test_one_step_golden_loss(config_name, request):
   state, m2 = step(state, batch, state.rng)
   losses = (float(m1["loss"]), float(m2["loss"]))
   if config_name not in GOLDEN_LOSSES:
-    _record_unpinned(request, config_name, losses)
+    _record_unpinned(request, config_name, losses, ships(config_name))
   # XLA releases round differently: jax 0.7.1 is up to 1.5e-4 relative off these pins (made
   # with 0.10.2; 0.12 is within 2e-6).
   np.testing.assert_allclose(losses, GOLDEN_LOSSES[config_name], rtol=3e-4)
   assert float(m1["grad_norm"]) > 0
 
 
-def _record_unpinned(request, config_name: str, losses: tuple[float, float]) -> None:
-  """A config without pinned losses (a new architecture, docs/extending.md): its losses go into
-  pytest's cache (.pytest_cache/v/golden_losses/<name>), and the test skips, saying where to pin
-  them."""
+def _record_unpinned(request, config_name: str, losses: tuple[float, float],
+                     shipped: bool) -> None:
+  """A config without pinned losses: its losses go into pytest's cache
+  (.pytest_cache/v/golden_losses/<name>), and the test skips for a new architecture
+  (docs/extending.md), saying where to pin them, or fails for a config that ships."""
   where = ""
   if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
     request.config.cache.set(f"golden_losses/{config_name}", list(losses))
     where = f" (recorded in .pytest_cache/v/golden_losses/{config_name})"
-  pytest.skip(f"configs/{config_name}.py is new: its first two losses are not pinned yet{where}. "
-              f"Check that they are what you expect, then add to GOLDEN_LOSSES in "
-              f"tests/test_train.py: \"{config_name}\": ({losses[0]:.5f}, {losses[1]:.5f}),")
+  (pytest.fail if shipped else pytest.skip)(
+      f"configs/{config_name}.py is {'in the README but' if shipped else 'new:'} its first two "
+      f"losses are not pinned yet{where}. Check that they are what you expect, then add to "
+      f"GOLDEN_LOSSES in tests/test_train.py: \"{config_name}\": ({losses[0]:.5f}, "
+      f"{losses[1]:.5f}),")
 
 
 def test_a_config_without_pinned_losses_is_recorded_and_skipped(monkeypatch, request):
   monkeypatch.delitem(GOLDEN_LOSSES, "mlp")
-  with pytest.raises(pytest.skip.Exception, match=r'configs/mlp.py is new.*GOLDEN_LOSSES in '
-                     r'tests/test_train.py: "mlp": \(2.336\d\d, 2.332\d\d\),'):
+  # mlp.py ships (a row in the README's results table): a missing pin fails it.
+  with pytest.raises(pytest.fail.Exception, match=r'configs/mlp.py is in the README but.*'
+                     r'GOLDEN_LOSSES in tests/test_train.py: "mlp": \(2.336\d\d, 2.332\d\d\),'):
+    test_one_step_golden_loss("mlp", request)
+  # A new config (no row yet) skips with the same line.
+  monkeypatch.setattr(sys.modules[__name__], "ships", lambda name: False)
+  with pytest.raises(pytest.skip.Exception, match=r'configs/mlp.py is new: its first two losses '
+                     r'are not pinned yet.*"mlp": \(2.336\d\d, 2.332\d\d\),'):
     test_one_step_golden_loss("mlp", request)
   if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
     recorded = request.config.cache.get("golden_losses/mlp", None)
@@ -277,9 +321,9 @@ def test_switching_the_model_drops_the_fields_of_the_config_file_s_model():
   config = load_config("cnn")
   config.model.name, config.model.dropout = "resnet", 0.1  # as the command line sets them
   switched, note = build.switch_model(config, "cnn", given=["dropout"])
-  assert dict(switched.model) == {"name": "resnet", **build.config_defaults("resnet"),
+  assert dict(switched.model) == {"name": "resnet", **nets.config_fields("resnet"),
                                   "dropout": 0.1}
-  assert "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size)" in note
+  assert "(batch_norm, convs_per_stage, dense, downsample, features, kernel_size, weight_init)" in note
   build.build_model(switched, 10)  # the cnn's (32, 64) features would not fit resnet's 3 stages
   assert build.switch_model(load_config("cnn"), "cnn", given=[]) == (load_config("cnn"), None)
 

@@ -126,8 +126,8 @@ def _missing_field(config: Any, groups: list[str], name: str, argv: list[str]) -
   except nets.ModelConfigError:
     return None
   if name in known:
-    return (f"--config.model.{name}: {model} has that field, but the config file does not set "
-            "it and an override cannot add a field; set it in a copy of the config file"
-            + (f", or start from configs/{model}.py" if model != config.model.name else "") + ".")
+    return (f"--config.model.{name}: {model} has that field, but the config holds "
+            f"{config.model.name}'s fields and an override cannot add one; start from "
+            f"configs/{model}.py or a copy of the config file with c = common.base({model!r}).")
   return (f"--config.model.{name}: model {model!r} has no field {name!r}; its fields: "
           f"{', '.join(known)}.")

@@ -31,17 +31,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   return nets.create(config.model.name, num_classes=num_classes, **fields)
 
 
-# Model fields a config never sets: the classes come from the data, the dtype from config.dtype.
-NOT_CONFIG_FIELDS = ("num_classes", "dtype")
-
-
-def config_defaults(name: str) -> dict[str, Any]:
-  """The fields a config may set on model `name`, with its defaults (those of plain values)."""
-  plain = (bool, int, float, str, tuple, list)
-  return {k: v for k, v in nets.field_defaults(name).items()
-          if k not in NOT_CONFIG_FIELDS and isinstance(v, plain)}
-
-
 def switch_model(config: ml_collections.ConfigDict, file_model: str, given: Collection[str]
                  ) -> tuple[ml_collections.ConfigDict, str | None]:
   """For a command line that set `model.name` to another model than the config file's
@@ -51,7 +40,7 @@ def switch_model(config: ml_collections.ConfigDict, file_model: str, given: Coll
   name = config.model.name
   if name == file_model:
     return config, None
-  defaults = config_defaults(name)  # raises for an unknown model, listing the known ones
+  defaults = nets.config_fields(name)  # raises for an unknown model, listing the known ones
   old = {k: v for k, v in config.model.items() if k != "name"}
   model = {"name": name, **defaults, **{k: old[k] for k in given if k in old}}
   new = ml_collections.ConfigDict({**config.to_dict(), "model": model})

@@ -110,7 +110,7 @@ def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 def defaults_of(model_name: str) -> dict[str, Any]:
   """Every field's default: configs/common.py's, and the model class's for model.*."""
   try:
-    model = {f"model.{k}": v for k, v in build.config_defaults(model_name).items()}
+    model = {f"model.{k}": v for k, v in nets.config_fields(model_name).items()}
   except nets.ModelConfigError:
     model = {}
   return {**_flat(model), **_flat(common.base())}
@@ -149,12 +149,13 @@ def describe_config(config: ml_collections.ConfigDict, path: str,
   return "\n".join(lines)
 
 
-def _position(field: str, order: list[str]) -> tuple[int, int, str]:
+def _position(field: str, order: list[str]) -> tuple[int, int]:
   """Where a field is listed: with the others of its group (model.*), at the group's first
-  assignment, in the order they are assigned (a field no file assigns: at its group's end)."""
+  assignment, in the order they are assigned (a field no file assigns: at its group's end, in
+  the order the config holds them, a model's in the order its module declares them)."""
   group = field.split(".")[0]
   first = next((i for i, f in enumerate(order) if f.split(".")[0] == group), len(order))
-  return first, order.index(field) if field in order else len(order), field
+  return first, order.index(field) if field in order else len(order)
 
 
 _ABSENT = object()  # a field that the defaults or the config file do not have
@@ -194,7 +195,7 @@ def list_models() -> str:
     cls = getattr(factory, "func", factory)
     fixed = getattr(factory, "keywords", {})
     settable = ", ".join(f"{k}={_default(v)}" for k, v in nets.field_defaults(name).items()
-                         if k not in build.NOT_CONFIG_FIELDS)
+                         if k not in nets.NOT_CONFIG_FIELDS)
     variant = f" (a {cls.__name__} with {', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
     kind = nets.kind_of(name)
     lines.append(f"  {name}{variant if fixed else ''}{'' if kind == 'classifier' else f' [{kind}]'}"
