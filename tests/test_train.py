@@ -16,6 +16,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import configs
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
 from training.run import progress
 from training.model import optim
@@ -32,6 +33,7 @@ from conftest import CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink
 GOLDEN_LOSSES = {
     "best": (2.86091, 2.55320),
     "cnn": (2.27792, 2.19948),
+    "large": (2.33802, 2.31441),
     "mlp": (2.33627, 2.33282),
     "mobilenet": (2.33514, 2.31061),
     "resnet": (2.34045, 2.33707),
@@ -66,7 +68,12 @@ def test_config_docstring_has_command_and_accuracy(config_name):
   doc = importlib_doc(config_name)
   assert f"python train.py --config=configs/{config_name}.py" in doc
   assert "%" in doc, "state the test accuracy this config reaches"
-  if config_name in CLASSIFIER_CONFIGS:  # an accuracy claim is a mean +- std over seeds
+  if config_name in CLASSIFIER_CONFIGS and configs.waits_for_device(config_name):
+    # Too large for this CPU (configs/large.py): its accuracy comes from a lent accelerator;
+    # until then the docstring says so and gives what was measured here, its CPU epoch time.
+    assert re.search(r"one epoch takes about [\d.,]+ (s|seconds|minutes|hours?) on a 2-core "
+                     r"CPU", " ".join(doc.split())), "state its CPU epoch time"
+  elif config_name in CLASSIFIER_CONFIGS:  # an accuracy claim is a mean +- std over seeds
     assert re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc), (
         "state the test accuracy as `M +- S% over N seeds` (python bench/accuracy.py)")
 
