@@ -29,7 +29,8 @@ def runs(tmp_path_factory):
       for name, config in (
           ("a", shrink(load_config("mlp"), **{"model.hidden": (16,)})),
           ("b", shrink(load_config("cnn"), **{"model.features": (4, 8), "model.dense": (16,)})),
-          ("c", shrink(load_config("mlp"), population=2, seed=5, **{"model.hidden": (8,)})),
+          ("c", shrink(load_config("mlp"), population=2, seed=5, population_mode="vmap",
+                       **{"model.hidden": (8,)})),
           ("three", shrink(load_config("mlp"), classes="0,1,2", **{"model.hidden": (8,)}))):
         train_and_evaluate(config, str(root / name))
       yield root
