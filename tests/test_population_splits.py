@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from training import ConfigError, data, train_and_evaluate
+from training.modes import evaluate
 
 from conftest import load_config, shrink
 
@@ -42,7 +43,8 @@ def test_each_member_carves_its_own_split_of_the_whole_pool(mock_mnist):
   np.testing.assert_array_equal(pool.images[train[1]], single.train.images)
 
 
-def test_a_member_trains_and_validates_as_a_single_run_with_its_split(mock_mnist, tmp_path):
+def test_a_member_trains_and_validates_as_a_single_run_with_its_split(mock_mnist, tmp_path,
+                                                                       capsys):
   config = _cnn(population=2, seed=3, population_mode="loop", population_splits=True)
   _, population = train_and_evaluate(config, str(tmp_path / "population"))
   for k, seed in enumerate((3, 4)):
@@ -53,6 +55,9 @@ def test_a_member_trains_and_validates_as_a_single_run_with_its_split(mock_mnist
     np.testing.assert_allclose(_member_validation(tmp_path / "population", k),
                                _member_validation(tmp_path / f"s{seed}", None), rtol=1e-4)
   assert "ensemble" in population  # on the shared test split
+  # The shared validation split afterwards holds examples that members trained on: said so.
+  evaluate.evaluate(str(tmp_path / "population"), "latest", split="validation")
+  assert "note: members trained with population_splits" in capsys.readouterr().out
   assert "validation/ensemble_accuracy" not in population["epochs"][-1]
 
 

@@ -49,6 +49,9 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   runs = ensemble_lib.restore_all(workdir, ensemble, which, member)
   r, config = runs[0], runs[0].config
   ds, part = _split_of(config, split, data_dir, data_url)
+  if split == "validation" and any(run.config.get("population_splits") for run in runs):
+    log("note: members trained with population_splits each held out their own validation "
+        "examples; this split (split_seed's carve) holds examples that some of them trained on.")
   if len(runs) > 1:
     return _evaluate_runs(runs, [workdir, *ensemble], ds, part, split)
   mesh = mesh_lib.make_mesh((-1,), ("data",))
