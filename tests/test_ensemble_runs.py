@@ -89,6 +89,8 @@ def test_runs_of_other_classes_or_a_member_are_refused(runs):
   with pytest.raises(ConfigError, match=r"--ensemble: .*three was trained on mnist \(3 classes: "
                                         r"0, 1, 2; input 28x28x1\).*leave .*three out"):
     predict.predict(str(runs / "a"), ["x.png"], "latest", ensemble=[str(runs / "three")])
+  with pytest.raises(ConfigError, match="names a run twice"):
+    predict.predict(str(runs / "a"), ["x.png"], "latest", ensemble=[str(runs / "b")] * 2)
   with pytest.raises(ConfigError, match="give one of the two"):
     predict.predict(str(runs / "c"), ["x.png"], "latest", member=0, ensemble=[str(runs / "a")])
 

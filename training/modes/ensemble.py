@@ -31,8 +31,10 @@ def restore_all(workdir: str, ensemble: Sequence[str], which: str = "best",
   if ensemble and member is not None:
     raise ConfigError("--member takes one member of a population, and --ensemble averages every "
                       "model of its runs: give one of the two.")
-  if os.path.abspath(workdir) in {os.path.abspath(w) for w in ensemble}:
-    raise ConfigError(f"--ensemble names {workdir}, the --workdir itself: list the other runs.")
+  paths = [os.path.abspath(w) for w in [workdir, *ensemble]]
+  if len(set(paths)) < len(paths):
+    raise ConfigError(f"--ensemble names a run twice, or {workdir} (the --workdir) again: list "
+                      "each other run once.")
   runs = [restore_lib.restore(workdir, which, member=member)]
   runs += [restore_lib.restore(w, which) for w in ensemble]
   for other, run in zip(ensemble, runs[1:]):
