@@ -115,6 +115,10 @@ def base(model: str = "cnn") -> ml_collections.ConfigDict:
   # How the members run in the program: vmap (batched), loop (one after another) or auto (loop on
   # CPU for models with convolutions, which a batch of members would make slow; vmap elsewhere).
   c.population_mode = "auto"
+  # Each member its own validation carve of the training examples (drawn from its seed, the
+  # share validation_fraction), training on the rest: members that differ on purpose, as a
+  # single run with split_seed=seed does (docs/populations.md).
+  c.population_splits = False
 
   # --- Fine-tuning (docs/finetuning.md) ---
   # Start from another run's checkpoint: "DIR", "DIR:best", "DIR:latest" or "DIR:STEP" ("": off).

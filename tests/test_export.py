@@ -44,8 +44,9 @@ N_IMAGES = 1000
 
 
 def _config(name: str) -> tuple[str, ml_collections.ConfigDict]:
-  """The runnable config of architecture `name`, else the CNN's with the model's own defaults."""
-  for config_name in configs.names():
+  """The runnable config of architecture `name` (the config of that name first: resnet.py, not
+  large.py), else the CNN's with the model's own defaults."""
+  for config_name in sorted(configs.names(), key=lambda n: n != name):
     if load_config(config_name).model.name == name:
       return config_name, load_config(config_name)
   config = load_config("cnn")
@@ -412,3 +413,12 @@ def test_a_population_exports_its_ensemble_to_both_formats(tmp_path, mnist, data
     session = onnxruntime.InferenceSession(str(tmp_path / "export" / "model.onnx"))
     np.testing.assert_allclose(session.run(None, {"images": images})[0], expected,
                                atol=export.TOLERANCE)
+
+
+def test_the_large_config_trains_and_exports_on_mock_data(mock_mnist, tmp_path):
+  """configs/large.py, whose accuracy needs an accelerator, at its full size: a few steps, and
+  the export of what they trained, checked against the in-process model."""
+  train_and_evaluate(shrink(load_config("large")), str(tmp_path))
+  meta = export.export(str(tmp_path), "latest", formats=("jax",))
+  assert meta["model"] == "resnet" and meta["parameters"] > 4_000_000
+  assert meta["max_abs_difference"]["jax"] <= export.TOLERANCE

@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import configs
 import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
 from training.run import progress
@@ -35,6 +36,7 @@ from conftest import (CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrin
 GOLDEN_LOSSES = {
     "best": (2.86091, 2.55320),
     "cnn": (2.27792, 2.19948),
+    "large": (2.33802, 2.31441),
     "mixer": (2.88483, 2.90838),
     "mlp": (2.33627, 2.33282),
     "mobilenet": (2.33514, 2.31061),
@@ -78,6 +80,11 @@ def test_config_docstring_has_command_and_accuracy(config_name):
   assert f"python train.py --config=configs/{config_name}.py" in doc
   if config_name not in CLASSIFIER_CONFIGS:
     assert "%" in doc, "state what this config reaches"
+  elif configs.waits_for_device(config_name):
+    # Too large for this CPU (configs/large.py): its accuracy comes from a lent accelerator;
+    # until then the docstring says so and gives what was measured here, its CPU epoch time.
+    assert re.search(r"one epoch takes about [\d.,]+ (s|seconds|minutes|hours?) on a 2-core "
+                     r"CPU", " ".join(doc.split())), "state its CPU epoch time"
   elif not re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc):
     # An accuracy claim is a mean +- std over seeds; a new config is not measured yet.
     message = (f"configs/{config_name}.py has no `M +- S% over N seeds` test accuracy: run "

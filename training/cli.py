@@ -31,6 +31,8 @@ def check_usage(argv: list[str]) -> None:
   elif FLAGS.mode == "report" and len(argv) == 2 and FLAGS.workdir:
     problem = ("--mode=report takes the run as --workdir=DIR or as one argument, not both; give "
                "two or more runs to compare them.")
+  elif FLAGS.ensemble and FLAGS.mode not in ("evaluate", "predict", "export"):
+    problem = "--ensemble is for --mode=evaluate, predict and export."
   elif (FLAGS.mode not in ("train", "show") and not FLAGS.workdir
         and not (FLAGS.mode == "report" and argv[1:])):
     problem = f"--mode={FLAGS.mode} needs --workdir, the trained run's directory."
@@ -59,13 +61,14 @@ def run_mode(argv: list[str], config: Any, note: str | None) -> None:
   if FLAGS.mode == "evaluate":
     from training.modes import evaluate
     evaluate.evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
-                      FLAGS.data_url, FLAGS.member)
+                      FLAGS.data_url, FLAGS.member, FLAGS.ensemble)
   elif FLAGS.mode == "predict":
     # Each file's line as its batch is scored; a file that cannot be used gets an `error:` line
     # and the others go on; any such file makes the exit status 1.
     from training.modes import predict
     failed = predict.predict_command(FLAGS.workdir, argv[1:], FLAGS.checkpoint, FLAGS.invert,
-                                     FLAGS.fit, output=FLAGS.output, member=FLAGS.member)
+                                     FLAGS.fit, output=FLAGS.output, member=FLAGS.member,
+                                     ensemble=FLAGS.ensemble)
     if failed:
       sys.exit(f"error: {len(failed)} of {len(argv) - 1} files could not be classified.")
   elif FLAGS.mode == "report":
@@ -79,7 +82,7 @@ def run_mode(argv: list[str], config: Any, note: str | None) -> None:
   elif FLAGS.mode == "export":
     from training.modes import export
     meta = export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.overwrite,
-                         formats=FLAGS.formats, member=FLAGS.member)
+                         formats=FLAGS.formats, member=FLAGS.member, ensemble=FLAGS.ensemble)
     print(export.format_summary(meta))
     if meta["unsaved"]:  # the files were made and checked, but could not be written
       sys.exit(f"error: {meta['unsaved']}")

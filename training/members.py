@@ -72,6 +72,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   population = config.get("population", 1)
   if not isinstance(population, int) or population < 1:
     raise ConfigError(f"population must be a whole number >= 1, got {population!r}.")
+  if config.get("population_splits", False) and not (
+      is_population(config) and config.get("task", "classify") == "classify"):
+    raise ConfigError("population_splits gives each member of a classifier's population its own "
+                      "training and validation split: set --config.population=2 or more (or a "
+                      "sweep), or leave population_splits False.")
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, values in parse_sweep(config.get("sweep", "")).items():
     if field not in flat:

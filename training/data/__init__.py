@@ -14,7 +14,7 @@ May import: training.errors (and the other base modules). Nothing here knows of 
 checkpoints or training.
 """
 
-from training.data.dataset import Dataset, Split, select
+from training.data.dataset import Dataset, Split, member_carves, select
 from training.data.sources import from_config, load
 
-__all__ = ["Dataset", "Split", "from_config", "load", "select"]
+__all__ = ["Dataset", "Split", "from_config", "load", "member_carves", "select"]

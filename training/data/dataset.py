@@ -52,6 +52,21 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
   return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def member_carves(ds: Dataset, fraction: float, seeds: Sequence[int]
+                  ) -> tuple[Split, np.ndarray, np.ndarray]:
+  """A population with its own splits: the pool (train and validation together, in the source's
+  order) and each member's (train, validation) positions in it, (members, n) arrays:
+  `carve_validation` of the pool seeded by the member's seed. Where the pool is the source's
+  whole train split, a member's carve is the one of a single run with split_seed=seed."""
+  parts = [ds.train] + ([ds.validation] if ds.validation is not None else [])
+  indices = np.concatenate([p.indices for p in parts])
+  order = np.argsort(indices, kind="stable")
+  pool = Split(np.concatenate([p.images for p in parts])[order],
+               np.concatenate([p.labels for p in parts])[order], indices[order])
+  carves = [carve_validation(len(pool), fraction, seed) for seed in seeds]
+  return pool, np.stack([t for t, _ in carves]), np.stack([v for _, v in carves])
+
+
 def from_arrays(name: str, train: tuple[np.ndarray, np.ndarray],
                 test: tuple[np.ndarray, np.ndarray], *, class_names: Sequence[str], image_shape: tuple[int, ...],
                 validation_fraction: float, split_seed: int, order: str = "") -> Dataset:

@@ -119,13 +119,18 @@ class DeviceSteps:
     self.by_member = NamedSharding(mesh, P("members" if "members" in mesh.axis_names else None))
     step = step or functools.partial(steps_lib.train_step, **step_options)
     evaluate = steps_lib.population_eval_step if members else steps_lib.eval_step
+    self._own = functools.partial(steps_lib.eval_step, num_classes=num_classes,
+                                  tta_shift=tta_shift)
     self._compile(step, functools.partial(evaluate, tta_shift=tta_shift), num_classes)
     self.chunk = chunk
     self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
     permutation = lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n)
     self.permutation = jax.jit(jax.vmap(permutation, in_axes=(0, None, None)) if members
                                else permutation, static_argnums=2)
-    self._zeros = None  # the evaluation's totals, once their shapes are known
+    # Each member's epoch order as positions in its own training subset -> positions in the
+    # shared training arrays (population_splits): once an epoch, so the step is unchanged.
+    self.within = jax.jit(lambda subsets, perm: jnp.take_along_axis(subsets, perm, axis=1))
+    self._zeros = self._own_zeros = None  # the evaluations' totals, once their shapes are known
 
   def gather(self, images, labels, perm, i):
     """The batch of step i of the epoch's order `perm`, as the train step sees it."""
@@ -158,6 +163,14 @@ class DeviceSteps:
           {"image": sl(images), "label": sl(labels), "mask": sl(mask)}, self.sharded)
       return jax.tree_util.tree_map(jnp.add, totals, self._sums(state, batch))
 
+    @functools.partial(jax.jit, donate_argnums=5)
+    def evaluate_own_batch(state, images, labels, mask, i, totals):
+      # Each member's batch of its own split (a leading members axis), run as training runs them.
+      sl = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i * self.eval_batch_size,
+                             slice_size=self.eval_batch_size, axis=1)
+      batch = {"image": sl(images), "label": sl(labels), "mask": sl(mask)}
+      return jax.tree_util.tree_map(jnp.add, totals, self.map(self._own)(state, batch))
+
     @functools.partial(jax.jit, donate_argnums=0, static_argnums=6)
     def train_scan(state, images, labels, perm, start, count, length):
       # A fixed number of steps, of which the first `count` count: one program serves every call
@@ -174,8 +187,10 @@ class DeviceSteps:
     # call finishes before the next starts (docs/performance.md).
     if self.mesh.devices.flat[0].platform == "cpu" and len(self.mesh.local_devices) > 1:
       one_at_a_time = lambda f: lambda *args: jax.block_until_ready(f(*args))
-      train, train_scan, evaluate_batch = map(one_at_a_time, (train, train_scan, evaluate_batch))
+      train, train_scan, evaluate_batch, evaluate_own_batch = map(
+          one_at_a_time, (train, train_scan, evaluate_batch, evaluate_own_batch))
     self._train, self._train_scan, self._evaluate_batch = train, train_scan, evaluate_batch
+    self._evaluate_own_batch = evaluate_own_batch
 
   def put(self, x: Any) -> Any:
     """Host arrays (the same in every process) -> arrays replicated on the whole mesh."""
@@ -191,12 +206,12 @@ class DeviceSteps:
 
   def put_eval(self, images, labels) -> tuple[jax.Array, ...]:
     """Pads to whole eval batches (with mask 0), so every example is evaluated exactly once."""
-    n = len(labels)
-    pad = -n % self.eval_batch_size
-    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-    mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
-    return tuple(self.put(a) for a in (images, labels, mask))
+    return tuple(self.put(a) for a in _padded(images, labels, self.eval_batch_size))
+
+  def put_own_eval(self, images, labels) -> tuple[jax.Array, ...]:
+    """`put_eval` of each member's own split ((members, n, ...) arrays), split by member."""
+    padded = [_padded(i, l, self.eval_batch_size) for i, l in zip(images, labels)]
+    return tuple(_put(np.stack(arrays), self.by_member) for arrays in zip(*padded))
 
   def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
                   ) -> tuple[TrainState, Metrics]:
@@ -234,6 +249,29 @@ class DeviceSteps:
     for i in range(len(labels) // self.eval_batch_size):
       totals = self._evaluate_batch(state, images, labels, mask, i, totals)
     return jax.device_get(totals)
+
+  def evaluate_own(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
+    """Each member's evaluation sums over its own split (`put_own_eval`'s arrays), under
+    "members"; no ensemble, as the members saw different examples."""
+    if self._own_zeros is None:
+      batch = {k: jax.ShapeDtypeStruct((a.shape[0], self.eval_batch_size, *a.shape[2:]), a.dtype)
+               for k, a in (("image", images), ("label", labels), ("mask", mask))}
+      self._own_zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
+                                               jax.eval_shape(self.map(self._own), state, batch))
+    totals = _put(self._own_zeros, self.by_member)
+    for i in range(labels.shape[1] // self.eval_batch_size):
+      totals = self._evaluate_own_batch(state, images, labels, mask, i, totals)
+    return {"members": jax.device_get(totals)}
+
+
+def _padded(images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[np.ndarray, ...]:
+  """(images, labels, mask) padded to whole batches of `batch`, the padding's mask 0."""
+  n = len(labels)
+  pad = -n % batch
+  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+  mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+  return images, labels, mask
 
 
 def _put(x: Any, sharding: NamedSharding) -> Any:

@@ -8,6 +8,7 @@
 - show.py      a config's fields, its model's layers and the registered models (no workdir)
 - serve/       the model over HTTP: a prediction API and a draw-a-digit page (--mode=serve)
 - triton.py    a Triton Inference Server model repository of the ONNX export
+- ensemble.py  runs of other configs as one ensemble (--ensemble), for evaluate, predict, export
 
 Each reads a workdir and writes only its own outputs: a trained state through
 training.tasks.restore; what a checkpoint says of itself (its step, config, dataset, the shapes of

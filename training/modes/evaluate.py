@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
+
+import jax
+import numpy as np
 
 from training import data, members
 from training.console import log
 from training.data import sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import device, mesh as mesh_lib, scores
+from training.modes import ensemble as ensemble_lib
 from training.tasks import restore as restore_lib
 
 
@@ -35,21 +39,22 @@ def load_data(config, data_dir: str | None, data_url: str | None) -> data.Datase
 
 def evaluate(workdir: str, which: str = "best", split: str = "test",
              data_dir: str | None = None, data_url: str | None = None,
-             member: int | None = None) -> dict[str, Any]:
+             member: int | None = None, ensemble: Sequence[str] = ()) -> dict[str, Any]:
   """Full metrics of a checkpoint on `split` (all of it); also written to the workdir. Of a
-  population: its ensemble's, with each member's under "members" (or member `member`'s alone)."""
+  population: its ensemble's, with each member's under "members" (or member `member`'s alone).
+  With `ensemble` (other workdirs): the ensemble of all their models (modes/ensemble.py), each
+  run's own scores under "runs"."""
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-  r = restore_lib.restore(workdir, which, member=member)
-  config = r.config
+  runs = ensemble_lib.restore_all(workdir, ensemble, which, member)
+  r, config = runs[0], runs[0].config
   capped = config.get("max_eval_examples", 0)  # what the run itself was tested on (and report)
-  config.max_eval_examples = 0  # every example of the split, whatever the training run used
-  config.max_train_examples = 0
-  ds = load_data(config, data_dir, data_url)
-  part = {"test": ds.test, "validation": ds.validation, "train": ds.train}[split]
-  if part is None:
-    raise ConfigError("This run was trained without a validation split "
-                      "(validation_fraction=0); evaluate --split=test or train.")
+  ds, part = _split_of(config, split, data_dir, data_url)
+  if split == "validation" and any(run.config.get("population_splits") for run in runs):
+    log("note: members trained with population_splits each held out their own validation "
+        "examples; this split (split_seed's carve) holds examples that some of them trained on.")
+  if len(runs) > 1:
+    return _evaluate_runs(runs, [workdir, *ensemble], ds, part, split)
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   n = mesh.shape["data"]
   # .get: configs saved before tta_shift existed evaluated without it.
@@ -65,13 +70,66 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
          and split != "train" else ":"))
   log("\n".join(lines + [scores.format_report(result, ds.class_names).replace(
       "test:", "ensemble:" if r.members else f"{split}:", 1)]))
-  name = f"eval_{split}_step{r.step}{'' if member is None else f'_member{member}'}.json"
+  _write(workdir, ensemble_lib.result_name(split, runs, [workdir], member), result)
+  return result
+
+
+def _split_of(config, split: str, data_dir: str | None, data_url: str | None
+              ) -> tuple[data.Dataset, data.Split]:
+  """The dataset of a run's `config`, every example (whatever the training run used), and its
+  `split`."""
+  config.max_eval_examples = 0
+  config.max_train_examples = 0
+  ds = load_data(config, data_dir, data_url)
+  part = {"test": ds.test, "validation": ds.validation, "train": ds.train}[split]
+  if part is None:
+    raise ConfigError("This run was trained without a validation split "
+                      "(validation_fraction=0); evaluate --split=test or train.")
+  return ds, part
+
+
+def _write(workdir: str, name: str, result: dict[str, Any]) -> None:
   try:
     with open(os.path.join(workdir, name), "w") as f:
       json.dump(result, f, indent=2)
   except OSError as e:  # a read-only workdir: the metrics above are the result
     log("note: " + unsaved(name, workdir, e))
+
+
+def _evaluate_runs(runs: list[restore_lib.Restored], workdirs: list[str], ds: data.Dataset,
+                   part: data.Split, split: str) -> dict[str, Any]:
+  """The ensemble across runs on `part`: every run's probabilities (each its own function, on
+  the same batches), their mean over all the models, and the scores of each and of the mean."""
+  size = runs[0].config.eval_batch_size
+  each = []
+  for r in runs:
+    apply = jax.jit(lambda s, x, r=r: ensemble_lib.probabilities([r], [s], x))
+    each.append(np.concatenate([np.asarray(apply(r.state, part.images[i:i + size]), np.float64)
+                                for i in range(0, len(part), size)]))
+  mean = np.average(np.stack(each), axis=0, weights=ensemble_lib.weights(runs))
+  result = scores.summarize(_totals(mean, part.labels, ds.num_classes))
+  result["runs"] = [{"workdir": w, "checkpoint_step": r.step, "models": n,
+                     **{k: v for k, v in scores.summarize(_totals(p, part.labels, ds.num_classes)
+                                                          ).items() if k in ("accuracy", "loss")}}
+                    for w, r, n, p in zip(workdirs, runs, ensemble_lib.weights(runs), each)]
+  result.update(checkpoint=runs[0].which, split=split, dataset=ds.name)
+  log(f"{ensemble_lib.describe(runs, workdirs)}, {runs[0].which} checkpoints, on "
+      f"{ds.name}/{split}:")
+  lines = [f"{split}: {e['workdir']} ({e['models']} model{'s' * (e['models'] > 1)}, step "
+           f"{e['checkpoint_step']}): loss {e['loss']:.4f}  accuracy {e['accuracy']:.2%}"
+           for e in result["runs"]]
+  log("\n".join(lines + [scores.format_report(result, ds.class_names).replace(
+      "test:", "ensemble:", 1)]))
+  _write(workdirs[0], ensemble_lib.result_name(split, runs, workdirs), result)
   return result
+
+
+def _totals(p: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+  """The evaluation's sums (as steps' evaluation adds them up) of class probabilities `p`."""
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, np.argmax(p, -1)), 1)
+  picked = np.maximum(p[np.arange(len(labels)), labels], np.finfo(np.float64).tiny)
+  return {"loss_sum": float(-np.log(picked).sum()), "count": len(labels), "confusion": confusion}
 
 
 def _result(r: restore_lib.Restored, totals: dict[str, Any], split: str

@@ -29,18 +29,17 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 # jax.export is a module that `import jax` does not load on every release (not on 0.7.1).
 from jax import export as jax_export
 
 from training.errors import unsaved
-from training.model import device, steps
-from training.modes import triton
+from training.model import device
+from training.modes import ensemble as ensemble_lib, triton
 from training.modes.onnx_convert import (ONNX_OPSET, ExportError, Probabilities, export_onnx,
                                            input_spec, version)
 from training.store.checkpoint import read_latest
-from training.tasks.restore import Restored, restore
+from training.tasks.restore import Restored
 
 JAX_FILE, ONNX_FILE, META_FILE = "model.jax", "model.onnx", "model.json"
 FILES = (JAX_FILE, ONNX_FILE, META_FILE)
@@ -58,11 +57,12 @@ class OutputExistsError(ExportError):
 
 def export(workdir: str, which: str = "best", output: str | None = None,
            overwrite: bool = False, formats: Sequence[str] = ("jax", "onnx"),
-           member: int | None = None) -> dict[str, Any]:
+           member: int | None = None, ensemble: Sequence[str] = ()) -> dict[str, Any]:
   """Exports checkpoint `which` of `workdir` into `output` in `formats` (of FORMATS); returns
   model.json's content, plus "directory" (where the files go), "sizes" ({file: bytes}) and
   "unsaved" (None, or why the files could not be written there). A population exports its
-  ensemble (its members' probabilities averaged, in one function), or member `member` alone.
+  ensemble (its members' probabilities averaged, in one function), or member `member` alone;
+  with `ensemble` (other workdirs), the ensemble of every model of them all (modes/ensemble.py).
 
   A format that cannot be made is left out, and model.json says why ("not_written"): ONNX
   without jax2onnx and onnxruntime, an operation its converter cannot express (the LSTM), a
@@ -71,11 +71,11 @@ def export(workdir: str, which: str = "best", output: str | None = None,
   formats = _check_formats(formats)
   output = os.path.abspath(output or os.path.join(workdir, "export"))
   _check_output(output, overwrite)
-  r = restore(workdir, which, member=member)
-  probabilities = probabilities_fn(r)
-  shape = tuple(r.dataset_info["image_shape"])
+  runs = ensemble_lib.restore_all(workdir, ensemble, which, member)
+  probabilities = probabilities_fn(runs)
+  shape = tuple(runs[0].dataset_info["image_shape"])
   files, missing = _convert([f for f in formats if f in FORMATS], probabilities, shape,
-                            r.config.model.name)
+                            runs[0].config.model.name)
   differences = verify(probabilities, shape, files)
   for fmt, difference in list(differences.items()):
     if not difference <= TOLERANCE:  # a converter bug: that file would give other answers
@@ -85,7 +85,7 @@ def export(workdir: str, which: str = "best", output: str | None = None,
   if not files:
     raise ExportError(f"Nothing could be exported to {', '.join(formats)}: "
                       + "; ".join(f"{fmt}: {why}" for fmt, why in missing.items()) + ".")
-  meta = {**metadata(r, workdir, files), "max_abs_difference": differences}
+  meta = {**metadata(runs, [workdir, *ensemble], files), "max_abs_difference": differences}
   if TRITON in formats:  # Triton serves the ONNX model: without it there is no repository
     if ONNX_FILE in files:
       files.update(triton.repository(files[ONNX_FILE], meta))
@@ -125,16 +125,13 @@ def _convert(formats: Sequence[str], probabilities: Probabilities, shape: tuple[
   return files, missing
 
 
-def probabilities_fn(r: Restored) -> Probabilities:
-  """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoint's
+def probabilities_fn(runs: Sequence[Restored]) -> Probabilities:
+  """uint8 images (N, H, W, C) -> class probabilities (N, classes), with the checkpoints'
   evaluation weights as constants: the exported function. A population's is its ensemble's, its
-  members one after another: ONNX's converter has no batched form of a convolution."""
-  state, population = jax.device_get(r.state), bool(r.members)
-
-  def probabilities(images: jax.Array) -> jax.Array:
-    return jnp.exp(steps.log_probabilities(state, steps.preprocess(images), population,
-                                           device.unrolled))
-  return probabilities
+  members one after another: ONNX's converter has no batched form of a convolution. Several
+  runs: the ensemble of all their models."""
+  states = [jax.device_get(r.state) for r in runs]
+  return lambda images: ensemble_lib.probabilities(runs, states, images, device.unrolled)
 
 
 def export_jax(probabilities: Probabilities, shape: tuple[int, ...]) -> bytes:
@@ -163,16 +160,22 @@ def verify(probabilities: Probabilities, shape: tuple[int, ...],
   return {k: float(np.abs(v - expected).max()) for k, v in got.items()}
 
 
-def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, Any]:
+def metadata(runs: Sequence[Restored], workdirs: Sequence[str], files: dict[str, bytes]
+             ) -> dict[str, Any]:
   """model.json: what a caller of the exported models needs to know."""
+  r, workdir = runs[0], workdirs[0]
   info = r.dataset_info
-  accuracy, accuracy_source = _test_accuracy(workdir, r)
+  accuracy, accuracy_source = _test_accuracy(workdirs, runs)
   meta = {
       "format": "mnist-flax model export 1",
-      "model": r.config.model.name,
-      "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(r.state.params))),
+      "model": "+".join(dict.fromkeys(run.config.model.name for run in runs)),
+      "parameters": int(sum(np.size(x) for run in runs
+                            for x in jax.tree_util.tree_leaves(run.state.params))),
       # A population's export averages its members' probabilities; else one member's, or None.
-      "members": len(r.members) or None,
+      "members": sum(ensemble_lib.weights(runs)) if len(runs) > 1 or r.members else None,
+      # An ensemble across runs: the other runs (their checkpoints: the same `which`).
+      "ensemble": [{"workdir": os.path.abspath(w), "step": run.step}
+                   for w, run in zip(workdirs[1:], runs[1:])] or None,
       "member": None if r.member is None else {"member": r.member.index, "seed": r.member.seed,
                                                **r.member.values},
       "files": {fmt: file if file in files else None for fmt, file in FORMATS.items()},
@@ -201,15 +204,21 @@ def metadata(r: Restored, workdir: str, files: dict[str, bytes]) -> dict[str, An
   return meta
 
 
-def _test_accuracy(workdir: str, r: Restored) -> tuple[float | None, str]:
+def _test_accuracy(workdirs: Sequence[str], runs: Sequence[Restored]
+                   ) -> tuple[float | None, str]:
   """The test accuracy of the exported checkpoint if it was measured (of a population's
-  ensemble, or of the member exported), and where the figure is from."""
+  ensemble, of the member exported, or of an ensemble across runs), and where the figure is
+  from."""
+  workdir, r = workdirs[0], runs[0]
   step, member = r.step, None if r.member is None else r.member.index
-  evaluated = f"eval_test_step{step}{'' if member is None else f'_member{member}'}.json"
+  evaluated = ensemble_lib.result_name("test", runs, workdirs, member)
   if os.path.isfile(os.path.join(workdir, evaluated)):
     return (_read_accuracy(os.path.join(workdir, evaluated)),
             f"{evaluated}: --mode=evaluate of this checkpoint")
   measure = f"--mode=evaluate --checkpoint={step} measures it; export again to record it"
+  if len(runs) > 1:
+    return None, ("not measured: --mode=evaluate with the same --workdir, --ensemble and "
+                  "--checkpoint measures it; export again to record it")
   final = os.path.join(workdir, "test_metrics.json")
   if not os.path.isfile(final):
     return None, f"not measured: no test_metrics.json in the workdir ({measure})"

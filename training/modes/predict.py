@@ -7,19 +7,18 @@ dataset's image shape and class names, so prediction needs no dataset at all.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from training.data import folder, images
 from training.errors import ConfigError, os_reason
-from training.model import steps
-from training.tasks import restore as restore_lib
+from training.modes import ensemble as ensemble_lib
 
 PREDICT_BATCH = 256  # files read and scored at a time: memory does not grow with their number
 
@@ -28,7 +27,7 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
                      invert: bool = False, fit: str | None = None, top: int = 3,
                      batch_size: int = PREDICT_BATCH,
                      on_start: Callable[[list[str]], None] | None = None,
-                     member: int | None = None
+                     member: int | None = None, ensemble: Sequence[str] = ()
                      ) -> Iterator[dict[str, Any]]:
   """For each image file, in order, as soon as its batch is scored: its label and class
   probabilities, or {"file", "error"} for a file that cannot be used (missing, unreadable, over
@@ -36,12 +35,13 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
   or tiny image, dark ink on a light background without `invert`); a blank image ("blank")
   gets no label, class_name or probability (None), only the model's raw "probabilities".
   `on_start` is called with the class names once the checkpoint is read, before any file. A
-  population's ensemble predicts (its members' probabilities averaged), or member `member`."""
+  population's ensemble predicts (its members' probabilities averaged), or member `member`;
+  with `ensemble` (other workdirs), the ensemble of every model of them all."""
   if not paths:
     raise ConfigError("Give the image files to classify, e.g. `python train.py --mode=predict "
                       "--workdir=runs/cnn digit.png`.")
-  r = restore_lib.restore(workdir, which, member=member)
-  info = r.dataset_info
+  runs = ensemble_lib.restore_all(workdir, ensemble, which, member)
+  info = runs[0].dataset_info
   shape = tuple(info["image_shape"])
   if fit is None:  # objects fill the frame in fashion_mnist & co; digits were boxed and centred
     fit = "digit" if info["name"] == "mnist" else "resize"
@@ -52,21 +52,16 @@ def iter_predictions(workdir: str, paths: Sequence[str], which: str = "best",
     on_start(names)
   # A folder's images keep their own background, which the model learnt: no --invert note.
   ink_note = not str(info["name"]).startswith(folder.PREFIX)
-  apply = jax.jit(probabilities_fn(bool(r.members)))
+  apply = jax.jit(functools.partial(ensemble_lib.probabilities, runs))
+  states = [r.state for r in runs]
   for chunk, loaded, batch in images.read_batches(paths, shape, batch_size, invert=invert,
                                                   fit=fit):
-    probs = np.asarray(apply(r.state, batch), np.float64)  # one shape: compiled once
+    probs = np.asarray(apply(states, batch), np.float64)  # one shape: compiled once
     for path, item, p in zip(chunk, loaded, probs):
       if isinstance(item, images.ImageError):
         yield {"file": path, "error": str(item)}
       else:
         yield _prediction(path, item, p, names, images.notes(item, invert, ink_note), top)
-
-
-def probabilities_fn(population: bool) -> Callable[[Any, jax.Array], jax.Array]:
-  """(state, uint8 images (N, H, W, C)) -> class probabilities (N, classes): one model's, or a
-  population's ensemble (its members' probabilities averaged); --mode=serve compiles it too."""
-  return lambda s, x: jnp.exp(steps.log_probabilities(s, steps.preprocess(x), population))
 
 
 def _prediction(path: str, item: images.Loaded, p: np.ndarray, names: list[str],
@@ -83,16 +78,18 @@ def _prediction(path: str, item: images.Loaded, p: np.ndarray, names: list[str],
 
 
 def predict(workdir: str, paths: Sequence[str], which: str = "best", invert: bool = False,
-            fit: str | None = None, top: int = 3, member: int | None = None
-            ) -> list[dict[str, Any]]:
+            fit: str | None = None, top: int = 3, member: int | None = None,
+            ensemble: Sequence[str] = ()) -> list[dict[str, Any]]:
   """`iter_predictions` as a list: one entry per file, failures ({"file", "error"}) included."""
-  return list(iter_predictions(workdir, paths, which, invert, fit, top, member=member))
+  return list(iter_predictions(workdir, paths, which, invert, fit, top, member=member,
+                               ensemble=ensemble))
 
 
 def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
                     invert: bool = False, fit: str | None = None, out: TextIO | None = None,
                     err: TextIO | None = None, output: str | None = None,
-                    member: int | None = None) -> list[dict[str, Any]]:
+                    member: int | None = None, ensemble: Sequence[str] = ()
+                    ) -> list[dict[str, Any]]:
   """--mode=predict: prints each file's prediction as its batch is scored (stdout), and each file
   that cannot be used as an `error:` line (stderr), then goes on; ends with a summary line;
   `output`: also a .csv or .jsonl file of them. Returns the failures."""
@@ -102,7 +99,8 @@ def predict_command(workdir: str, paths: Sequence[str], which: str = "best",
   saved = OutputFile(output) if output else None
   try:
     for p in iter_predictions(workdir, paths, which, invert, fit,
-                              on_start=saved.start if saved else None, member=member):
+                              on_start=saved.start if saved else None, member=member,
+                              ensemble=ensemble):
       if saved:
         saved.write(p)
       if "error" in p:

@@ -3,7 +3,6 @@ costs the user seconds, not a data load or a compilation."""
 
 from __future__ import annotations
 
-import os
 
 import ml_collections
 from flax import traverse_util

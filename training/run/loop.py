@@ -43,7 +43,7 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
   config, spe, t_epoch = run.config, run.steps_per_epoch, time.time()
   epoch_start = (epoch - 1) * spe
   save_every = config.checkpoint.every_steps if run.ckpt else 0
-  perm = run.driver.permutation(run.shuffle_key, epoch, len(run.ds.train))
+  perm = run.epoch_order(epoch)
   progress = Progress(run, epoch, i)
   with contextlib.closing(progress):  # also on errors: their message gets a line of its own
     first = i

@@ -40,6 +40,9 @@ class Run:
   steps_per_epoch: int
   members: list[members.Member]  # a population's members; [] for a single model
   shuffle_key: jax.Array | None = None  # each epoch's order is drawn from it (each member's)
+  # population_splits: the pool both are drawn from, and each member's (train, validation)
+  # positions in it, (members, n) arrays (data.dataset.member_carves); None: the shared splits.
+  carves: tuple[data.Split, np.ndarray, np.ndarray] | None = None
   profiler: Profiler = dataclasses.field(default_factory=lambda: Profiler(0, None))
   ckpt: Checkpointer | None = None
   lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
@@ -57,6 +60,15 @@ class Run:
     """Each member's learning rate as a multiple of the config's (a sweep may vary it)."""
     lr = self.config.learning_rate
     return np.asarray([m.values.get("learning_rate", lr) / lr for m in self.members])
+
+  def epoch_order(self, epoch: int) -> jax.Array:
+    """The order of the training arrays' examples in `epoch` (each member's, for a population):
+    a permutation drawn from the shuffle key, within each member's own subset where it has one."""
+    if self.carves is None:
+      return self.driver.permutation(self.shuffle_key, epoch, len(self.ds.train))
+    subsets = self.arrays["subsets"]
+    perm = self.driver.permutation(self.shuffle_key, epoch, subsets.shape[1])
+    return self.driver.within(subsets, perm)
 
   @property
   def primary(self) -> bool:  # every process computes the same metrics; process 0 writes them
@@ -114,15 +126,18 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
 
 def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> Run:
   """The run's steps, learning rates, mesh and device steps."""
-  steps_per_epoch = len(ds.train) // config.batch_size
+  population = members.members(config) if members.is_population(config) else []
+  carves = (data.member_carves(ds, config.validation_fraction, [m.seed for m in population])
+            if config.get("population_splits", False) else None)
+  n_train = carves[1].shape[1] if carves else len(ds.train)
+  steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(ds.train)} training "
+    raise ConfigError(f"batch_size={config.batch_size} exceeds the {n_train} training "
                       "examples; lower --config.batch_size.")
   schedule = optim.make_schedule(config, steps_per_epoch)
   # Auto axes: XLA propagates the batch sharding; parameters stay replicated (or, for a
   # population, split by member over a "members" axis).
   mesh = mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes)
-  population = members.members(config) if members.is_population(config) else []
   key = jax.random.PRNGKey(0)
   mode = (device.choose_member_map(config, mesh, lambda: task.init_state(schedule, key, key))
           if population else "vmap")
@@ -133,7 +148,7 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
                               tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
              _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch,
-             population)
+             population, carves=carves)
 
 
 def _initial_state(run: Run) -> Any:
@@ -214,18 +229,17 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   if workdir is not None and run.primary:
     write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
     run.writer.write_text("config", str(config))
-  run.arrays["train"] = run.driver.put_train(ds.train.images, ds.train.labels)
-  if ds.validation:
-    run.arrays["validation"] = run.driver.put_eval(ds.validation.images, ds.validation.labels)
-  run.arrays["test"] = run.driver.put_eval(ds.test.images, ds.test.labels)
+  _put_data(run)
   mesh = run.driver.mesh
   procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
   size = len(run.members)
   weights = (f"{param_count(state.params) // size:,} parameters x {size} members "
              f"({run.driver.mode} over members)" if size
              else f"{param_count(state.params):,} parameters")
-  log(f"{config.model.name}: {weights} | {ds.name}: "
-      f"{len(ds.train)} train, {len(ds.validation) if ds.validation else 0} validation, "
+  n_train, n_val = ((run.carves[1].shape[1], f"{run.carves[2].shape[1]} validation (each "
+                      "member its own split)") if run.carves else
+                     (len(ds.train), f"{len(ds.validation) if ds.validation else 0} validation"))
+  log(f"{config.model.name}: {weights} | {ds.name}: {n_train} train, {n_val}, "
       f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s){procs}, mesh "
       f"{dict(mesh.shape)} | {config.num_epochs} epoch{'s' * (config.num_epochs != 1)} of "
       f"{run.steps_per_epoch} steps")
@@ -234,6 +248,24 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
         "meant for GPU/TPU. On CPU use --config.dtype=float32.")
   if changes is not None:
     _log_resume(run, changes)
+
+
+def _put_data(run: Run) -> None:
+  """The splits on the devices; with population_splits, the pool once, each member's training
+  positions in it and each member's own validation examples."""
+  ds, driver = run.ds, run.driver
+  if run.carves is None:
+    run.arrays["train"] = driver.put_train(ds.train.images, ds.train.labels)
+    if ds.validation:
+      run.arrays["validation"] = driver.put_eval(ds.validation.images, ds.validation.labels)
+  else:
+    pool, train, validation = run.carves
+    run.arrays["train"] = driver.put_train(pool.images, pool.labels)
+    run.arrays["subsets"] = driver.put_state(train.astype(np.int32))
+    if validation.shape[1]:
+      run.arrays["own_validation"] = driver.put_own_eval(pool.images[validation],
+                                                         pool.labels[validation])
+  run.arrays["test"] = driver.put_eval(ds.test.images, ds.test.labels)
 
 
 def _keep_aside(workdir: str) -> None:

@@ -48,9 +48,11 @@ class Classify(base.Task):
     """The validation split's loss and accuracy (and the test split's, with test_every_epoch):
     for a population, each member's (arrays) and their ensemble's."""
     m, line = {}, ""
-    for split, short in (("validation", "val"), ("test", "test")):
-      if split in run.arrays and (split == "validation" or self.config.test_every_epoch):
+    own = "own_validation" in run.arrays  # population_splits: each member its own
+    for split, short in (("own_validation" if own else "validation", "val"), ("test", "test")):
+      if split in run.arrays and (split != "test" or self.config.test_every_epoch):
         scored, ensemble = self._scores(run, state, split)
+        split = split.replace("own_", "")
         m.update({f"{split}/loss": scored["loss"], f"{split}/accuracy": scored["accuracy"]})
         line += (f"  |  {short} loss {scores.spread(scored['loss'], '.4f')} acc "
                  f"{scores.spread(scored['accuracy'], '.2%')}")
@@ -65,12 +67,13 @@ class Classify(base.Task):
   def _scores(self, run, state, split: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(the scores of `split`: numbers, or for a population arrays of each member's; the
     ensemble's scores, or None for a single model)."""
-    totals = run.driver.evaluate(state, *run.arrays[split])
+    evaluate = run.driver.evaluate_own if split.startswith("own_") else run.driver.evaluate
+    totals = evaluate(state, *run.arrays[split])
     if not run.members:
       return scores.summarize(totals), None
     each = [scores.summarize(members.take(totals["members"], k)) for k in range(len(run.members))]
     return ({k: np.asarray([e[k] for e in each]) for k in ("loss", "accuracy", "macro_f1")},
-            scores.summarize(totals["ensemble"]))
+            scores.summarize(totals["ensemble"]) if "ensemble" in totals else None)
 
   def finish(self, run, state) -> tuple[dict[str, Any], str]:
     """The test scores; for a population, the members' mean and each member's, the spread of

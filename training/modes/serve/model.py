@@ -5,6 +5,7 @@ compiled once per batch bucket before the first request, so that no request pays
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from jax import export as jax_export
 
 from training.data import folder
 from training.errors import ConfigError
-from training.modes import export, predict
+from training.modes import ensemble as ensemble_lib, export
 from training.tasks import restore as restore_lib
 
 
@@ -76,12 +77,13 @@ def _from_checkpoint(workdir: str, which: str, member: int | None, sizes: list[i
   r = restore_lib.restore(workdir, which, member=member)
   info = r.dataset_info
   shape = tuple(info["image_shape"])
-  fn = jax.jit(predict.probabilities_fn(bool(r.members)))
+  fn = jax.jit(functools.partial(ensemble_lib.probabilities, [r]))
+  states = [r.state]
   calls = {}
   for size in sizes:
-    compiled = fn.lower(r.state, jax.ShapeDtypeStruct((size, *shape), np.uint8)).compile()
-    calls[size] = (lambda c: lambda x: c(r.state, x))(compiled)
-  description = export.metadata(r, workdir, {})
+    compiled = fn.lower(states, jax.ShapeDtypeStruct((size, *shape), np.uint8)).compile()
+    calls[size] = (lambda c: lambda x: c(states, x))(compiled)
+  description = export.metadata([r], [workdir], {})
   for key in ("files", "jax_platforms", "onnx_opset", "input", "output"):
     description.pop(key, None)  # about export files, which a checkpoint has none of
   description["config"] = r.config.to_dict()
