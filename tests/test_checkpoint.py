@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from training import ConfigError, Preempted, train_and_evaluate
-from training.store.checkpoint import (CheckpointMismatchError, Checkpointer, ConfigChangedError,
-                                 DamagedCheckpointError)
+from training.run.resume import ConfigChangedError
+from training.store.checkpoint import (CheckpointMismatchError, Checkpointer,
+                                       DamagedCheckpointError)
 
 from conftest import REPO, kill_once_logged, load_config, real_data_dir, shrink
 

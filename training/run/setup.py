@@ -20,7 +20,7 @@ from training.errors import ConfigError, workdir_write_error
 from training.model import device, optim
 from training.model import mesh as mesh_lib
 from training.model.build import model_error, param_count
-from training.run import checks, finetune
+from training.run import checks, finetune, resume
 from training.run.profile import Profiler
 from training.store.checkpoint import Checkpointer, step_of
 from training.store.lock import WorkdirLock
@@ -189,7 +189,7 @@ def _resume(run: Run, state: Any, workdir: str
   run.ckpt = Checkpointer(workdir, config, run.ds.info())
   if run.ckpt.latest_step() is None:
     return state, None
-  state, changes = run.ckpt.resume(state)
+  state, changes = resume.resume(run.ckpt, state, config)
   _check_within_the_run(run, step_of(state), run.ckpt.directory, workdir)
   return state, changes
 
@@ -203,7 +203,7 @@ def _refuse_early(run: Run, state: Any, workdir: str) -> None:
   with Checkpointer.reader(workdir) as ckpt:
     step = ckpt.latest_step()
     if step is not None:
-      ckpt.check_resume(state, run.config)
+      resume.check(ckpt, state, run.config)
       _check_within_the_run(run, step, ckpt.directory, workdir)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import json
 import os
 import shutil
 import time
@@ -31,7 +30,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
 from training.store.orbax_io import join_orbax_threads, read_errors_as
@@ -40,10 +38,6 @@ BEST_METRIC = "validation/accuracy"
 
 class CheckpointMismatchError(ConfigError):
   """The workdir's checkpoint was written by a model of other shapes."""
-
-
-class ConfigChangedError(CheckpointMismatchError):
-  """The workdir's checkpoint was trained with other settings than the config's."""
 
 
 class DamagedCheckpointError(ConfigError):
@@ -60,17 +54,6 @@ class CheckpointWriteError(WorkdirWriteError):
 
 # Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
-
-# Config fields that may differ when a run resumes: where things are and how often they are
-# logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
-# other change would continue one run with another's settings, or hand back a finished run's
-# result for a config that never trained (a seed sweep into the default workdir).
-RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "cache_dir",
-                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples", "mesh_shape",
-                     "mesh_axes", "steps_per_call", "log_every_steps", "progress_bar",
-                     "test_every_epoch", "report", "population_mode", "profile_steps",
-                     "tta_shift")  # and checkpoint.*
-
 
 def step_of(state: Any) -> int:
   """The step of a train state (a population's members all take each step together)."""
@@ -323,39 +306,11 @@ class Checkpointer:
         f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
         f"{way_out}; or start afresh with another --workdir.")
 
-  def resume(self, state: Any) -> tuple[Any, dict[str, str]]:
-    """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
-    each config field that differs from the checkpoint's). Refuses changes of settings."""
-    changes = self.check_resume(state, self.config)
-    return self.restore(state, self.latest_step()), changes
-
-  def check_resume(self, state: Any, config: ml_collections.ConfigDict) -> dict[str, str]:
-    """The refusals of `resume`, read from the latest checkpoint's metadata and config alone (a
-    reader can check them before the run takes the workdir); its changes, if none refuses."""
-    step = self.latest_step()
-    saved = traverse_util.flatten_dict(self.read_json(step, "config"), sep=".")
-    old, new = saved.get("model.name"), config.model.get("name")
-    why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
-           if old != new else "")  # named first: the parameters follow from it
+  def check_state(self, state: Any, step: int, why: str = "") -> None:
+    """Refuses a checkpoint `step` whose state has other shapes or structure than `state`'s,
+    read from its metadata alone; `why` leads the refusal."""
     with read_errors_as(lambda cause: self._damaged(step, cause)):
       self._check_shapes(self.manager.item_metadata(step)["state"], _state_tree(state), step, why)
-    # Through JSON, so that tuples compare as the saved lists.
-    now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
-    for side in (saved, now):
-      side.pop("checkpoint.allow_config_changes", None)
-    changes = {k: f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
-               for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
-    # A field that only one side has was added or removed by a newer version of this code.
-    refused = [line for k, line in changes.items() if k in saved and k in now
-               and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
-    if refused and not config.checkpoint.get("allow_config_changes", False):
-      raise ConfigChangedError(
-          f"The checkpoint at step {step} in {self.directory} was trained with other settings; "
-          "changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
-          "Resuming would continue that run with these settings. Start a new run with another "
-          "--workdir, or run again with the checkpoint's values, or pass "
-          "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
-    return changes
 
   def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
     have, want = _shapes(saved), _shapes(target)

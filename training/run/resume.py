@@ -1,0 +1,66 @@
+"""Whether a run may go on from its workdir's checkpoint: the policy over what the store holds.
+
+The store (training/store/checkpoint.py) reads and writes checkpoints and refuses a state of
+other shapes; which settings may change between a checkpoint and the config that resumes it,
+and what a change of model means, is decided here, by the layer that trains.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+from flax import traverse_util
+
+from training.store.checkpoint import CheckpointMismatchError, Checkpointer
+
+# Config fields that may differ when a run resumes: where things are and how often they are
+# logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
+# other change would continue one run with another's settings, or hand back a finished run's
+# result for a config that never trained (a seed sweep into the default workdir).
+RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "cache_dir",
+                     "compilation_cache_dir", "eval_batch_size", "max_eval_examples", "mesh_shape",
+                     "mesh_axes", "steps_per_call", "log_every_steps", "progress_bar",
+                     "test_every_epoch", "report", "population_mode", "profile_steps",
+                     "tta_shift")  # and checkpoint.*
+
+
+class ConfigChangedError(CheckpointMismatchError):
+  """The workdir's checkpoint was trained with other settings than the config's."""
+
+
+def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict
+           ) -> tuple[Any, dict[str, str]]:
+  """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
+  each config field that differs from the checkpoint's). Refuses changes of settings."""
+  changes = check(ckpt, state, config)
+  return ckpt.restore(state, ckpt.latest_step()), changes
+
+
+def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The refusals of `resume`, read from the latest checkpoint's metadata and config alone (a
+  reader can check them before the run takes the workdir); its changes, if none refuses."""
+  step = ckpt.latest_step()
+  saved = traverse_util.flatten_dict(ckpt.read_json(step, "config"), sep=".")
+  old, new = saved.get("model.name"), config.model.get("name")
+  why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
+         if old != new else "")  # named first: the parameters follow from it
+  ckpt.check_state(state, step, why)
+  # Through JSON, so that tuples compare as the saved lists.
+  now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
+  for side in (saved, now):
+    side.pop("checkpoint.allow_config_changes", None)
+  changes = {k: f"{k}: {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+             for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+  # A field that only one side has was added or removed by a newer version of this code.
+  refused = [line for k, line in changes.items() if k in saved and k in now
+             and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
+  if refused and not config.checkpoint.get("allow_config_changes", False):
+    raise ConfigChangedError(
+        f"The checkpoint at step {step} in {ckpt.directory} was trained with other settings; "
+        "changed (checkpoint -> now):\n  " + "\n  ".join(refused) + "\n"
+        "Resuming would continue that run with these settings. Start a new run with another "
+        "--workdir, or run again with the checkpoint's values, or pass "
+        "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
+  return changes
