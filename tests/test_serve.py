@@ -6,10 +6,10 @@ posted as PNGs giving --mode=evaluate's accuracy."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -57,6 +57,25 @@ def server(small_run):
 def _files(mnist, n: int = N_DIGITS, start: int = 0) -> list[tuple[str, tuple]]:
   return [("file", (f"digit{i}.png", serving.png(mnist.test.images[i]), "image/png"))
           for i in range(start, start + n)]
+
+
+def _raw(request: "httpx.Request") -> bytes:
+  """The bytes of an HTTP/1.1 request, to send through a socket of the test's own."""
+  body = request.read()
+  head = [f"{request.method} {request.url.raw_path.decode()} HTTP/1.1",
+          f"Host: {request.url.host}:{request.url.port}", f"Content-Length: {len(body)}"]
+  head += [f"{k}: {v}" for k, v in request.headers.items()
+           if k.lower() not in ("host", "content-length", "transfer-encoding")]
+  return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _status(sock: socket.socket) -> int:
+  """The status of the answer on `sock` (read to its end: the request asked to close)."""
+  answer = b""
+  with sock:
+    while chunk := sock.recv(65536):
+      answer += chunk
+  return int(answer.split(b" ", 2)[1]) if answer else 0
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -171,22 +190,30 @@ def test_health_model_page_and_docs(server, small_run):
 
 
 def test_concurrent_requests_share_device_calls_and_sigterm_drains_them(small_run, mnist):
-  """With a long batching window, 8 requests sent at once share device calls (the first may go
-  alone: a batch waits only while other requests are being read); SIGTERM while they wait lets
-  them finish, then the server exits 0 and takes no new connection."""
+  """8 requests whose bodies are on their way together share device calls (a batch waits, up to
+  the window, while other requests are being read); SIGTERM while they wait lets them finish,
+  then the server exits 0 and takes no new connection. Each body's last byte is held back until
+  all 8 are being read, so that a loaded machine cannot serialize them."""
   server = serving.start(small_run, "--batch_window_ms=1500", "--max_batch=8")
   try:
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-      answers = [pool.submit(httpx.post, server.url + "predict", files=_files(mnist, 1, i),
-                             timeout=60) for i in range(8)]
-      time.sleep(0.7)
-      server.proc.send_signal(subprocess.signal.SIGTERM)
-      results = [a.result() for a in answers]
+    requests = [httpx.Request("POST", server.url + "predict", files=_files(mnist, 1, i),
+                              headers={"Connection": "close"}) for i in range(8)]
+    host, port = server.url.split("//")[1].rstrip("/").split(":")
+    sockets = [socket.create_connection((host, int(port)), timeout=60) for _ in requests]
+    raw = [_raw(r) for r in requests]
+    for sock, message in zip(sockets, raw):
+      sock.sendall(message[:-1])
+    time.sleep(1.0)  # every request's handler is reading its body
+    for sock, message in zip(sockets, raw):
+      sock.sendall(message[-1:])
+    time.sleep(0.3)
+    server.proc.send_signal(subprocess.signal.SIGTERM)
+    statuses = [_status(sock) for sock in sockets]
     assert server.proc.wait(timeout=60) == 0, server.output()
   finally:
     if server.proc.poll() is None:
       server.proc.kill()
-  assert [r.status_code for r in results] == [200] * 8
+  assert statuses == [200] * 8
   time.sleep(0.2)  # the reader thread's last lines
   stopped = re.search(r"stopped after (\d+) device calls of (\d+) images", server.output())
   assert stopped and int(stopped.group(1)) <= 4 and int(stopped.group(2)) == 8, server.output()
