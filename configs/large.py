@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import resnet
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = resnet.get_config()
+  c = common.base("resnet")  # its default strides: stages at 28x28, 14x14 and 7x7
   c.model.stem_features = 64
   c.model.features = (128, 256, 512)
-  c.model.strides = (1, 2, 2)  # stages at 28x28, 14x14 and 7x7
+  c.schedule = "onecycle"  # configs/resnet.py's recipe
+  c.learning_rate = 3e-3
   c.augment.shift = 2.0  # pixels
   c.augment.zoom = 0.1  # with the shift: a random crop of 25-28 pixels resized (and zoom-outs)
   c.augment.rotate = 10.0  # degrees
