@@ -105,7 +105,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   state = _initial_state(run)
   task.start(run)  # e.g. loads what evaluation needs: its errors come before any write
   changes = None
-  if workdir is not None and config.checkpoint.enabled:
+  # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
+  # each see the checkpoints directory differently here; `_resume` checks the same together.
+  if workdir is not None and config.checkpoint.enabled and jax.process_count() == 1:
     _refuse_early(run, state, workdir)
   try:
     if workdir is not None:  # taken before anything in the workdir is read or written
