@@ -85,6 +85,8 @@ flags.DEFINE_bool("batching", True, "serve: batch concurrent requests together (
 flags.DEFINE_float("max_body_mb", 20.0, "serve: the largest request body.")
 flags.DEFINE_integer("max_pixels", 40_000_000, "serve: the most pixels an image may have.")
 flags.DEFINE_integer("max_images", 256, "serve: the most images in one request.")
+flags.DEFINE_integer("workers", 1, "serve: processes answering on the port, each with the "
+                     "model and a core's worth of request handling (docs/serve.md).")
 flags.DEFINE_list("ensemble", [], "evaluate/predict/export: other runs' workdirs whose models "
                   "join --workdir's in one ensemble (every model's probabilities averaged), e.g. "
                   "--ensemble=runs/b,runs/c.")

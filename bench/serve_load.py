@@ -9,8 +9,9 @@ keep-alive HTTP/1.1 connection of its own, written on asyncio streams) post one 
 per request, each the next
 as soon as the last is answered, for --seconds after a few seconds' warm-up that does not count.
 Prints requests/s, the p50 and p99 latency, the errors (a status other than 200, or no answer)
-and the mean number of images per device call (from /health). The clients run on the same
-machine as the server and take some of its CPU.
+and the mean number of images per device call (from /health: with --server_flag=--workers=N,
+one process's, and "nan" when the two /health requests reached different processes). The
+clients run on the same machine as the server and take some of its CPU.
 """
 
 from __future__ import annotations
@@ -102,9 +103,12 @@ async def load(url: str, clients: int, seconds: float) -> dict[str, float]:
   after = httpx.get(url + "health").json()
   calls = after["device_calls"] - before["device_calls"]
   ms = np.array(latencies) * 1000
+  # With --workers each process counts its own calls: a mean only when one process answered both.
+  same = after.get("process") == before.get("process")
   return {"clients": clients, "requests_per_s": len(latencies) / seconds,
           "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-          "errors": errors, "mean_batch": (after["images"] - before["images"]) / max(calls, 1)}
+          "errors": errors,
+          "mean_batch": (after["images"] - before["images"]) / max(calls, 1) if same else np.nan}
 
 
 def main() -> None:

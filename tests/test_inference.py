@@ -363,3 +363,23 @@ def test_fit_digit_classifies_enlarged_test_digits_as_well_as_the_originals(trai
         images.load(_enlarged(a, 280, resample, fmt, quality), (28, 28, 1))[0] for a in x]))
   print(f"originals {original:.2%}: " + ", ".join(f"{k} {v:.2%}" for k, v in results.items()))
   assert min(results.values()) >= original - 0.001, (original, results)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, None), (6, Image.Transpose.ROTATE_90),
+                                               (3, Image.Transpose.ROTATE_180)])
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path, orientation, turn):
+  """A phone's photo is stored turned, with an EXIF tag saying how to turn it back: read, it is
+  the upright digit (and the file is left as it was)."""
+  upright = np.zeros((28, 28), np.uint8)
+  upright[4:24, 12:16] = 255  # a "1" ...
+  upright[4:8, 8:16] = 255  # ... with a flag at its top, so that every turn is told apart
+  stored = Image.fromarray(upright)
+  if turn is not None:  # what the camera wrote: the digit turned, and the tag to undo it
+    stored = stored.transpose(turn)
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  path = tmp_path / "photo.png"
+  stored.save(path, exif=exif)
+  loaded = images.read(str(path), (28, 28, 1))
+  np.testing.assert_array_equal(loaded.array[..., 0], upright)
+  assert Image.open(path).getexif()[0x0112] == orientation

@@ -221,6 +221,32 @@ def test_concurrent_requests_share_device_calls_and_sigterm_drains_them(small_ru
     httpx.get(server.url + "health")
 
 
+def test_workers_share_the_port_answer_alike_and_stop_together(small_run, mnist):
+  """--workers=2: two processes accept on the one port (new connections reach both), each gives
+  the same answers, and SIGTERM to the first stops both with status 0."""
+  server = serving.start(small_run, "--workers=2", "--max_batch=4")
+  try:
+    answers = {}
+    for _ in range(40):  # a new connection each time: the kernel hands it to either process
+      with httpx.Client() as client:
+        process = client.get(server.url + "health").json()["process"]
+        answers[process] = client.post(server.url + "predict", files=_files(mnist, 3),
+                                       timeout=60).json()["predictions"]
+    assert len(answers) == 2, f"one process took all 40 connections: {answers.keys()}"
+    first, second = answers.values()
+    assert [a["class_name"] for a in first] == [a["class_name"] for a in second]
+    for a, b in zip(first, second):
+      assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    assert serving.stop(server) == 0, server.output()
+  finally:
+    if server.proc.poll() is None:
+      server.proc.kill()
+  for process in answers:
+    if process != server.proc.pid:
+      with pytest.raises(ProcessLookupError):
+        os.kill(process, 0)  # the other worker has ended too, not left behind
+
+
 def test_batcher_batches_splits_and_returns_each_requests_rows():
   calls = []
 

@@ -94,7 +94,7 @@ def run_mode(argv: list[str], config: Any, note: str | None) -> None:
     from training.modes import serve
     serve.serve(FLAGS.workdir, FLAGS.checkpoint, FLAGS.member, serve.Options(
         FLAGS.host, FLAGS.port, FLAGS.max_batch, FLAGS.batch_window_ms, FLAGS.batching,
-        FLAGS.max_body_mb, FLAGS.max_pixels, FLAGS.max_images))
+        FLAGS.max_body_mb, FLAGS.max_pixels, FLAGS.max_images, FLAGS.workers))
   elif FLAGS.mode == "show":
     from training.modes import show
     print(show.show(config, config_flags.get_config_filename(FLAGS["config"]), note)

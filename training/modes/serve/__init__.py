@@ -7,6 +7,7 @@
 - batcher.py  concurrent requests' images classified in one device call
 - inputs.py   a request's images read as --mode=predict reads files; what is wrong with bad ones
 - app.py      the FastAPI routes, their errors and the body limit
+- workers.py  --workers=N: more processes on the same socket, for more cores
 - page.html   the draw-a-digit page (self-contained: no CDN)
 
 Needs the `serve` extra (FastAPI, uvicorn, python-multipart). May import: what the modes layer
@@ -25,6 +26,7 @@ import signal
 import socket
 
 from training.console import log
+from training.modes.serve import workers
 from training.errors import ConfigError, os_reason
 
 DRAIN_S = 30  # at most this long for the requests in flight once asked to stop
@@ -40,6 +42,7 @@ class Options:
   max_body_mb: float = 20.0
   max_pixels: int = 40_000_000
   max_images: int = 256  # per request
+  workers: int = 1  # processes accepting on the socket: each reads requests on a core of its own
 
 
 def serve(directory: str, which: str = "best", member: int | None = None,
@@ -53,25 +56,40 @@ def serve(directory: str, which: str = "best", member: int | None = None,
   except ImportError as e:
     raise ConfigError(f"--mode=serve needs FastAPI, uvicorn and python-multipart ({e}): "
                       "pip install -e '.[serve]'.") from None
-  if options.batch_window_ms < 0 or options.max_images < 1 or options.max_pixels < 1:
-    raise ConfigError("--batch_window_ms must be 0 or more, --max_images and --max_pixels 1 "
-                      "or more.")
-  sock = _listen(options.host, options.port)  # first: a port in use costs no compilation
+  if (options.batch_window_ms < 0 or options.max_images < 1 or options.max_pixels < 1
+      or options.workers < 1):
+    raise ConfigError("--batch_window_ms must be 0 or more, --max_images, --max_pixels and "
+                      "--workers 1 or more.")
+  inherited = workers.inherited()
+  # First: a port in use costs no compilation.
+  sock = inherited or _listen(options.host, options.port)
   _leave_a_core_to_the_server()
   served = model.load(directory, which, member, options.max_batch)
+  others = workers.Workers(sock, options.workers - 1) if not inherited else None
   calls = batcher.Batcher(served.probabilities, options.max_batch,
                           options.batch_window_ms / 1000, options.batching)
   limits = app.Limits(int(options.max_body_mb * 2**20), options.max_pixels, options.max_images)
   config = uvicorn.Config(app.build(served, calls, limits), log_config=None, log_level="critical",
                           access_log=False, timeout_graceful_shutdown=DRAIN_S, lifespan="on")
-  server = _server(config)
+  server = _server(config, others)
   # What start-up made (JAX, Flax, the model: millions of objects) lives as long as the server:
   # out of the garbage collector's sight, its full collections no longer walk them all.
   gc.collect()
   gc.freeze()
+  if inherited:
+    server.run(sockets=[sock])
+    return
   _start_notes(directory, served, options, sock.getsockname()[:2])
-  server.run(sockets=[sock])
-  log(f"note: stopped after {calls.calls} device calls of {calls.images} images.")
+  try:
+    server.run(sockets=[sock])
+  finally:
+    others.stop()
+    failed = [status for status in others.wait() if status != 0]
+  log(f"note: stopped after {calls.calls} device calls of {calls.images} images"
+      + (f" in the first of {options.workers} processes." if options.workers > 1 else "."))
+  if failed:
+    raise ConfigError(f"{len(failed)} of the {options.workers - 1} other serve processes ended "
+                      f"with status {failed[0]}: their lines above say why.")
 
 
 def _leave_a_core_to_the_server() -> None:
@@ -128,12 +146,23 @@ def _loopback(host: str) -> bool:
     return host == "localhost"
 
 
-def _server(config):
+def _server(config, others: workers.Workers | None):
   """uvicorn's server, whose Ctrl-C/SIGTERM drain ends with exit status 0: uvicorn raises the
-  signal again after its shutdown, which would end the process as killed by it."""
+  signal again after its shutdown, which would end the process as killed by it. The first
+  process passes SIGTERM on to the other workers (Ctrl-C reaches them from the terminal); a
+  worker says when it accepts connections."""
   import uvicorn
 
   class Server(uvicorn.Server):
+    async def startup(self, sockets=None):
+      await super().startup(sockets)
+      workers.ready()
+
+    def handle_exit(self, sig, frame):
+      if others:
+        others.stop()
+      super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self):
       handled = (signal.SIGINT, signal.SIGTERM)

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from training.modes.serve import inputs
 from training.modes.serve.batcher import Batcher
@@ -61,7 +63,9 @@ def build(served: Served, batcher: Batcher, limits: Limits) -> FastAPI:
 
   @api.get("/health", summary="Whether the server is up, and its batching so far")
   async def health() -> dict[str, Any]:
-    return {"status": "ok", "device_calls": batcher.calls, "images": batcher.images}
+    # The counts are the answering process's own (--workers: each has its own batcher).
+    return {"status": "ok", "device_calls": batcher.calls, "images": batcher.images,
+            "process": os.getpid()}
 
   @api.get("/model", summary="The model: architecture, classes, accuracy, config")
   async def model() -> dict[str, Any]:
@@ -69,12 +73,11 @@ def build(served: Served, batcher: Batcher, limits: Limits) -> FastAPI:
             "image_shape": list(served.shape), "fit": served.fit, "buckets": served.buckets,
             "batching": batcher.batching, "batch_window_ms": batcher.window_s * 1000}
 
-  @api.post("/predict", summary="Classify images: multipart files, or JSON pixel arrays",
-            openapi_extra={"requestBody": _request_body(served)})
-  async def predict(request: Request, invert: bool = False) -> JSONResponse:
+  async def predict(request: Request) -> JSONResponse:
     """Each image's class, its probability, every class's probability and the notes (blank,
     too small, light background: `invert=true` for dark ink on light paper)."""
     try:
+      invert = _flag(request.query_params.get("invert", "false"), "invert")
       with batcher.arriving():
         names, loaded = await _read(request, served, limits, invert, decoding)
     except inputs.BadInput as e:
@@ -85,7 +88,26 @@ def build(served: Served, batcher: Batcher, limits: Limits) -> FastAPI:
     return JSONResponse({"predictions": [
         inputs.answer(name, item, p, served.class_names, invert, served.light_matters)
         for name, item, p in zip(names, loaded, probabilities)]})
+  # A plain Starlette route: FastAPI's handling of an endpoint (its dependencies and parameter
+  # checks) took a fifth of the event loop's time per request under load (docs/performance.md).
+  # The FastAPI route after it is never reached; it describes /predict in the OpenAPI docs.
+  api.router.routes.append(Route("/predict", predict, methods=["POST"]))
+  api.post("/predict", summary="Classify images: multipart files, or JSON pixel arrays",
+           openapi_extra={"requestBody": _request_body(served), "parameters": [INVERT]})(predict)
   return api
+
+
+INVERT = {"name": "invert", "in": "query", "required": False, "schema": {"type": "boolean"},
+          "description": "true: dark ink on a light background (a scan, a drawing)"}
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flag(value: str, name: str) -> bool:
+  """A boolean query parameter, read as FastAPI reads one."""
+  if value.lower() not in TRUE + FALSE:
+    raise inputs.BadInput(400, f"bad request parameter: query.{name}: {value!r} is not a "
+                               "boolean (true or false)")
+  return value.lower() in TRUE
 
 
 async def _read(request: Request, served: Served, limits: Limits, invert: bool,
