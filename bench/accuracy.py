@@ -57,25 +57,29 @@ def run(name: str, root: str, seeds: int, extra: list[str]) -> dict:
   config = json.loads(pathlib.Path(workdir, "config.json").read_text())
   members = summary.get("members") or [summary["test"]]
   accuracy = [m["accuracy"] for m in members]
-  return {"config": name, "model": config["model"]["name"], "seeds": len(members),
-          "accuracy": summary.get("mean", accuracy[0]), "std": summary.get("std", 0.0),
-          "min": min(accuracy), "max": max(accuracy), "each": accuracy,
+  # What a reader runs for the same figures: the command without this bench's workdir and quiet.
+  command = " ".join(["python", *cmd[1:3], *cmd[5:]])
+  epochs_s = sorted(e["time/epoch_s"] for e in summary["epochs"])
+  return {"config": name, "command": command, "model": config["model"]["name"],
+          "seeds": len(members), "accuracy": summary.get("mean", accuracy[0]),
+          "std": summary.get("std", 0.0), "min": min(accuracy), "max": max(accuracy),
+          "each": accuracy,
           "ensemble": (summary.get("ensemble") or summary["test"])["accuracy"],
           "macro_f1": summary["test"]["macro_f1"], "params": summary["num_params"],
           "epochs": config["num_epochs"], "wall_s": wall,
-          "epoch_s": sorted(e["time/epoch_s"] for e in summary["epochs"])[len(summary["epochs"]) // 2]}
+          "epoch_s": epochs_s[len(epochs_s) // 2]}
 
 
 # docs/results.md's columns, in order; tests/conftest.py's `results` reads them back by heading.
-COLUMNS = ("config", "model", "seeds", "each seed's test accuracy", "test accuracy, mean +- std",
-           "min-max", "ensemble", "macro F1 (mean)", "parameters", "epochs",
-           "s/epoch, all seeds (median)", "wall clock, all seeds", "machine", "versions",
-           "date, commit")
+COLUMNS = ("config", "command", "model", "seeds", "each seed's test accuracy",
+           "test accuracy, mean +- std", "min-max", "ensemble", "macro F1 (mean)", "parameters",
+           "epochs", "s/epoch, all seeds (median)", "wall clock, all seeds", "machine",
+           "versions", "date, commit")
 
 
 def results_row(r: dict, machine: dict) -> str:
   """Row `r` (from `run`) as a line of docs/results.md's table, on `machine` (from `_machine`)."""
-  cells = [f"`configs/{r['config']}.py`", r["model"], str(r["seeds"]),
+  cells = [f"`configs/{r['config']}.py`", f"`{r['command']}`", r["model"], str(r["seeds"]),
            ", ".join(f"{a:.2%}" for a in r["each"]),
            f"{r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f}%", f"{r['min']:.2%}-{r['max']:.2%}",
            f"{r['ensemble']:.2%}", f"{r['macro_f1']:.4f}", f"{r['params']:,}", str(r["epochs"]),
@@ -95,8 +99,9 @@ def docstring_line(r: dict, machine: dict) -> str:
   """The sentence of a config's docstring that states its row."""
   return (f"Reaches {r['accuracy'] * 100:.2f} +- {r['std'] * 100:.2f}% test accuracy over "
           f"{r['seeds']} seeds (min {r['min']:.2%}, max {r['max']:.2%}), their ensemble "
-          f"{r['ensemble']:.2%}, in {r['epochs']} epochs: {r['wall_s']:,.0f} s for the "
-          f"{r['seeds']} seeds in one process on a {machine['machine']} (docs/results.md).")
+          f"{r['ensemble']:.2%}, in {r['epochs']} epoch{'s' * (r['epochs'] != 1)}: "
+          f"{r['wall_s']:,.0f} s for the {r['seeds']} seeds in one process on a "
+          f"{machine['machine']} (docs/results.md).")
 
 
 def readme_row(r: dict) -> str:

@@ -23,7 +23,9 @@ def test_a_config_that_is_a_population_keeps_its_seeds():
   assert [n for n in classifiers if configs.waits_for_device(n)] == ["large"]
 
 
-ROW = {"config": "cnn", "model": "cnn", "seeds": 5, "accuracy": 0.99226, "std": 0.00049,
+ROW = {"config": "cnn", "model": "cnn",
+       "command": "python train.py --config=configs/cnn.py --config.population=5", "seeds": 5,
+       "accuracy": 0.99226, "std": 0.00049,
        "min": 0.9914, "max": 0.9928, "each": [0.9928, 0.9921, 0.9914, 0.9926, 0.9924],
        "ensemble": 0.9931, "macro_f1": 0.99228, "params": 421642, "epochs": 5, "epoch_s": 61.23,
        "wall_s": 1343.4}
@@ -35,7 +37,8 @@ FIGURES = {"mean": "99.23", "std": "0.05", "seeds": "5", "min": "99.14", "max": 
 def test_a_row_reads_back_as_the_figures_measured():
   table = accuracy.markdown([dict(ROW, config="mlp", accuracy=0.9854), ROW], MACHINE)
   assert table.splitlines()[2] == (
-      "| `configs/cnn.py` | cnn | 5 | 99.28%, 99.21%, 99.14%, 99.26%, 99.24% | 99.23 +- 0.05% | "
+      "| `configs/cnn.py` | `python train.py --config=configs/cnn.py --config.population=5` | "
+      "cnn | 5 | 99.28%, 99.21%, 99.14%, 99.26%, 99.24% | 99.23 +- 0.05% | "
       "99.14%-99.28% | 99.31% | 0.9923 | 421,642 | 5 | 61.2 | 1,343 s | 2-core CPU | jax 0.10.2 "
       "| 2026-12-05, 096b56c |")
   rows = results(table)

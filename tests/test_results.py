@@ -63,13 +63,14 @@ def disagreements(stated: dict[str, str], row: dict[str, str], where: str) -> li
 
 def test_each_row_agrees_with_its_seeds():
   """The mean, spread (ddof=1), extremes and count of a row are those of its seeds (each stated
-  to two decimals, so the mean and spread within rounding)."""
+  to two decimals, so the mean and spread within rounding), and its command trains that many."""
   rows = results()
   assert {"cnn", "mlp", "best", "speedrun"} <= set(rows)
   for name, row in rows.items():
     each = [float(a.rstrip("%")) for a in row["each seed's test accuracy"].split(", ")]
     f = row_figures(row)
     assert int(f["seeds"]) == len(each) > 1, name
+    assert f"--config=configs/{name}.py --config.population={len(each)}" in row["command"], name
     assert (float(f["min"]), float(f["max"])) == (min(each), max(each)), name
     assert abs(statistics.mean(each) - float(f["mean"])) <= 0.006, name
     assert abs(statistics.stdev(each) - float(f["std"])) <= 0.01, name
