@@ -3,10 +3,10 @@ on-device augmentation, label smoothing and a moving average of the weights.
 
     python train.py --config=configs/best.py
 
-Reaches 99.64 +- 0.04% test accuracy over 5 seeds (0-4, trained as one population with
-`--config.population=5`, i.e. configs/ensemble.py; min 99.58%, max 99.69%), their ensemble
-99.63%, in 15 epochs: 4,050 s for all five in one process on a 2-core CPU, about 15 minutes for
-one seed (see README). Not yet the 99.75% that the best published single nets reach.
+Reaches 99.64 +- 0.04% test accuracy over 5 seeds (min 99.58%, max 99.69%), their ensemble 99.63%,
+in 15 epochs: 4,050 s for the 5 seeds in one process on a 2-core CPU (docs/results.md). Its 5 seeds
+as one population are configs/ensemble.py. Not yet the 99.75% that the best published single nets
+reach.
 """
 
 from __future__ import annotations

@@ -31,18 +31,40 @@ if not os.environ.get("TFDS_DATA_DIR") and _SHARED_TFDS.is_dir():
   os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
 
 
+RESULTS = REPO / "docs" / "results.md"
+
+
+def results(text: str | None = None) -> dict[str, dict[str, str]]:
+  """docs/results.md's table (or the table in `text`): each config's row, its cells by column
+  heading, the config named by its file stem ("cnn" for `configs/cnn.py`)."""
+  lines = (RESULTS.read_text() if text is None else text).splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| config |"))
+  header = _cells(lines[start])
+  rows = {}
+  for line in lines[start + 2:]:
+    if not line.startswith("|"):
+      break
+    cells = dict(zip(header, _cells(line)))
+    rows[re.fullmatch(r"`configs/(\w+)\.py`", cells["config"]).group(1)] = cells
+  return rows
+
+
+def _cells(line: str) -> list[str]:
+  return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def ships(config_name: str) -> bool:
-  """Whether a config ships: it has a row in the README's results table, the list of measured
-  configs (a population config, configs/ensemble.py, by the config it extends). Those are held to
-  every rule; a contributor's new config, which no one has measured yet, skips the rules that
-  need a measurement (docs/extending.md). A list in a file that every reader sees, rather than
-  git's tracking: a copy of the project without .git (a release, the docs' test) keeps it."""
-  rows = re.findall(r"^\| `configs/(\w+)\.py` \|", (REPO / "README.md").read_text(), re.M)
-  base = load_config(config_name).get("population", 1) > 1 and _base_config(config_name)
+  """Whether a config ships: it has a row in docs/results.md, the list of measured configs (a
+  population config, configs/ensemble.py, by the config it extends). Those are held to every
+  rule; a contributor's new config, which no one has measured yet, skips the rules that need a
+  measurement (docs/extending.md). A list in a file that every reader sees, rather than git's
+  tracking: a copy of the project without .git (a release, the docs' test) keeps it."""
+  rows = results()
+  base = load_config(config_name).get("population", 1) > 1 and base_config(config_name)
   return config_name in rows or base in rows
 
 
-def _base_config(config_name: str) -> str | None:
+def base_config(config_name: str) -> str | None:
   """The configs/ module that a config file's get_config() starts from, if one."""
   text = (REPO / "configs" / f"{config_name}.py").read_text()
   found = re.search(r"^\s*c = (\w+)\.get_config\(", text, re.M)

@@ -66,7 +66,8 @@ def test_the_docs_files_pass_the_architecture_s_part_of_the_suite(project):
   out = tests.stdout + tests.stderr
   assert tests.returncode == 0, out[-4000:]
   for name in names:  # the rules that need a measurement skip, saying what to run
-    assert f"python bench/accuracy.py --configs={name}`" in out, out[-4000:]
+    assert f"python bench/accuracy.py --configs={name} --results=docs/results.md`" in out, \
+        out[-4000:]
     assert f"configs/{name}.py is new: its first two losses are not pinned yet" in out
   passed = int(re.search(r"(\d+) passed", out).group(1))
   assert passed >= 7 * len(names), out[-2000:]  # test_nets 3, test_show 2, train 1, export 1

@@ -130,8 +130,8 @@ def test_mlp_short_training_reaches_97_percent(data_cache, tmp_path):
 
 
 def test_cnn_default_config_reaches_99_percent(data_cache):
-  """The main job, unchanged but for the cache: seed 0 gives 99.28% (the README's 99.23 +- 0.05%
-  over 5 seeds); it must hold up (>= 99.0%)."""
+  """The main job, unchanged but for the cache: seed 0 gives 99.28% (docs/results.md: 99.23 +-
+  0.05% over 5 seeds); it must hold up (>= 99.0%)."""
   config = load_config("cnn")
   config.update(data_dir=real_data_dir(), cache_dir=data_cache, progress_bar=False)
   _, summary = train_and_evaluate(config)

@@ -88,9 +88,9 @@ def test_config_docstring_has_command_and_accuracy(config_name):
   elif not re.search(r"\d\.\d\d \+- \d\.\d\d%[\w ]* over \d+ seeds", doc):
     # An accuracy claim is a mean +- std over seeds; a new config is not measured yet.
     message = (f"configs/{config_name}.py has no `M +- S% over N seeds` test accuracy: run "
-               f"`python bench/accuracy.py --configs={config_name}`, then paste the line it "
-               f"prints into configs/{config_name}.py's docstring and its row into README.md's "
-               "results table")
+               f"`python bench/accuracy.py --configs={config_name} --results=docs/results.md`, "
+               f"which writes its row into docs/results.md, then paste the line it prints into "
+               f"configs/{config_name}.py's docstring and its row into README.md's results table")
     if ships(config_name):
       pytest.fail(message)
     pytest.skip(message)
@@ -104,11 +104,12 @@ def test_a_config_without_its_accuracy_fails_if_it_ships_and_skips_if_new(monkey
     test_config_docstring_has_command_and_accuracy("mlp")
   monkeypatch.setattr(sys.modules[__name__], "ships", lambda name: False)
   with pytest.raises(pytest.skip.Exception, match=r"run `python bench/accuracy.py "
-                     r"--configs=mlp`, then paste .* into configs/mlp.py's docstring"):
+                     r"--configs=mlp --results=docs/results.md`, .* into configs/mlp.py's "
+                     r"docstring"):
     test_config_docstring_has_command_and_accuracy("mlp")
 
 
-def test_the_configs_that_ship_are_the_readme_s_results_table_s():
+def test_the_configs_that_ship_are_those_of_docs_results_md():
   assert all(ships(n) for n in ("cnn", "mlp", "best", "ensemble"))  # ensemble: best.py's row
   assert not any(ships(n) for n in ("dcgan", "cgan"))  # scored otherwise (their docstrings)
 
@@ -151,16 +152,17 @@ def _record_unpinned(request, config_name: str, losses: tuple[float, float],
     request.config.cache.set(f"golden_losses/{config_name}", list(losses))
     where = f" (recorded in .pytest_cache/v/golden_losses/{config_name})"
   (pytest.fail if shipped else pytest.skip)(
-      f"configs/{config_name}.py is {'in the README but' if shipped else 'new:'} its first two "
-      f"losses are not pinned yet{where}. Check that they are what you expect, then add to "
-      f"GOLDEN_LOSSES in tests/test_train.py: \"{config_name}\": ({losses[0]:.5f}, "
+      f"configs/{config_name}.py is {'shipped (docs/results.md) but' if shipped else 'new:'} "
+      f"its first two losses are not pinned yet{where}. Check that they are what you expect, "
+      f"then add to GOLDEN_LOSSES in tests/test_train.py: \"{config_name}\": ({losses[0]:.5f}, "
       f"{losses[1]:.5f}),")
 
 
 def test_a_config_without_pinned_losses_is_recorded_and_skipped(monkeypatch, request):
   monkeypatch.delitem(GOLDEN_LOSSES, "mlp")
-  # mlp.py ships (a row in the README's results table): a missing pin fails it.
-  with pytest.raises(pytest.fail.Exception, match=r'configs/mlp.py is in the README but.*'
+  # mlp.py ships (a row in docs/results.md): a missing pin fails it.
+  with pytest.raises(pytest.fail.Exception, match=r'configs/mlp.py is shipped \(docs/results'
+                     r'.md\) but.*'
                      r'GOLDEN_LOSSES in tests/test_train.py: "mlp": \(2.336\d\d, 2.332\d\d\),'):
     test_one_step_golden_loss("mlp", request)
   # A new config (no row yet) skips with the same line.
