@@ -70,7 +70,8 @@ def test_a_population_of_gans_trains_each_member_as_its_own_run(judge, mock_mnis
 
 
 def test_a_gan_run_resumes_bit_exactly(judge, mock_mnist, tmp_path):
-  config = lambda **o: _gan("cgan", judge, num_epochs=2, **o)
+  # 4 steps an epoch, a record every 3 (and at the epoch's end): the stop falls between two.
+  config = lambda **o: _gan("cgan", judge, num_epochs=2, log_every_steps=3, **o)
   whole, _ = train_and_evaluate(config(), str(tmp_path / "whole"))
   with pytest.raises(Preempted, match="at step 6"):  # mid-epoch: step 2 of epoch 2
     train_and_evaluate(config(stop_after_steps=6), str(tmp_path / "split"))

@@ -210,7 +210,9 @@ def test_the_population_mode_follows_the_backend_and_the_model():
 
 
 def test_a_stopped_population_resumes_bit_exactly(mock_mnist, tmp_path):
-  config = lambda **o: shrink(load_config("mlp"), population=2, num_epochs=2, log_every_steps=1,
+  # 3 steps an epoch, a record every 2: the stop at step 4 (epoch 2's first) carries that step's
+  # per-member metrics in the checkpoint, and the record at 5 averages steps 4-5 as without it.
+  config = lambda **o: shrink(load_config("mlp"), population=2, num_epochs=2, log_every_steps=2,
                               **{"model.dropout": 0.3, "model.hidden": (32,), **o})
   whole, _ = train_and_evaluate(config(), str(tmp_path / "whole"))
   with pytest.raises(Preempted, match="at step 4"):
@@ -218,6 +220,7 @@ def test_a_stopped_population_resumes_bit_exactly(mock_mnist, tmp_path):
   resumed, _ = train_and_evaluate(config(), str(tmp_path / "split"))
   for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _history(tmp_path / "split") == _history(tmp_path / "whole")
 
 
 def test_members_run_in_a_loop_or_batched_alike(mock_mnist):

@@ -31,20 +31,77 @@ def _history(workdir) -> list[dict]:
           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _stop_and_resume(workdir, every: int, **overrides) -> int:
+  """The job-script pattern: re-runs the config with a budget of `every` steps until it is done;
+  how many times it stopped."""
+  stopped = 0
+  while True:
+    try:
+      train_and_evaluate(_config(stop_after_steps=every, **overrides), str(workdir))
+      return stopped
+    except Preempted:
+      stopped += 1
+
+
 def test_stops_at_epoch_ends_and_resumes_leave_the_records_of_an_uninterrupted_run(
     mock_mnist, tmp_path):
   train_and_evaluate(_config(), str(tmp_path / "whole"))
-  stopped = 0
-  while True:  # the job-script pattern: re-run with a step budget of one epoch until done
-    try:
-      train_and_evaluate(_config(stop_after_steps=3), str(tmp_path / "split"))
-      break
-    except Preempted:
-      stopped += 1
-  assert stopped == 2  # after epochs 1 and 2; the third run ends the run
+  # A step budget of one epoch: stops after epochs 1 and 2; the third run ends the run.
+  assert _stop_and_resume(tmp_path / "split", 3) == 2
   assert _history(tmp_path / "split") == _history(tmp_path / "whole")
   final = [json.loads((tmp_path / w / "test_metrics.json").read_text()) for w in ("whole", "split")]
   assert len(final[1]["epochs"]) == 3 and final[0]["test"] == final[1]["test"]
+
+
+# 58 mock training examples in batches of 4: 14 steps an epoch, records at steps 5, 10, 14, ...
+WINDOWS = {"num_epochs": 2, "batch_size": 4, "log_every_steps": 5}
+
+
+def _train_steps(workdir) -> list[int]:
+  return [r["step"] for r in _history(workdir) if "train/loss" in r and "epoch" not in r]
+
+
+def test_stops_between_log_steps_leave_the_records_of_an_uninterrupted_run(mock_mnist, tmp_path):
+  """The steps since the last record travel in the checkpoint: no record at a stop or a save, the
+  next one averages the same steps, and the epoch's train means come out bit for bit (float
+  equality of every value in metrics.jsonl, timings aside)."""
+  train_and_evaluate(_config(**WINDOWS), str(tmp_path / "whole"))
+  whole = _history(tmp_path / "whole")
+  assert _train_steps(tmp_path / "whole") == [5, 10, 14, 19, 24, 28]
+  split, saves = tmp_path / "split", {"checkpoint.every_steps": 4}
+  # The issue's case: a stop at step 7, between the records of steps 5 and 10 (a save at 4).
+  with pytest.raises(Preempted, match="at step 7"):
+    train_and_evaluate(_config(stop_after_steps=7, **WINDOWS, **saves), str(split))
+  assert [r["step"] for r in _history(split)] == [5]
+  # Resumed: steps 6-8 go into the save at 8, and the run stops at 12 after recording step 10.
+  with pytest.raises(Preempted, match="at step 12"):
+    train_and_evaluate(_config(stop_after_steps=5, **WINDOWS, **saves), str(split))
+  # As a kill during the save at 12 would leave it: the resume starts at 8 and logs 10 again.
+  shutil.rmtree(split / "checkpoints" / "12")
+  with Checkpointer.reader(str(split)) as ckpt:
+    assert ckpt.latest_step() == 8
+  train_and_evaluate(_config(**WINDOWS), str(split))
+  assert _history(split) == whole
+
+
+def test_a_checkpoint_without_the_open_window_resumes_with_a_note(mock_mnist, tmp_path, capsys):
+  """A checkpoint written before the window was kept (its item removed here) resumes: the first
+  record after it averages the steps since the checkpoint only, and a note says so."""
+  with pytest.raises(Preempted, match="at step 7"):
+    train_and_evaluate(_config(stop_after_steps=7, **WINDOWS), str(tmp_path / "old"))
+  shutil.rmtree(tmp_path / "old" / "checkpoints" / "7" / "window")
+  capsys.readouterr()
+  train_and_evaluate(_config(**WINDOWS), str(tmp_path / "old"))
+  notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith("note:")]
+  assert notes == ["note: the checkpoint at step 7 was written by an earlier version, which did "
+                   "not keep the steps since the last train record: the first record after the "
+                   "resume averages the steps after step 7 only."]
+  assert _train_steps(tmp_path / "old") == [5, 10, 14, 19, 24, 28]
+  # Training itself is exact: from epoch 2 on the records are the uninterrupted run's.
+  train_and_evaluate(_config(**WINDOWS), str(tmp_path / "whole"))
+  later = [_history(tmp_path / w)[4:] for w in ("old", "whole")]  # past step 14's two records
+  assert later[0] == later[1] and later[0][0]["step"] == 19
+  assert _history(tmp_path / "old")[1]["train/loss"] != _history(tmp_path / "whole")[1]["train/loss"]
 
 
 def test_a_fresh_run_keeps_an_earlier_runs_records_aside(mock_mnist, tmp_path):

@@ -1,8 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)` returns the final state and metrics.
 
 A run is set up once (setup.py), then trained epoch by epoch (`_train_epoch`), each epoch a
-series of jitted calls whose metrics are fetched at log steps only (`Progress.flush` in
-progress.py), and finally evaluated on the test split (`_finish`), after which its report is
+series of jitted calls whose metrics are fetched at log steps and saves only (`Progress.flush`
+in progress.py), and finally evaluated on the test split (`_finish`), after which its report is
 written.
 """
 
@@ -56,17 +56,20 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
       if step == run.stop_at and step < run.total_steps:
         stop.request("stop_after_steps")
       saving = _crossed(i - n, i, save_every) and i < spe
+      record = _crossed(i - n, i, config.log_every_steps) or i == spe
       # Multi-process runs sync only at steps that every process knows in advance (a process
-      # that alone stopped to sync would wait forever); a single process stops at once. A
-      # checkpoint is written only after its steps' losses were checked.
-      if (_crossed(i - n, i, config.log_every_steps) or i == spe or step == run.stop_at or saving
-          or (stop.requested and jax.process_count() == 1)):
-        progress.flush(step)
+      # that alone stopped to sync would wait forever); a single process stops at once, read
+      # once here as a signal may come at any moment. A checkpoint is written only after its
+      # steps' losses were checked, with the steps fetched since the last record.
+      stopping = stop.requested and jax.process_count() == 1
+      if record or step == run.stop_at or saving or stopping:
+        progress.flush(step, record)
         stop.sync(step, run.ckpt)
-      if stop.requested and i < spe:
+        stopping = stop.requested
+      if saving or (stopping and i < spe):
+        run.ckpt.save(state, window=progress.window_item())
+      if stopping and i < spe:
         return state, None
-      if saving:
-        run.ckpt.save(state)
   return state, _end_epoch(run, state, epoch, first, progress, t_epoch)
 
 
@@ -107,7 +110,7 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
           run.ckpt.save(state, best)
       # At the end a stop is not needed: the run finishes as usual.
       if stop.requested and checkpoint.step_of(state) < run.total_steps:
-        run.ckpt.save(state)  # nothing new when the epoch's save has just written this step
+        run.ckpt.save(state)  # nothing new where the epoch or the stop has saved this step
         run.ckpt.wait()
         raise Preempted(f"Stopped by {stop.signal_name} at step {checkpoint.step_of(state)}; a "
                         f"checkpoint was saved in {run.ckpt.directory}. Re-run the same command "

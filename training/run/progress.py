@@ -1,6 +1,10 @@
-"""One epoch's metrics between host syncs: fetched at log steps only, checked for NaN, logged,
-averaged into the epoch's means, and shown on the progress bar. A population's metrics have a
-members axis: each member is checked, logged and averaged on its own."""
+"""One epoch's metrics between host syncs: fetched at log steps (and before a checkpoint),
+checked for NaN, logged, averaged into the epoch's means, and shown on the progress bar. A
+population's metrics have a members axis: each member is checked, logged and averaged on its own.
+
+A record is written at log steps and at the epoch's end only. The steps fetched since the last
+record (the open window) travel in each checkpoint, so that a run stopped or killed between two
+log steps and resumed writes the records of an uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from training import tasks
+from training.console import note
 from training.errors import NonFiniteLossError
 from training.members import Member
 from training.run.setup import Run
@@ -33,6 +38,8 @@ class Progress:
     # (steps, means) of each log record of the epoch, those before a resume read back from
     # metrics.jsonl: the epoch's means come out as an uninterrupted run's, to the bit.
     self.logged = logged_before(run, epoch, first) if first else []
+    # Each metric's values at the steps fetched since the last record: (steps,) or (steps, members).
+    self.window: dict[str, np.ndarray] = resumed_window(run, first) if first else {}
     self.bar = tqdm(total=run.steps_per_epoch, initial=first,
                     desc=f"epoch {epoch}/{run.config.num_epochs}", unit="step", leave=False,
                     disable=not (run.config.progress_bar and run.primary), mininterval=0.5)
@@ -44,9 +51,9 @@ class Progress:
     if len(self.pending) > IN_FLIGHT:
       jax.block_until_ready(self.pending[-IN_FLIGHT - 1][0])
 
-  def flush(self, step: int) -> None:
+  def flush(self, step: int, record: bool = True) -> None:
     """The only host sync of the loop: fetches the metrics of the calls since the last one,
-    checks them, and logs their means at `step`."""
+    checks them, adds them to the window, and with `record` logs the window's means at `step`."""
     fetched = jax.device_get([m for m, _ in self.pending])
     one_step = self.run.driver.chunk == 1  # a call's metrics have no steps axis then
     stacked = {k: np.concatenate([np.asarray(m[k])[None] if one_step else np.asarray(m[k])[:n]
@@ -55,15 +62,29 @@ class Progress:
     n = len(stacked[self.run.task.bar_key])
     check_finite(stacked, step - n + 1, self.run.members, self.run.ckpt)
     self.count += n
-    means = {f"train/{k}": _mean(v) for k, v in stacked.items()}
-    self.logged.append((n, means))
+    self.bar.update(n)
+    self.pending = []
+    self.window = {k: np.concatenate([self.window[k], v]) if k in self.window else v
+                   for k, v in stacked.items()}
+    if record:
+      self._record(step)
+
+  def _record(self, step: int) -> None:
+    """Logs the window's means at `step` (the same values in the same order as an uninterrupted
+    run's, so the same means) and closes it."""
+    window, self.window = self.window, {}
+    means = {f"train/{k}": _mean(v) for k, v in window.items()}
+    self.logged.append((len(window[self.run.task.bar_key]), means))
     rate = self.run.learning_rates[step - 1]
     means["train/learning_rate"] = rate * self.run.lr_scales() if self.run.members else float(rate)
     self.run.writer.write(step, means)
     key = self.run.task.bar_key
     self.bar.set_postfix({key: f"{np.mean(means[f'train/{key}']):.4f}"}, refresh=False)
-    self.bar.update(n)
-    self.pending = []
+
+  def window_item(self) -> dict[str, Any]:
+    """The open window as a checkpoint's JSON item: each metric's dtype and values (float32
+    values are exact in JSON's float64)."""
+    return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in self.window.items()}
 
   def close(self) -> None:
     self.bar.close()
@@ -105,6 +126,19 @@ def check_finite(metrics: dict[str, np.ndarray], first_step: int,
       f"there, and no checkpoint from that step on was saved. Try {advice}a lower "
       "--config.learning_rate, gradient clipping (--config.grad_clip_norm=1.0), or "
       f"--config.dtype=float32 if you use bfloat16.{resume}")
+
+
+def resumed_window(run: Run, first: int) -> dict[str, np.ndarray]:
+  """The window that the checkpoint at `run.start_step` (step `first` of its epoch) carried;
+  empty, with a note, for a checkpoint written before windows were kept."""
+  saved = run.ckpt.read_window(run.start_step)
+  if saved is None:
+    if first % run.config.log_every_steps:
+      note(f"the checkpoint at step {run.start_step} was written by an earlier version, which "
+           "did not keep the steps since the last train record: the first record after the "
+           f"resume averages the steps after step {run.start_step} only.")
+    return {}
+  return {k: np.asarray(v["values"], dtype=v["dtype"]) for k, v in saved.items()}
 
 
 def logged_before(run: Run, epoch: int, first: int) -> list[tuple[int, dict[str, Any]]]:

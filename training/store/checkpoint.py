@@ -3,8 +3,10 @@
 A checkpoint holds all that exact resumption needs: parameters, optimizer state, batch-norm
 statistics, the step (which fixes the data position: epoch = step // steps_per_epoch, offset =
 step % steps_per_epoch, as each epoch's order is a pure function of the seed and the epoch), the
-RNG key, the config that produced it, and what inference needs to know of the data (image shape,
-class names). Orbax writes each checkpoint to a temporary directory and renames it when complete,
+RNG key, the config that produced it, what inference needs to know of the data (image shape,
+class names), and the trainer's open log window (the steps since its last record, given to `save`
+as JSON and read back by `read_window`, so that a resumed run's records equal an uninterrupted
+run's). Orbax writes each checkpoint to a temporary directory and renames it when complete,
 so a process killed mid-save leaves no checkpoint that a restart would read; the restart deletes
 such leftovers.
 
@@ -134,7 +136,8 @@ class Checkpointer:
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
-                       "dataset": ocp.JsonCheckpointHandler()})
+                       "dataset": ocp.JsonCheckpointHandler(),
+                       "window": ocp.JsonCheckpointHandler()})
 
   def __enter__(self) -> "Checkpointer":  # `with Checkpointer.reader(workdir) as ckpt:` closes it
     return self
@@ -176,9 +179,11 @@ class Checkpointer:
     and deletes nothing, not even the leftovers of an interrupted save, and cannot save."""
     return cls(workdir, None, read_only=True)
 
-  def save(self, state: Any, metrics: dict[str, float] | None = None) -> None:
+  def save(self, state: Any, metrics: dict[str, float] | None = None,
+           window: dict[str, Any] | None = None) -> None:
     """Starts writing a checkpoint of `state` (asynchronously, after the previous one is
-    complete). Raises CheckpointWriteError if this one or the previous one cannot be written."""
+    complete), with `window` (JSON; None: {}). Raises CheckpointWriteError if this one or the
+    previous one cannot be written."""
     if self.config is None:
       raise TypeError(f"The checkpoints in {self.directory} were opened read-only "
                       "(Checkpointer.reader): nothing can be saved through this Checkpointer.")
@@ -197,7 +202,8 @@ class Checkpointer:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree),
           config=ocp.args.JsonSave(self.config.to_dict()),
-          dataset=ocp.args.JsonSave(self.dataset_info or {})),
+          dataset=ocp.args.JsonSave(self.dataset_info or {}),
+          window=ocp.args.JsonSave(window or {})),
           metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
 
   def _wait(self) -> None:
@@ -271,6 +277,15 @@ class Checkpointer:
     if not value:
       raise CheckpointMismatchError(problem)
     return value
+
+  def read_window(self, step: int) -> dict[str, Any] | None:
+    """The `window` saved with checkpoint `step`; None if it has none (written by a version that
+    did not keep it)."""
+    with read_errors_as(lambda cause: self._damaged(step, cause)):
+      if "window" not in self.manager.item_metadata(step):
+        return None
+      return self.manager.restore(step, args=ocp.args.Composite(
+          window=ocp.args.JsonRestore()))["window"]
 
   def restore(self, state: Any, step: int | None = None, why: str = "") -> Any:
     """`state` (freshly initialized) gives the expected shapes and shardings; `why` leads a
