@@ -81,7 +81,8 @@ def _end_epoch(run: Run, state: Any, epoch: int, first: int, progress: Progress,
   evaluated, line = run.task.end_epoch(run, state, epoch, m)
   m.update(evaluated)
   line = (f"epoch {epoch:>3}/{config.num_epochs}  {run.task.train_line(m)}"
-          + (f" (steps {first + 1}-{run.steps_per_epoch}, after the resume)" if first else "")
+          # The means are still the whole epoch's: the records before the resume join them.
+          + (f" (resumed at step {first} of {run.steps_per_epoch})" if first else "")
           + line)
   epoch_time = time.time() - t_epoch
   m.update({"time/epoch_s": epoch_time, "time/train_epoch_s": train_time,
