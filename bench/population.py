@@ -46,18 +46,13 @@ class _Variant:
     self.size, self.steps, self.data = size, steps, data
     spe = N_EXAMPLES // config.batch_size
     schedule = optim.make_schedule(config, spe)
-    task = tasks.get(config, NUM_CLASSES, IMAGE_SHAPE)
+    population = members.Population.of(config)
+    task = tasks.get(config, NUM_CLASSES, IMAGE_SHAPE, population)
     self.driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size,
                                      NUM_CLASSES, steps_per_epoch=spe, step=task.train_step,
                                      members=size, mode=mode)
-    if size:
-      population = members.members(config)
-      shuffle = members.member_keys(population)[2]
-      state = task.init_population(schedule, population)
-    else:
-      init_key, train_key, shuffle = members.seed_keys(config.seed)
-      state = task.init_state(schedule, init_key, train_key)
-    self.state = self.driver.put_state(state)
+    init_key, train_key, shuffle = population.keys()
+    self.state = self.driver.put_state(task.initial_state(schedule, init_key, train_key))
     self.perm = self.driver.permutation(shuffle, 1, N_EXAMPLES)
     self.i = 0
     jax.block_until_ready(self.state)

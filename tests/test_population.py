@@ -31,10 +31,12 @@ def _real(data_cache, **overrides):
 def test_members_are_the_sweep_times_the_seeds():
   config = load_config("mlp")
   config.update(seed=5, population=2, sweep='{"learning_rate": [0.001, 0.003]}')
-  got = [(m.index, m.seed, m.values) for m in members.members(config)]
+  population = members.Population.of(config)
+  got = [(m.index, m.seed, m.values) for m in population.members]
   assert got == [(0, 5, {"learning_rate": 0.001}), (1, 6, {"learning_rate": 0.001}),
                  (2, 5, {"learning_rate": 0.003}), (3, 6, {"learning_rate": 0.003})]
-  single = members.member_config(config, members.members(config)[3])
+  assert population.swept == ("learning_rate",)
+  single = members.member_config(config, population.members[3])
   assert (single.seed, single.learning_rate, single.population, single.sweep) == (6, 0.003, 1, "")
 
 
@@ -202,10 +204,10 @@ def test_the_population_mode_follows_the_backend_and_the_model():
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   for name, expected in (("cnn", "loop"), ("mlp", "vmap")):
     config = load_config(name)
-    task = tasks.get(config, 10, (28, 28, 1))
+    task = tasks.get(config, 10, (28, 28, 1), members.Population.of(config))
     key = jax.random.PRNGKey(0)
     init = lambda: task.init_state(lambda step: 1e-3, key, key)
-    assert device.choose_member_map(config, mesh, init) == (
+    assert device.choose_member_map(config.population_mode, mesh, init) == (
         expected if jax.default_backend() == "cpu" else "vmap")
 
 
@@ -237,7 +239,7 @@ def test_members_run_in_a_loop_or_batched_alike(mock_mnist):
 
 def test_a_non_finite_value_names_its_member_and_step():
   from training.run import progress
-  population = members.members(shrink(load_config("mlp"), population=2, seed=4))
+  population = members.Population.of(shrink(load_config("mlp"), population=2, seed=4)).members
   metrics = {"loss": np.array([[0.5, 0.4], [0.3, np.inf]]), "grad_norm": np.ones((2, 2))}
   with pytest.raises(NonFiniteLossError, match=r"loss of member 1 \(seed 5\) became inf at step 8"):
     progress.check_finite(metrics, 7, population)
@@ -267,10 +269,11 @@ def test_test_time_augmentation_scores_each_member_and_their_ensemble():
   the ensemble averages the probabilities of every member's shifted views."""
   from training import tasks
   from training.data import augment
-  from training.model import steps
+  from training.model import device, steps
   config = shrink(load_config("mlp"), population=2, **{"model.hidden": (16,)})
-  state = tasks.get(config, 10, (28, 28, 1)).init_population(lambda step: 1e-3,
-                                                             members.members(config))
+  population = members.Population.of(config)
+  state = tasks.get(config, 10, (28, 28, 1), population).initial_state(lambda step: 1e-3,
+                                                                      *population.keys()[:2])
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (8, 28, 28, 1), np.uint8),
            "label": rng.integers(0, 10, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
@@ -278,7 +281,7 @@ def test_test_time_augmentation_scores_each_member_and_their_ensemble():
   views = augment.shifted_views(steps.preprocess(batch["image"]), 1)
   probs = []
   for k in range(2):
-    member = members.take(state, k)
+    member = device.take(state, k)
     one = steps.eval_step(member, batch, 10, tta_shift=1)
     np.testing.assert_allclose(got["members"]["loss_sum"][k], one["loss_sum"], rtol=1e-5)
     assert one["loss_sum"] != steps.eval_step(member, batch, 10)["loss_sum"]
@@ -292,7 +295,7 @@ def test_a_sweeps_last_line_gives_each_setting_its_mean_and_spread():
   from training import tasks
   config = load_config("mlp")
   config.update(population=2, sweep='{"learning_rate": [0.001, 0.003]}')
-  task = tasks.get(config, 10, (28, 28, 1))
+  task = tasks.get(config, 10, (28, 28, 1), members.Population.of(config))
   rows = [{"member": i, "seed": 0 + i % 2, "learning_rate": lr, "accuracy": acc}
           for i, (lr, acc) in enumerate([(0.001, 0.97), (0.001, 0.95), (0.003, 0.90),
                                          (0.003, 0.91)])]
@@ -301,7 +304,7 @@ def test_a_sweeps_last_line_gives_each_setting_its_mean_and_spread():
   assert line == ("test accuracy over 2 seeds a setting: learning_rate=0.001: 96.00 +- 1.41%; "
                   "learning_rate=0.003: 90.50 +- 0.71%; ensemble 96.00% of all 4 members")
   config.population = 1
-  one = tasks.get(config, 10, (28, 28, 1)).headline(
+  one = tasks.get(config, 10, (28, 28, 1), members.Population.of(config)).headline(
       {"members": rows[::2], "mean": 0.935, "std": 0.05, "ensemble": {"accuracy": 0.96}})
   assert one == ("test accuracy over 1 seed a setting: learning_rate=0.001: 97.00%; "
                  "learning_rate=0.003: 90.00%; ensemble 96.00% of all 2 members")

@@ -5,6 +5,10 @@ seed + 1, ...), in that order: `--config.sweep='{"learning_rate": [0.001, 0.003]
 `--config.population=2` gives (0.001, seed), (0.001, seed + 1), (0.003, seed), (0.003, seed + 1).
 They train in one compiled program; a swept field may change only values inside it, never the
 program's shapes, so fields that do (the model's widths, the batch size, the model) are refused.
+
+`Population.of` derives a run's population once from its config (and a mode once from a
+checkpoint's saved config), checking those fields; the run, its task and a restored checkpoint
+carry it, so nothing below parses them again.
 """
 
 from __future__ import annotations
@@ -12,21 +16,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import traverse_util
 
-from training import settings
+from training import settings as settings_lib
 from training.errors import ConfigError
 
 # Fields a sweep may vary: each is read as a number inside the step (one per member), so the
 # members share one program. Any numeric augment.* field, and model fields named *dropout*,
 # qualify too (see `sweepable`).
 SWEEPABLE = ("learning_rate", "weight_decay", "label_smoothing", "ema_decay", "grad_clip_norm")
+MODES = ("auto", "vmap", "loop")  # population_mode's values
 # What the members' program is made of: a change of any of these is another program.
 _PROGRAM = ("model.", "batch_size", "dtype", "optimizer", "schedule", "num_epochs", "task",
             "dataset", "mesh_", "steps_per_call", "population", "sweep", "seed")
@@ -66,19 +69,58 @@ def parse_sweep(text: str) -> dict[str, list[float]]:
   return sweep
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """The population fields: a positive population, and a sweep of known fields that change only
-  values (anything else is refused naming the field)."""
-  population = config.get("population", 1)
-  if not isinstance(population, int) or population < 1:
-    raise ConfigError(f"population must be a whole number >= 1, got {population!r}.")
-  if config.get("population_splits", False) and not (
-      is_population(config) and config.get("task", "classify") == "classify"):
-    raise ConfigError("population_splits gives each member of a classifier's population its own "
-                      "training and validation split: set --config.population=2 or more (or a "
-                      "sweep), or leave population_splits False.")
+@dataclasses.dataclass(frozen=True)
+class Population:
+  """What a run's config makes of it as members, derived once (`of`) and carried by the run (and
+  by a restored checkpoint) so that nothing below reads the population's fields again."""
+  seed: int  # the config's seed: a single model's, and the first of each setting's members
+  members: tuple[Member, ...] = ()  # () for a single model: its state has no members axis
+  swept: tuple[str, ...] = ()  # the fields whose values differ between members
+  # population_mode, how one program runs the members: "vmap", "loop" (`device.member_map`) or
+  # "auto", which the run's plan settles by backend and model (`DeviceSteps.mode`).
+  mode: str = "auto"
+  splits: bool = False  # population_splits: each member its own training and validation split
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> Population:
+    """The population of `config`, its fields checked: a positive population, a sweep of known
+    fields that change only values (anything else is refused naming the field), a known mode."""
+    population, mode = config.get("population", 1), config.get("population_mode", "auto")
+    if not isinstance(population, int) or population < 1:
+      raise ConfigError(f"population must be a whole number >= 1, got {population!r}.")
+    if mode not in MODES:
+      raise ConfigError(f"population_mode must be auto, vmap or loop, got {mode!r}.")
+    sweep = parse_sweep(config.get("sweep", ""))
+    stacked = population > 1 or bool(sweep)  # a sweep of one value is a population of one
+    splits = bool(config.get("population_splits", False))
+    if splits and not (stacked and settings_lib.task_name(config) == "classify"):
+      raise ConfigError("population_splits gives each member of a classifier's population its "
+                        "own training and validation split: set --config.population=2 or more "
+                        "(or a sweep), or leave population_splits False.")
+    _check_sweep(config, sweep)
+    settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
+    pairs = itertools.product(settings, range(population))
+    members = tuple(Member(i, config.seed + s, {k: float(v) for k, v in setting.items()})
+                    for i, (setting, s) in enumerate(pairs))
+    return cls(config.seed, members if stacked else (), tuple(sweep), mode, splits)
+
+  def keys(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, train, shuffle) keys: the parameters' initialization, each step's randomness and
+    each epoch's order. A member takes its seed's, so it starts where a single run of that seed
+    would; a population's are stacked, with a leading members axis."""
+    if not self.members:
+      return _seed_keys(self.seed)
+    keys = [_seed_keys(m.seed) for m in self.members]
+    return tuple(jnp.stack([k[i] for k in keys]) for i in range(3))
+
+  def alone(self, k: int) -> Population:
+    """Member k as a single model."""
+    return dataclasses.replace(self, seed=self.members[k].seed, members=(), swept=())
+
+
+def _check_sweep(config: ml_collections.ConfigDict, sweep: dict[str, list[float]]) -> None:
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
-  for field, values in parse_sweep(config.get("sweep", "")).items():
+  for field, values in sweep.items():
     if field not in flat:
       raise ConfigError(f"--config.sweep names {field!r}, which is not a field of this config "
                         "(--mode=show lists them).")
@@ -98,67 +140,15 @@ def check(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"--config.sweep: {field} takes whole numbers, got {values}.")
 
 
-def members(config: ml_collections.ConfigDict) -> list[Member]:
-  """The members, in order: each sweep setting (the product of the lists, in the order given)
-  with `population` seeds."""
-  sweep = parse_sweep(config.get("sweep", ""))
-  settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
-  population = config.get("population", 1)
-  return [Member(i, config.seed + s, {k: float(v) for k, v in setting.items()})
-          for i, (setting, s) in enumerate(itertools.product(settings, range(population)))]
-
-
-def count(config: ml_collections.ConfigDict) -> int:
-  """How many members `config` trains (1 for a plain run)."""
-  return len(members(config))
-
-
-def is_population(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` trains a population (its state has a leading member axis), even of one."""
-  return config.get("population", 1) > 1 or bool(parse_sweep(config.get("sweep", "")))
-
-
-def swept(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The fields whose values differ between members (read from the state inside the step)."""
-  return tuple(parse_sweep(config.get("sweep", "")))
-
-
 def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
   """The single run that `member` is: the config with its seed and swept values, no population."""
   single = ml_collections.ConfigDict(config.to_dict())
-  settings.set_fields(single, {f: type(field_value(config, f))(v) for f, v in member.values.items()})
+  settings_lib.set_fields(single, {f: type(settings_lib.field_value(config, f))(v)
+                                   for f, v in member.values.items()})
   single.seed, single.population, single.sweep = member.seed, 1, ""
   return single
 
 
-def field_value(config: ml_collections.ConfigDict, field: str) -> Any:
-  """The value of a dotted field: "augment.shift" -> config.augment.shift."""
-  node = config
-  for part in field.split("."):
-    node = node[part]
-  return node
-
-
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(init, train, shuffle) keys of a run with `seed`: the parameters' initialization, each
-  step's randomness and each epoch's order; a member of a population uses its seed's, so it
-  starts where a single run of that seed would."""
+def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   init_key, train_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed), 3)
   return init_key, train_key, shuffle_key
-
-
-def member_keys(population: list[Member]) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`seed_keys` of every member, stacked: three arrays with a leading members axis."""
-  keys = [seed_keys(m.seed) for m in population]
-  return tuple(jnp.stack([k[i] for k in keys]) for i in range(3))
-
-
-def take(state: Any, k: int) -> Any:
-  """Member k of a population's state (its arrays without the members axis)."""
-  return jax.tree_util.tree_map(lambda x: x[k], state)
-
-
-def summary(values: np.ndarray) -> tuple[float, float]:
-  """(mean, standard deviation) of the members' values (ddof=1: a sample of seeds; 0 for one)."""
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

@@ -1,5 +1,5 @@
-"""Config helpers that every layer may use: setting fields by dotted name, reading a config file,
-and reading back a config saved as JSON (with a checkpoint, or as a run's config.json)."""
+"""Config helpers that every layer may use: fields read and set by dotted name, reading a config
+file, and reading back a config saved as JSON (with a checkpoint, or as a run's config.json)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def set_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> Non
     for group in groups:
       node = node[group]
     node[leaf] = value
+
+
+def field_value(config: ml_collections.ConfigDict, field: str) -> Any:
+  """The value of a field by dotted name: "augment.shift" -> config.augment.shift."""
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
 
 
 def from_file(path: str) -> ml_collections.ConfigDict:

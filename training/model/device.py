@@ -50,13 +50,10 @@ def unrolled(f: Callable) -> Callable:
   return each
 
 
-def choose_member_map(config: ml_collections.ConfigDict, mesh: Mesh, init: Callable) -> str:
-  """`config.population_mode`, or by backend and model when it is "auto": "loop" on CPU for a
-  model with convolutions (`init`: a function whose trace runs the model), "vmap" otherwise
-  (docs/performance.md#populations-benchpopulationpy has the measurements)."""
-  mode = config.get("population_mode", "auto")
-  if mode not in ("auto", "vmap", "loop"):
-    raise ConfigError(f"population_mode must be auto, vmap or loop, got {mode!r}.")
+def choose_member_map(mode: str, mesh: Mesh, init: Callable) -> str:
+  """The population's `mode` ("vmap" or "loop"), or by backend and model when it is "auto":
+  "loop" on CPU for a model with convolutions (`init`: a function whose trace runs the model),
+  "vmap" otherwise (docs/performance.md#populations-benchpopulationpy has the measurements)."""
   if mode == "loop" and mesh.shape.get("members", 1) > 1:
     raise ConfigError("population_mode='loop' runs the members one after another on every "
                       "device, so it cannot split them over a 'members' mesh axis: use vmap, or a "
@@ -272,6 +269,11 @@ def _padded(images: np.ndarray, labels: np.ndarray, batch: int) -> tuple[np.ndar
   labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
   mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
   return images, labels, mask
+
+
+def take(tree: Any, k: int) -> Any:
+  """Member k of a population's tree (a state, its metrics): its arrays without the members axis."""
+  return jax.tree_util.tree_map(lambda x: x[k], tree)
 
 
 def _put(x: Any, sharding: NamedSharding) -> Any:

@@ -45,12 +45,16 @@ def format_report(m: Mapping[str, Any], class_names: Sequence[str]) -> str:
 def spread(value: Any, fmt: str) -> str:
   """A metric as text: one number, or a population's values (an array, one per member) as their
   mean +- standard deviation ("99.21 +- 0.04%" for a percentage format)."""
-  values = np.asarray(value, np.float64)
-  if values.ndim == 0:
-    return format(float(values), fmt)
-  mean = float(values.mean())
-  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  if np.ndim(value) == 0:
+    return format(float(value), fmt)
+  mean, std = mean_std(value)
   if fmt.endswith("%"):
     digits = fmt[:-1]
     return f"{mean * 100:{digits}f} +- {std * 100:{digits}f}%"
   return f"{mean:{fmt}} +- {std:{fmt}}"
+
+
+def mean_std(values: Any) -> tuple[float, float]:
+  """(mean, standard deviation) of the members' values (ddof=1: a sample of seeds; 0 for one)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from training import data, members
+from training import data
 from training.console import log
 from training.data import sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
@@ -50,7 +50,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   r, config = runs[0], runs[0].config
   capped = config.get("max_eval_examples", 0)  # what the run itself was tested on (and report)
   ds, part = _split_of(config, split, data_dir, data_url)
-  if split == "validation" and any(run.config.get("population_splits") for run in runs):
+  if split == "validation" and any(run.population.splits for run in runs):
     log("note: members trained with population_splits each held out their own validation "
         "examples; this split (split_seed's carve) holds examples that some of them trained on.")
   if len(runs) > 1:
@@ -141,11 +141,11 @@ def _result(r: restore_lib.Restored, totals: dict[str, Any], split: str
       result["member"] = {"member": r.member.index, "seed": r.member.seed, **r.member.values}
     return result, []
   result = scores.summarize(totals["ensemble"])
-  each = [scores.summarize(members.take(totals["members"], k)) for k in range(len(r.members))]
+  each = [scores.summarize(device.take(totals["members"], k)) for k in range(len(r.members))]
   result["members"] = [{"member": m.index, "seed": m.seed, **m.values,
                         **{k: e[k] for k in ("accuracy", "loss", "macro_f1")}}
                        for m, e in zip(r.members, each)]
-  result["mean"], result["std"] = members.summary([e["accuracy"] for e in each])
+  result["mean"], result["std"] = scores.mean_std([e["accuracy"] for e in each])
   lines = [f"{split}: member {m.index} ({m.label()}): loss {e['loss']:.4f}  accuracy "
            f"{e['accuracy']:.2%}  macro F1 {e['macro_f1']:.4f}" for m, e in zip(r.members, each)]
   lines.append(f"{split}: members {result['mean'] * 100:.2f} +- {result['std'] * 100:.2f}%")

@@ -17,7 +17,8 @@ def sample(workdir: str, which: str = "latest", label: int | None = None, num: i
   """`python train.py --mode=sample`: a grid of `num` samples of a trained GAN (all of class
   `label`, or every class in turn when conditional) written to a PNG; returns its path."""
   r = restore_lib.restore(workdir, which, task="gan")
-  task = Gan(r.config, r.dataset_info["num_classes"], tuple(r.dataset_info["image_shape"]))
+  task = Gan(r.config, r.dataset_info["num_classes"], tuple(r.dataset_info["image_shape"]),
+             r.population)
   if num < 1:
     raise ConfigError(f"--num must be at least 1, got {num}.")
   if label is not None and not task.conditional:

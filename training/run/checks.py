@@ -9,6 +9,7 @@ from flax import traverse_util
 
 import nets
 from training import members, tasks
+from training.members import Population
 from training.data import sources
 from training.errors import ConfigError, check_writable
 from training.model import optim
@@ -25,8 +26,9 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "grad_clip_norm": 0.0, "profile_steps": 0, "tta_shift": 0}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, before the data is loaded, on config values that cannot work."""
+def validate(config: ml_collections.ConfigDict) -> Population:
+  """Fails fast, before the data is loaded, on config values that cannot work; returns the
+  run's population, derived here once as its fields are checked."""
   for field, choices in (("dtype", DTYPES), ("optimizer", optim.OPTIMIZERS),
                          ("schedule", optim.SCHEDULES)):
     if config[field] not in choices:
@@ -35,10 +37,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
                         config.get("data_url"))
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
-  members.check(config)
-  _check_swept_ranges(config)
+  population = Population.of(config)
+  _check_swept_ranges(config, population)
   tasks.check(config)
   finetune.validate(config)
+  return population
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
@@ -69,12 +72,12 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                       f"{a['elastic_sigma']}.")
 
 
-def _check_swept_ranges(config: ml_collections.ConfigDict) -> None:
+def _check_swept_ranges(config: ml_collections.ConfigDict, population: Population) -> None:
   """`_check_ranges` of each sweep setting, as its members run it (a traced value out of range,
   e.g. elastic_sigma 0, would train on NaNs rather than fail)."""
-  if not members.swept(config):
+  if not population.swept:
     return
-  for member in members.members(config):
+  for member in population.members:
     if member.seed == config.seed:  # each setting once, not once per seed
       try:
         _check_ranges(members.member_config(config, member))

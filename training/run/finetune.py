@@ -20,10 +20,10 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from training import members
 from training.console import log
 from training.errors import ConfigError
-from training.model import build, optim
+from training.members import Population
+from training.model import build, device, optim
 from training.model.state import TrainState
 from training.tasks.restore import Restored, restore
 
@@ -76,14 +76,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def initialize(config: ml_collections.ConfigDict, state: TrainState,
                dataset_info: dict[str, Any], schedule: optax.Schedule,
-               population: int = 0) -> TrainState:
-  """`state` (freshly initialised; of `population` members along a leading axis, if not 0) with
+               population: Population) -> TrainState:
+  """`state` (freshly initialised; of the `population`'s members along a leading axis) with
   `init_from`'s matching parameters and batch-norm statistics (the same in every member), the
   head re-initialised if the classes differ, and the optimizer rebuilt to scale the loaded
   parameters' learning rate. Checks `freeze` against the model's parameter paths."""
   if not (config.get("init_from") or config.get("freeze")):
     return state
-  one = members.take(state, 0) if population else state  # the shapes of one member
+  size = len(population.members)
+  one = device.take(state, 0) if size else state  # the shapes of one member
   paths = _paths(one.params)
   frozen = _frozen(config.freeze, paths) if config.freeze else []
   if not config.init_from:
@@ -98,19 +99,21 @@ def initialize(config: ml_collections.ConfigDict, state: TrainState,
   ours = {"params": state.params, "batch_stats": state.batch_stats}
   theirs = (source.state.ema if source.state.ema else  # what the source run evaluated
             {"params": source.state.params, "batch_stats": source.state.batch_stats})
-  if population:  # every member starts from the same loaded weights
-    theirs = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (population, *x.shape)), theirs)
+  if size:  # every member starts from the same loaded weights
+    theirs = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size, *x.shape)), theirs)
   merged = _merge(ours, theirs, new_head)
   params, batch_stats = merged["params"], merged["batch_stats"]
+  summary = _summary(config, source, dataset_info, {"params": one.params,
+                                                    "batch_stats": one.batch_stats},
+                     new_head, frozen)
   tx = optim.make_optimizer(config, schedule, loaded=lambda path: f"params/{path}" not in new_head,
-                            swept=members.swept(config))
+                            swept=population.swept)
   state = state.replace(
       params=params, batch_stats=batch_stats, tx=tx,
-      opt_state=jax.vmap(tx.init)(params) if population else tx.init(params),
+      opt_state=jax.vmap(tx.init)(params) if size else tx.init(params),
       ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
       if state.ema else state.ema)
-  log(_summary(config, source, dataset_info, {"params": one.params,
-                                              "batch_stats": one.batch_stats}, new_head, frozen))
+  log(summary)
   return state
 
 
@@ -118,7 +121,7 @@ def _source(init_from: str) -> Restored:
   """The checkpoint init_from names, as one model: a population's member `member=K`."""
   directory, which, member = parse_init_from(init_from)
   source = restore(directory, which, task="classify")
-  size = members.count(source.config) if members.is_population(source.config) else 0
+  size = len(source.members)
   if size and member is None:
     raise ConfigError(f"{directory} holds a population of {size} members: pick one with "
                       f"{init_from}:member=K (K from 0 to {size - 1}).")
@@ -127,7 +130,7 @@ def _source(init_from: str) -> Restored:
                       + (f"{size} members (0 to {size - 1})." if size else "a single model; "
                          "leave out :member=K."))
   if size:
-    source.state = members.take(source.state, member)
+    source.state = device.take(source.state, member)
   return source
 
 
@@ -171,13 +174,15 @@ def _head(config: ml_collections.ConfigDict, state: TrainState,
   theirs_info = source.dataset_info
   n, n_theirs = dataset_info["num_classes"], theirs_info["num_classes"]
   ours = _tree_shapes({"params": state.params, "batch_stats": state.batch_stats})
-  # What this config's model would hold had it been trained on the source's classes.
-  expected = ours if n_theirs == n else _shapes(config, image_shape, n_theirs)
+  # What this config's model would hold had it been trained on the source's classes, and what it
+  # holds for one class more than either: the variables whose shapes differ are the head.
+  source_classes, by_class = (_shapes(config, image_shape, k)
+                              for k in (n_theirs, max(n, n_theirs) + 1))
+  expected = ours if n_theirs == n else source_classes
   theirs = _tree_shapes(source.state.variables())
   wrong = sorted(k for k in expected.keys() | theirs.keys() if theirs.get(k) != expected.get(k))
   if wrong:
     raise _mismatch(config, source, wrong, theirs, ours)
-  by_class = _shapes(config, image_shape, max(n, n_theirs) + 1)
   head = {k for k in ours if by_class[k] != ours[k]}
   same = n == n_theirs and (list(theirs_info.get("class_names", [])) ==
                             list(dataset_info.get("class_names", [])))

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 from flax import traverse_util
 
+from training.errors import ConfigError
 from training.store.checkpoint import CheckpointMismatchError, Checkpointer
 
 # Config fields that may differ when a run resumes: where things are and how often they are
@@ -30,18 +31,24 @@ class ConfigChangedError(CheckpointMismatchError):
   """The workdir's checkpoint was trained with other settings than the config's."""
 
 
-def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict
-           ) -> tuple[Any, dict[str, str]]:
+def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
+           steps_per_epoch: int, workdir: str) -> tuple[Any, dict[str, str] | None]:
   """Restores the latest checkpoint to train on: (state, {field: "field: saved -> now"} for
-  each config field that differs from the checkpoint's). Refuses changes of settings."""
-  changes = check(ckpt, state, config)
-  return ckpt.restore(state, ckpt.latest_step()), changes
+  each config field that differs from the checkpoint's), or (state, None) where there is none
+  yet (a fresh run). Refuses changes of settings and a checkpoint past the config's end."""
+  step = ckpt.latest_step()
+  if step is None:
+    return state, None
+  changes = check(ckpt, state, config, steps_per_epoch, workdir)
+  return ckpt.restore(state, step), changes
 
 
-def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict) -> dict[str, str]:
+def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
+          steps_per_epoch: int, workdir: str) -> dict[str, str]:
   """The refusals of `resume`, read from the latest checkpoint's metadata and config alone (a
   reader can check them before the run takes the workdir); its changes, if none refuses."""
   step = ckpt.latest_step()
+  _check_within_the_run(step, config.num_epochs, steps_per_epoch, ckpt.directory, workdir)
   saved = traverse_util.flatten_dict(ckpt.read_json(step, "config"), sep=".")
   old, new = saved.get("model.name"), config.model.get("name")
   why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
@@ -64,3 +71,14 @@ def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict) -> 
         "--workdir, or run again with the checkpoint's values, or pass "
         "--config.checkpoint.allow_config_changes=True to continue it with the new ones.")
   return changes
+
+
+def _check_within_the_run(step: int, num_epochs: int, steps_per_epoch: int, directory: str,
+                          workdir: str) -> None:
+  """A checkpoint past the config's last step would be reported as a model it is not."""
+  if step > num_epochs * steps_per_epoch:
+    raise ConfigError(
+        f"The checkpoint in {directory} is at step {step}, past the {num_epochs} epochs "
+        f"({num_epochs * steps_per_epoch} steps) of this config. Raise --config.num_epochs to at "
+        f"least {-(-step // steps_per_epoch)}, evaluate it with `python train.py --mode=evaluate "
+        f"--workdir={workdir}`, or use another --workdir.")

@@ -13,10 +13,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from training import data, members, tasks
+from training import data, tasks
 from training.console import log
 from training.data import Dataset
 from training.errors import ConfigError, workdir_write_error
+from training.members import Member, Population
 from training.model import device, optim
 from training.model import mesh as mesh_lib
 from training.model.build import model_error, param_count
@@ -38,7 +39,7 @@ class Run:
   schedule: Callable[[Any], Any]  # the learning rate at a step (optax)
   learning_rates: np.ndarray  # the schedule's value at each step, computed once
   steps_per_epoch: int
-  members: list[members.Member]  # a population's members; [] for a single model
+  population: Population  # derived once from the config, as the task's
   shuffle_key: jax.Array | None = None  # each epoch's order is drawn from it (each member's)
   # population_splits: the pool both are drawn from, and each member's (train, validation)
   # positions in it, (members, n) arrays (data.dataset.member_carves); None: the shared splits.
@@ -51,6 +52,11 @@ class Run:
   start_step: int = 0
   stop_at: int = 0  # the global step where stop_after_steps stops this process (0: none)
   t_train: float = 0.0
+
+  @property
+  def members(self) -> tuple[Member, ...]:
+    """A population's members; () for a single model."""
+    return self.population.members
 
   @property
   def total_steps(self) -> int:
@@ -93,20 +99,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   """Everything a run needs before its first step: (the state on the devices, the Run, the
   config's changes since the checkpoint it resumes, or None for a fresh run). Nothing is written
   to the workdir until the config, the data and any checkpoint there were accepted."""
-  checks.validate(config)
+  population = checks.validate(config)
   if config.stop_after_steps and (workdir is None or not config.checkpoint.enabled):
     raise ConfigError("stop_after_steps needs checkpoints: set --workdir and keep "
                       "--config.checkpoint.enabled=True.")
   if workdir is not None:
     checks.check_workdir(workdir)
   ds = data.from_config(config)
-  task = tasks.get(config, ds.num_classes, ds.image_shape)
+  task = tasks.get(config, ds.num_classes, ds.image_shape, population)
   run = _plan(config, ds, task)
   state = _initial_state(run)
-  task.start(run)  # e.g. loads what evaluation needs: its errors come before any write
   changes = None
   # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
-  # each see the checkpoints directory differently here; `_resume` checks the same together.
+  # each see the checkpoints directory differently here; `resume.resume` checks the same together.
   if workdir is not None and config.checkpoint.enabled and jax.process_count() == 1:
     _refuse_early(run, state, workdir)
   try:
@@ -114,11 +119,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
       run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
       if run.lock.note:
         log(run.lock.note)
-    if workdir is not None and config.checkpoint.enabled:
-      state, changes = _resume(run, state, workdir)
+    if workdir is not None and config.checkpoint.enabled:  # refusals leave the workdir as it was
+      run.ckpt = Checkpointer(workdir, config, ds.info())
+      state, changes = resume.resume(run.ckpt, state, config, run.steps_per_epoch, workdir)
     run.workdir, run.start_step = workdir, step_of(state)
     run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
-    run.profiler = Profiler(config.get("profile_steps", 0), workdir if run.primary else None)
     _open_outputs(run, state, changes)
   except BaseException:
     run.close()
@@ -127,10 +132,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
 
 
 def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> Run:
-  """The run's steps, learning rates, mesh and device steps."""
-  population = members.members(config) if members.is_population(config) else []
-  carves = (data.member_carves(ds, config.validation_fraction, [m.seed for m in population])
-            if config.get("population_splits", False) else None)
+  """What the task's evaluation needs, the run's steps, learning rates, mesh and device steps."""
+  task.start(ds)  # e.g. the GAN's judge: its errors come before any write
+  population = task.population
+  carves = (data.member_carves(ds, config.validation_fraction,
+                               [m.seed for m in population.members])
+            if population.splits else None)
   n_train = carves[1].shape[1] if carves else len(ds.train)
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
@@ -141,12 +148,13 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
   # population, split by member over a "members" axis).
   mesh = mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes)
   key = jax.random.PRNGKey(0)
-  mode = (device.choose_member_map(config, mesh, lambda: task.init_state(schedule, key, key))
-          if population else "vmap")
+  mode = (device.choose_member_map(population.mode, mesh,
+                                   lambda: task.init_state(schedule, key, key))
+          if population.members else "vmap")
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
                               steps_per_epoch=steps_per_epoch, step=task.train_step,
-                              members=len(population), mode=mode,
+                              members=len(population.members), mode=mode,
                               tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
              _learning_rates(schedule, config.num_epochs * steps_per_epoch), steps_per_epoch,
@@ -157,16 +165,12 @@ def _initial_state(run: Run) -> Any:
   """The task's freshly initialized state (with `init_from`'s weights, if set: a resumed run then
   restores its own checkpoint over them), on the devices."""
   config = run.config
+  init_key, train_key, run.shuffle_key = run.population.keys()
   try:
-    if run.members:
-      run.shuffle_key = members.member_keys(run.members)[2]
-      state = run.task.init_population(run.schedule, run.members)
-    else:
-      init_key, train_key, run.shuffle_key = members.seed_keys(config.seed)
-      state = run.task.init_state(run.schedule, init_key, train_key)
+    state = run.task.initial_state(run.schedule, init_key, train_key)
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ConfigError(model_error(config, run.ds.image_shape, e)) from e
-  state = finetune.initialize(config, state, run.ds.info(), run.schedule, len(run.members))
+  state = finetune.initialize(config, state, run.ds.info(), run.schedule, run.population)
   return run.driver.put_state(state)
 
 
@@ -183,19 +187,6 @@ def _learning_rates(schedule, total_steps: int) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(schedule))(np.arange(max(total_steps, 1))))
 
 
-def _resume(run: Run, state: Any, workdir: str
-            ) -> tuple[Any, dict[str, str] | None]:
-  """Opens the workdir's checkpoints and restores the latest: (state, the config's changes since
-  it, or None for a fresh run). Refusals leave the workdir as it was."""
-  config = run.config
-  run.ckpt = Checkpointer(workdir, config, run.ds.info())
-  if run.ckpt.latest_step() is None:
-    return state, None
-  state, changes = resume.resume(run.ckpt, state, config)
-  _check_within_the_run(run, step_of(state), run.ckpt.directory, workdir)
-  return state, changes
-
-
 def _refuse_early(run: Run, state: Any, workdir: str) -> None:
   """The checkpoint's refusals (another model, other settings, past this config's end), read
   before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
@@ -203,44 +194,35 @@ def _refuse_early(run: Run, state: Any, workdir: str) -> None:
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
   with Checkpointer.reader(workdir) as ckpt:
-    step = ckpt.latest_step()
-    if step is not None:
-      resume.check(ckpt, state, run.config)
-      _check_within_the_run(run, step, ckpt.directory, workdir)
-
-
-def _check_within_the_run(run: Run, step: int, directory: str, workdir: str) -> None:
-  if step > run.total_steps:
-    raise ConfigError(
-        f"The checkpoint in {directory} is at step {step}, past the "
-        f"{run.config.num_epochs} epochs ({run.total_steps} steps) of this config. Raise "
-        f"--config.num_epochs to at least {-(-step // run.steps_per_epoch)}, "
-        f"evaluate it with `python train.py --mode=evaluate --workdir={workdir}`, or use "
-        "another --workdir.")
+    if ckpt.latest_step() is not None:
+      resume.check(ckpt, state, run.config, run.steps_per_epoch, workdir)
 
 
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
-  """The metric writer, config.json, the data on the devices, and the run's opening lines."""
+  """The profiler, config.json, the data on the devices, the metric writer, and the run's
+  opening lines."""
   config, ds, workdir = run.config, run.ds, run.workdir
-  if changes is None and workdir is not None and run.primary:
-    _keep_aside(workdir)
-  # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
-  run.writer = MetricWriter(workdir, enabled=workdir is not None and run.primary,
-                            resume_step=None if changes is None else run.start_step,
-                            members=len(run.members))
+  run.profiler = Profiler(config.get("profile_steps", 0), workdir if run.primary else None)
   if workdir is not None and run.primary:
+    if changes is None:
+      _keep_aside(workdir)
     write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
-    run.writer.write_text("config", str(config))
+  resumed = [] if changes is None else _resume_lines(run, changes)
   _put_data(run)
-  mesh = run.driver.mesh
+  mesh, size = run.driver.mesh, len(run.members)
   procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  size = len(run.members)
   weights = (f"{param_count(state.params) // size:,} parameters x {size} members "
              f"({run.driver.mode} over members)" if size
              else f"{param_count(state.params):,} parameters")
   n_train, n_val = ((run.carves[1].shape[1], f"{run.carves[2].shape[1]} validation (each "
                       "member its own split)") if run.carves else
                      (len(ds.train), f"{len(ds.validation) if ds.validation else 0} validation"))
+  # A resumed run drops what its predecessor logged after the checkpoint: it logs it again.
+  run.writer = MetricWriter(workdir, enabled=workdir is not None and run.primary,
+                            resume_step=None if changes is None else run.start_step,
+                            members=size)
+  if workdir is not None and run.primary:
+    run.writer.write_text("config", str(config))
   log(f"{config.model.name}: {weights} | {ds.name}: {n_train} train, {n_val}, "
       f"{len(ds.test)} test | {mesh.size} {jax.devices()[0].platform} device(s){procs}, mesh "
       f"{dict(mesh.shape)} | {config.num_epochs} epoch{'s' * (config.num_epochs != 1)} of "
@@ -248,8 +230,8 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   if config.dtype == "bfloat16" and jax.default_backend() == "cpu":
     log("Note: bfloat16 compute is slower than float32 on CPU (see docs/performance.md); it is "
         "meant for GPU/TPU. On CPU use --config.dtype=float32.")
-  if changes is not None:
-    _log_resume(run, changes)
+  for line in resumed:
+    log(line)
 
 
 def _put_data(run: Run) -> None:
@@ -291,15 +273,17 @@ def _keep_aside(workdir: str) -> None:
       "its own.")
 
 
-def _log_resume(run: Run, changes: dict[str, str]) -> None:
+def _resume_lines(run: Run, changes: dict[str, str]) -> list[str]:
+  """What a resumed run says of its checkpoint, its changed settings and its schedule."""
   config, step = run.config, run.start_step
-  log(f"Resuming from the checkpoint at step {step} in {run.ckpt.directory}"
-      + (f" (config changed: {'; '.join(changes.values())})" if changes else ""))
+  lines = [f"Resuming from the checkpoint at step {step} in {run.ckpt.directory}"
+           + (f" (config changed: {'; '.join(changes.values())})" if changes else "")]
   if "num_epochs" in changes and config.schedule != "constant" and step < run.total_steps:
-    log(f"note: the {config.schedule} learning-rate schedule now spans {config.num_epochs} "
-        f"epochs, so the rate at step {step} is {run.learning_rates[step]:.3g}.")
+    lines.append(f"note: the {config.schedule} learning-rate schedule now spans "
+                 f"{config.num_epochs} epochs, so the rate at step {step} is "
+                 f"{run.learning_rates[step]:.3g}.")
   if step == run.total_steps:
-    log(f"This run is complete ({config.num_epochs} epoch{'s' * (config.num_epochs != 1)}): "
-        "evaluating only. Raise --config.num_epochs to train on, or pass another --workdir for "
-        "a new run.")
-
+    lines.append(f"This run is complete ({config.num_epochs} "
+                 f"epoch{'s' * (config.num_epochs != 1)}): evaluating only. Raise "
+                 "--config.num_epochs to train on, or pass another --workdir for a new run.")
+  return lines

@@ -40,8 +40,9 @@ class Task:
   final_keys: tuple[str, ...] = ()  # test metrics written to metrics.jsonl and TensorBoard
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
-               image_shape: tuple[int, ...]):
+               image_shape: tuple[int, ...], population: members.Population):
     self.config, self.num_classes, self.image_shape = config, num_classes, image_shape
+    self.population = population  # the run's, derived once from the config
 
   @classmethod
   def check_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -51,24 +52,29 @@ class Task:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
     raise NotImplementedError
 
-  def init_population(self, schedule: Callable, population: list[members.Member]) -> Any:
-    """The members' initial states stacked along a leading axis: each as `init_state` makes it
-    from its seed's keys (so it starts where a single run of that seed would), with its swept
-    values in the state's `hyper` (a task whose state has none refuses sweeps in check_config)."""
-    init_keys, train_keys, _ = members.member_keys(population)
+  def initial_state(self, schedule: Callable, init_keys, train_keys) -> Any:
+    """The run's initial state from its population's keys (`Population.keys`): `init_state`'s
+    for a single model; for a population, the members' stacked along a leading axis, each as
+    `init_state` makes it from its seed's keys (so it starts where a single run of that seed
+    would), with its swept values in the state's `hyper` (a task whose state has none refuses
+    sweeps in check_config)."""
+    population = self.population
+    if not population.members:
+      return self.init_state(schedule, init_keys, train_keys)
     state = jax.vmap(lambda a, b: self.init_state(schedule, a, b))(init_keys, train_keys)
-    swept = members.swept(self.config)
-    if swept:
-      state = state.replace(hyper={f: jnp.asarray([m.values[f] for m in population], jnp.float32)
-                                   for f in swept})
+    if population.swept:
+      state = state.replace(hyper={
+          f: jnp.asarray([m.values[f] for m in population.members], jnp.float32)
+          for f in population.swept})
     return state
 
   def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
     """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""
     raise NotImplementedError
 
-  def start(self, run: Any) -> None:
-    """Called once before the first epoch (e.g. to prepare evaluation data)."""
+  def start(self, ds: Any) -> None:
+    """Called once as a run is set up, with its dataset (e.g. to prepare what evaluation needs):
+    its errors come before the run writes anything."""
 
   def train_line(self, means: dict[str, float]) -> str:
     """The epoch line's train part, from the epoch's means ("train/<key>")."""
@@ -119,10 +125,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   _REGISTRY[name].check_config(config)
 
 
-def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...]
-        ) -> Task:
+def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...],
+        population: members.Population) -> Task:
   check(config)
-  return _REGISTRY[task_name(config)](config, num_classes, tuple(image_shape))
+  return _REGISTRY[task_name(config)](config, num_classes, tuple(image_shape), population)
 
 
 def epoch_means(logged: list[tuple[int, dict[str, float]]], keys: tuple[str, ...]

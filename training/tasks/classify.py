@@ -8,8 +8,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from training import members
-from training.model import build, optim, scores, state as state_lib, steps
+from training.model import build, device, optim, scores, state as state_lib, steps
 from training.tasks import base
 
 
@@ -29,13 +28,13 @@ class Classify(base.Task):
   epoch_keys = ("loss", "accuracy")
   final_keys = ("loss", "accuracy", "macro_f1")
 
-  def __init__(self, config, num_classes, image_shape):
-    super().__init__(config, num_classes, image_shape)
+  def __init__(self, config, num_classes, image_shape, population):
+    super().__init__(config, num_classes, image_shape, population)
     self.train_step = functools.partial(steps.train_step, **step_options(config))
 
   def init_state(self, schedule: Callable, init_key, train_key) -> state_lib.TrainState:
     model = build.build_model(self.config, self.num_classes)
-    swept = members.swept(self.config)
+    swept = self.population.swept
     tx = optim.make_optimizer(self.config, schedule, swept=swept)
     return state_lib.create_train_state(model, tx, self.image_shape, init_key, train_key,
                                         ema=self.config.ema_decay > 0 or "ema_decay" in swept)
@@ -71,7 +70,7 @@ class Classify(base.Task):
     totals = evaluate(state, *run.arrays[split])
     if not run.members:
       return scores.summarize(totals), None
-    each = [scores.summarize(members.take(totals["members"], k)) for k in range(len(run.members))]
+    each = [scores.summarize(device.take(totals["members"], k)) for k in range(len(run.members))]
     return ({k: np.asarray([e[k] for e in each]) for k in ("loss", "accuracy", "macro_f1")},
             scores.summarize(totals["ensemble"]) if "ensemble" in totals else None)
 
@@ -81,7 +80,7 @@ class Classify(base.Task):
     scored, ensemble = self._scores(run, state, "test")
     if ensemble is None:
       return scored, scores.format_report(scored, run.ds.class_names)
-    mean, std = members.summary(scored["accuracy"])
+    mean, std = scores.mean_std(scored["accuracy"])
     table = [{"member": m.index, "seed": m.seed, **m.values,
               **{k: float(scored[k][m.index]) for k in ("accuracy", "loss", "macro_f1")}}
              for m in run.members]
@@ -97,7 +96,7 @@ class Classify(base.Task):
   def headline(self, test: dict[str, Any]) -> str:
     if "members" not in test:
       return f"test accuracy {test['accuracy']:.2%}"
-    n, swept = len(test["members"]), members.swept(self.config)
+    n, swept = len(test["members"]), self.population.swept
     ensemble = f"ensemble {test['ensemble']['accuracy']:.2%}"
     if not swept:
       return (f"test accuracy {test['mean'] * 100:.2f} +- {test['std'] * 100:.2f}% over {n} seeds; "

@@ -13,7 +13,7 @@ import ml_collections
 
 from training import members, settings
 from training.errors import ConfigError
-from training.model import optim
+from training.model import device, optim
 from training.store.checkpoint import Checkpointer, CheckpointGoneError
 from training.tasks import base
 
@@ -28,8 +28,13 @@ class Restored:
   dataset_info: dict[str, Any]  # image_shape, num_classes, class_names, name
   step: int
   which: str  # "best", "latest" or "step"
-  members: list[members.Member] = dataclasses.field(default_factory=list)  # [] unless stacked
+  population: members.Population  # of `config`, derived once as the checkpoint is read
   member: members.Member | None = None  # the member taken out of a population, if one was
+
+  @property
+  def members(self) -> tuple[members.Member, ...]:
+    """The members stacked in `state`: () for a single model (or a member taken out)."""
+    return self.population.members
 
   def describe(self) -> str:
     """What the state is: "the ensemble of 5 members", "member 2 (seed 2) of 5", or ""."""
@@ -40,21 +45,19 @@ class Restored:
     return ""
 
 
-def abstract_state(config: ml_collections.ConfigDict, dataset_info: dict[str, Any]) -> Any:
+def abstract_state(config: ml_collections.ConfigDict, population: members.Population,
+                   dataset_info: dict[str, Any]) -> Any:
   """The train state that `config`'s task would start from (a population's: its members'
   stacked), as shapes and dtypes on the first local device: a restore target that costs no
   initialization."""
-  task = base.get(config, dataset_info["num_classes"], tuple(dataset_info["image_shape"]))
-  key = jax.random.PRNGKey(0)
+  task = base.get(config, dataset_info["num_classes"], tuple(dataset_info["image_shape"]),
+                  population)
   schedule = optim.make_schedule(config, steps_per_epoch=1)
-  if members.is_population(config):
-    population = members.members(config)
-    shapes = jax.eval_shape(lambda: task.init_population(schedule, population))
-  else:
-    shapes = jax.eval_shape(lambda: task.init_state(schedule, key, key))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  init_key, train_key, _ = population.keys()
+  shapes = jax.eval_shape(lambda: task.initial_state(schedule, init_key, train_key))
+  first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=first), shapes)
 
 
 def restore(workdir: str, which: str = "best", task: str | None = "classify",
@@ -83,9 +86,9 @@ def _restore(workdir: str, which: str, task: str | None) -> Restored:
       raise ConfigError(f"{workdir} holds a {found} run ({config.model.name}), and a {task} "
                         f"run is needed here; for that run use {use}.")
     info = ckpt.read_json(step, "dataset")
-    state = ckpt.restore(abstract_state(config, info), step)
-  return Restored(state, config, info, step, which,
-                  members.members(config) if members.is_population(config) else [])
+    population = members.Population.of(config)
+    state = ckpt.restore(abstract_state(config, population, info), step)
+  return Restored(state, config, info, step, which, population)
 
 
 def take_member(restored: Restored, k: int, workdir: str) -> Restored:
@@ -95,5 +98,5 @@ def take_member(restored: Restored, k: int, workdir: str) -> Restored:
     raise ConfigError(f"--member={k}: {workdir} holds " + (
         f"a population of {size} members: choose 0 to {size - 1}." if size else
         "a single model, not a population: leave out --member."))
-  return dataclasses.replace(restored, state=members.take(restored.state, k), members=[],
-                             member=restored.members[k])
+  return dataclasses.replace(restored, state=device.take(restored.state, k),
+                             population=restored.population.alone(k), member=restored.members[k])

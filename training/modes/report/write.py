@@ -16,7 +16,6 @@ import numpy as np
 
 from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.model import scores as scores_lib, steps
-from training import members as members_lib
 from training.modes import evaluate, show
 from training.modes.report import figures, population
 from training.modes.report.figures import MISTAKES_GRID, STYLE
@@ -131,7 +130,7 @@ def _figures(records, restored, test, log_probs, order: str, final
             f"The {len(chosen[0])} most confident of {wrong} test mistakes ({run}, {ckpt})"
             + (f"\n#: index in {order}" if order else ""), test.indices),
     }
-    swept = members_lib.swept(restored.config)
+    swept = restored.population.swept
     if swept and final and final.get("members"):
       pngs["sweep"] = population.plot_sweep(final["members"], swept,
                                             f"{run}: test accuracy against the swept values")
@@ -144,7 +143,7 @@ def _curves(records: dict[str, Any], restored: Any, title: str) -> bytes:
   """The learning curves: a population's as bands, one per swept setting."""
   if not restored.members or not records["members"]:
     return figures.plot_learning_curves(records, title)
-  swept = members_lib.swept(restored.config)
+  swept = restored.population.swept
   rows = [{"member": m.index, **m.values} for m in restored.members]
   return population.plot_members(records, population.settings(rows, swept), title)
 
@@ -154,7 +153,7 @@ def _members_section(restored: Any, final: dict[str, Any] | None, pngs: dict[str
   """A population's members table and sweep figure, as HTML (nothing for a single model)."""
   if not restored.members:
     return []
-  swept = members_lib.swept(restored.config)
+  swept = restored.population.swept
   out = [f"<h2>Members ({len(restored.members)})</h2>"]
   if final and final.get("members"):
     out.append(population.members_table(final["members"], swept, final.get("ensemble")))

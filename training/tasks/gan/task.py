@@ -18,10 +18,9 @@ import jax
 import numpy as np
 import optax
 
-from training import members
 from training.console import log
 from training.errors import ConfigError
-from training.model import build
+from training.model import build, device
 from training.model.scores import spread
 from training.tasks import base
 from training.tasks.gan import grid, metrics as gan_metrics, steps as gan_steps
@@ -34,8 +33,8 @@ class Gan(base.Task):
   bar_key = "g_loss"
   epoch_keys = ("d_loss", "g_loss", "d_real", "d_fake")
 
-  def __init__(self, config, num_classes, image_shape):
-    super().__init__(config, num_classes, image_shape)
+  def __init__(self, config, num_classes, image_shape, population):
+    super().__init__(config, num_classes, image_shape, population)
     # From the model itself: a variant registered under another name keeps its own setting.
     self.conditional = bool(build.build_model(config, num_classes).conditional)
     self.final_keys = ("fd", "fd_ratio", "entropy") + (("class_accuracy",)
@@ -60,7 +59,7 @@ class Gan(base.Task):
     if not config.gan.d_lr_factor > 0:
       raise ConfigError(f"gan.d_lr_factor scales the discriminator's learning rate and must be "
                         f"> 0, got {config.gan.d_lr_factor}.")
-    if members.swept(config):
+    if config.get("sweep", "").strip():
       raise ConfigError("The gan task trains populations of seeds (--config.population), not "
                         "sweeps: run one population per setting, each with its own --workdir.")
     if config.gan.eval_samples < 2:
@@ -77,16 +76,15 @@ class Gan(base.Task):
     return gan_steps.create_gan_state(model, adam(1.0), adam(c.gan.d_lr_factor), init_key,
                                       train_key, ema=c.ema_decay > 0)
 
-  def start(self, run) -> None:
+  def start(self, ds) -> None:
     """The classifier that scores the samples, and the real images' reference statistics."""
     self.classifier = gan_metrics.ClassifierFeatures(self.config.gan.eval_classifier)
     if self.classifier.image_shape != self.image_shape:
       raise ConfigError(
           f"The classifier in {self.config.gan.eval_classifier} takes {self.classifier.image_shape}"
-          f" images, but {run.ds.name}'s are {self.image_shape}: train one on this dataset.")
-    self.reference = gan_metrics.reference(self.classifier, run.ds.train.images,
-                                           run.ds.test.images,
-                                           n=min(self.config.gan.eval_samples, len(run.ds.train)))
+          f" images, but {ds.name}'s are {self.image_shape}: train one on this dataset.")
+    self.reference = gan_metrics.reference(self.classifier, ds.train.images, ds.test.images,
+                                           n=min(self.config.gan.eval_samples, len(ds.train)))
 
   def train_line(self, means: dict[str, float]) -> str:
     return (f"D loss {spread(means['train/d_loss'], '.3f')} G loss "
@@ -115,7 +113,7 @@ class Gan(base.Task):
     """`measure`: one model's numbers, or a population's arrays of each member's."""
     if not run.members:
       return self.measure(state)
-    each = [self.measure(members.take(state, m.index), m.seed) for m in run.members]
+    each = [self.measure(device.take(state, m.index), m.seed) for m in run.members]
     return {k: np.asarray([m[k] for m in each]) for k in each[0] if np.ndim(each[0][k]) == 0}
 
   def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, Any], str]:
@@ -130,7 +128,7 @@ class Gan(base.Task):
 
   def _write_grid(self, run, state, epoch: int) -> None:
     """The epoch's sample grid (of member 0, in a population)."""
-    images = self.grid_images(members.take(state, 0) if run.members else state)
+    images = self.grid_images(device.take(state, 0) if run.members else state)
     if run.workdir is not None and run.primary:
       path = os.path.join(run.workdir, "samples", f"epoch_{epoch:03d}.png")
       grid.save_grid(images, path, nrow=self.grid_columns())
