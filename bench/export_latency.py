@@ -39,7 +39,7 @@ from training.data import images
 from training.run import runtime
 from training.modes import predict
 from training.tasks import restore
-from training.model import steps
+from training.tasks.classify import steps
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -39,7 +39,7 @@ from training import data
 from training.tasks.gan import metrics as gan_metrics
 from training.tasks.gan import steps as gan_steps
 from training.tasks.gan import grid
-from training.model import optim
+from training.compute import optim
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -40,7 +40,7 @@ class _Variant:
   def __init__(self, config_name: str, size: int, mode: str, steps: int, mesh, data):
     import jax
     from training import members, tasks
-    from training.model import device, optim
+    from training.compute import device, optim
     config = importlib.import_module(f"configs.{config_name}").get_config()
     config.population = max(size, 1)
     self.size, self.steps, self.data = size, steps, data
@@ -48,7 +48,7 @@ class _Variant:
     schedule = optim.make_schedule(config, spe)
     task = tasks.get(config, NUM_CLASSES, IMAGE_SHAPE)
     self.driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size,
-                                     NUM_CLASSES, steps_per_epoch=spe, step=task.train_step,
+                                     NUM_CLASSES, steps_per_epoch=spe, **task.device_steps(),
                                      members=size, mode=mode)
     if size:
       population = members.members(config)
@@ -83,7 +83,7 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=0, help="steps per variant and round "
                   "(0: 20 on GPU/TPU, 4 on CPU)")
   args = ap.parse_args()
-  from training.model import mesh as mesh_lib
+  from training.compute import mesh as mesh_lib
   from training.run import runtime
   runtime.setup(None)
   import jax

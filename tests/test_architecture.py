@@ -164,11 +164,11 @@ def test_no_import_goes_up_a_floor_or_to_a_sibling():
 
 def test_the_check_catches_a_sibling_import():
   """store and model share a floor: the store importing the model is refused."""
-  source = "from training.model import build\n"
+  source = "from training.compute import build\n"
   graph = {"training.store.checkpoint": _imports_of(
       REPO / "training/store/checkpoint.py", "training.store.checkpoint", source)}
   assert _violations(graph) == [
-      "training/store/checkpoint.py:1 imports training.model.build (store -> model: a sibling "
+      "training/store/checkpoint.py:1 imports training.compute.build (store -> compute: a sibling "
       "on its floor)"]
 
 
@@ -287,7 +287,7 @@ def test_each_package_docstring_may_import_what_the_table_allows(package):
 
 
 @pytest.mark.parametrize("doc, wrong", [
-    ("May import: training.model and the base modules.", "allows model, which the table forbids"),
+    ("May import: training.compute and the base modules.", "allows compute, which the table forbids"),
     ("May import: training.modes.", "allows modes, which the table forbids"),
     ("May import: nets.", "imports base, which its docstring does not allow"),
     ("It keeps files.", "no 'May import' sentence")])

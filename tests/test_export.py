@@ -26,12 +26,12 @@ from training import ConfigError
 from training.store import checkpoint
 from training import data
 from training.modes import export, onnx_convert, triton
-from training.model import optim
+from training.compute import optim
 from training import train_and_evaluate
 from training.modes import predict
 from training.data import images
-from training.model import state as state_lib
-from training.model import steps
+from training.tasks.classify import state as state_lib
+from training.tasks.classify import steps
 from training.tasks import restore
 
 from conftest import REPO, load_config, real_data_dir, shrink

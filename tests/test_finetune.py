@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from training import ConfigError, Preempted, train_and_evaluate
-from training.run import finetune
-from training.model import optim
+from training.tasks.classify import finetune
+from training.compute import optim
 from training.run import checks
 from training.modes import evaluate
 from training.tasks import restore

@@ -197,7 +197,7 @@ def test_members_split_over_devices_train_as_on_one(tmp_path, data_cache):
 
 
 def test_the_population_mode_follows_the_backend_and_the_model():
-  from training.model import device, mesh as mesh_lib
+  from training.compute import device, mesh as mesh_lib
   from training import tasks
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   for name, expected in (("cnn", "loop"), ("mlp", "vmap")):
@@ -264,7 +264,7 @@ def test_test_time_augmentation_scores_each_member_and_their_ensemble():
   the ensemble averages the probabilities of every member's shifted views."""
   from training import tasks
   from training.data import augment
-  from training.model import steps
+  from training.tasks.classify import steps
   config = shrink(load_config("mlp"), population=2, **{"model.hidden": (16,)})
   state = tasks.get(config, 10, (28, 28, 1)).init_population(lambda step: 1e-3,
                                                              members.members(config))

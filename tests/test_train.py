@@ -21,11 +21,11 @@ import configs
 import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
 from training.run import progress
-from training.model import optim
-from training.model import build
+from training.compute import optim
+from training.compute import build
 from training.tasks import classify, restore
-from training.model import state as state_lib
-from training.model import steps
+from training.tasks.classify import state as state_lib
+from training.tasks.classify import steps
 
 from conftest import (CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink, ships,
                       unused_url)

@@ -45,7 +45,7 @@ def config() -> tuple[Any, str | None]:
   model (--config.model.name): that model's defaults replace the file's model fields."""
   if FLAGS.config is None:
     return None, None
-  from training.model import build
+  from training.compute import build
   file_config = overrides.file_config(config_flags.get_config_filename(FLAGS["config"]))
   if file_config is None or "model" not in file_config:
     return FLAGS.config, None

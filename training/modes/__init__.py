@@ -14,6 +14,6 @@ Each reads a workdir and writes only its own outputs: a trained state through
 training.tasks.restore; what a checkpoint says of itself (its step, config, dataset, the shapes of
 its arrays) through training.store.checkpoint's read-only `Checkpointer.reader` or `read_latest`.
 
-May import: training.tasks, training.store, training.model, training.data, the base modules,
+May import: training.tasks, training.store, training.compute, training.data, the base modules,
 configs and nets; never the run layer (the training loop).
 """

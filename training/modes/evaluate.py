@@ -13,7 +13,8 @@ from training import data, members
 from training.console import log
 from training.data import sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
-from training.model import device, mesh as mesh_lib, scores
+from training.compute import device, mesh as mesh_lib
+from training.tasks.classify import scores, steps
 from training.modes import ensemble as ensemble_lib
 from training.tasks import restore as restore_lib
 
@@ -59,7 +60,8 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   n = mesh.shape["data"]
   # .get: configs saved before tta_shift existed evaluated without it.
   driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes,
-                              members=len(r.members), tta_shift=config.get("tta_shift", 0))
+                              members=len(r.members), tta_shift=config.get("tta_shift", 0),
+                              **steps.device_steps())
   totals = driver.evaluate(driver.put_state(r.state), *driver.put_eval(part.images, part.labels))
   result, lines = _result(r, totals, split)
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)

@@ -34,7 +34,7 @@ import numpy as np
 from jax import export as jax_export
 
 from training.errors import unsaved
-from training.model import device
+from training.compute import device
 from training.modes import ensemble as ensemble_lib, triton
 from training.modes.onnx_convert import (ONNX_OPSET, ExportError, Probabilities, export_onnx,
                                            input_spec, version)

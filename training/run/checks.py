@@ -11,9 +11,8 @@ import nets
 from training import members, tasks
 from training.data import sources
 from training.errors import ConfigError, check_writable
-from training.model import optim
-from training.model.build import DTYPES
-from training.run import finetune
+from training.compute import optim
+from training.compute.build import DTYPES
 
 
 # The smallest value each numeric field may take.
@@ -37,8 +36,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
   members.check(config)
   _check_swept_ranges(config)
-  tasks.check(config)
-  finetune.validate(config)
+  tasks.check_start(config)  # with the task's own fields (a classifier's fine-tuning among them)
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:

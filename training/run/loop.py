@@ -19,7 +19,7 @@ import numpy as np
 
 from training.console import log
 from training.errors import Preempted
-from training.model.build import param_count
+from training.compute.build import param_count
 from training.modes import report
 from training.run.progress import Progress
 from training.run.setup import Run, setup, write_file

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 import nets
 from training import members
@@ -38,6 +39,7 @@ class Task:
   bar_key = "loss"  # the train metric on the progress bar; its log records mark train steps
   epoch_keys: tuple[str, ...] = ("loss",)  # train metrics averaged into the epoch's record
   final_keys: tuple[str, ...] = ()  # test metrics written to metrics.jsonl and TensorBoard
+  finetunes = False  # whether `finetune` starts a state from another run's (init_from, freeze)
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
                image_shape: tuple[int, ...]):
@@ -46,6 +48,10 @@ class Task:
   @classmethod
   def check_config(cls, config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for the task's own fields' bad values, before any data is loaded."""
+
+  @classmethod
+  def check_start(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for what a run about to train cannot start from (tasks.check_start)."""
 
   def init_state(self, schedule: Callable, init_key, train_key) -> Any:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
@@ -63,9 +69,20 @@ class Task:
                                    for f in swept})
     return state
 
+  def finetune(self, state: Any, dataset_info: dict[str, Any], schedule: Callable,
+               population: int = 0) -> Any:
+    """The freshly initialized `state` (of `population` members, if not 0) started from
+    another run's weights (`init_from`, `freeze`), for a task whose `finetunes`."""
+    return state
+
   def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
     """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""
     raise NotImplementedError
+
+  def device_steps(self) -> dict[str, Callable]:
+    """The pure steps the device driver jits (compute.device.DeviceSteps' keywords): the train
+    step, and the evaluation's sums where the task evaluates through the driver."""
+    return {"step": self.train_step}
 
   def start(self, run: Any) -> None:
     """Called once before the first epoch (e.g. to prepare evaluation data)."""
@@ -87,6 +104,19 @@ class Task:
     """The run's last line's result, e.g. "test accuracy 99.1%"."""
     raise NotImplementedError
 
+
+def spread(value: Any, fmt: str) -> str:
+  """A metric as text: one number, or a population's values (an array, one per member) as their
+  mean +- standard deviation ("99.21 +- 0.04%" for a percentage format)."""
+  values = np.asarray(value, np.float64)
+  if values.ndim == 0:
+    return format(float(values), fmt)
+  mean = float(values.mean())
+  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  if fmt.endswith("%"):
+    digits = fmt[:-1]
+    return f"{mean * 100:{digits}f} +- {std * 100:{digits}f}%"
+  return f"{mean:{fmt}} +- {std:{fmt}}"
 
 
 _REGISTRY: dict[str, type[Task]] = {}
@@ -117,6 +147,17 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"Model {config.model.name!r} is a {kind} model, and task {name!r} trains "
                       f"{wanted} models ({models}): change --config.model.name or --config.task.")
   _REGISTRY[name].check_config(config)
+
+
+def check_start(config: ml_collections.ConfigDict) -> None:
+  """`check`, and the checks only a run about to train needs (not one restored: the run that
+  init_from named may be gone by then)."""
+  check(config)
+  task = _REGISTRY[task_name(config)]
+  if (config.get("init_from") or config.get("freeze")) and not task.finetunes:
+    raise ConfigError(f"init_from and freeze apply to classifiers, not to the "
+                      f"{task_name(config)!r} task: leave them unset.")
+  task.check_start(config)
 
 
 def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...]

@@ -13,7 +13,7 @@ import ml_collections
 
 from training import members, settings
 from training.errors import ConfigError
-from training.model import optim
+from training.compute import optim
 from training.store.checkpoint import Checkpointer, CheckpointGoneError
 from training.tasks import base
 
