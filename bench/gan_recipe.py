@@ -23,7 +23,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from training.run import runtime
+from training.compute import runtime
 
 runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()

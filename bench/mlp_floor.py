@@ -76,7 +76,7 @@ def run_jax(config, rounds: int, calls: int) -> dict:
   import optax
   from training.compute import mesh as mesh_lib
   from training.compute import optim
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup(config)
   n, rng = N_TRAIN, np.random.default_rng(0)
   model = build.build_model(config, NUM_CLASSES)

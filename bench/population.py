@@ -6,7 +6,7 @@ For each config: one model's train step (what each of N separate runs takes, N t
 the population's step of N members (`--config.population=N`) with each way the members can run
 in the one program: `vmap` (batched: a batched convolution becomes a grouped one) and `loop`
 (`lax.map`, one member after another). The steps are the trainer's own (`DeviceSteps`, built as
-`training/run/setup.py` builds them: the task's state, each member's own data order, the state
+`training/modes/train/setup.py` builds them: the task's state, each member's own data order, the state
 donated) on a device-resident MNIST-sized random dataset. Everything is compiled first, then
 timed in interleaved rounds (every variant once a round, in an order rotated from round to
 round, so that a loaded machine's drift hits all alike).
@@ -84,7 +84,7 @@ def main() -> None:
                   "(0: 20 on GPU/TPU, 4 on CPU)")
   args = ap.parse_args()
   from training.compute import mesh as mesh_lib
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup(None)
   import jax
   import numpy as np

@@ -13,7 +13,7 @@ multiply-adds, batch 512 instead of 128, and `--steps` steps in one `lax.scan` i
 jitted call per step. Swaps of code are monkeypatches, active while the variant's step traces and
 runs. The step is the trainer's own: `training.compute.device.DeviceSteps` (the batch gathered from a
 device-resident dataset, the state donated), built from the config by `training.compute` and
-`training.compute.optim`, after `training.run.runtime.setup` (the CPU tuning). Data are random images: no step
+`training.compute.optim`, after `training.compute.runtime.setup` (the CPU tuning). Data are random images: no step
 depends on pixel values for its time.
 
 All variants are compiled first, then timed in interleaved rounds (each round runs every variant
@@ -265,7 +265,7 @@ def main() -> None:
     return
 
   from training.compute import mesh as mesh_lib
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup({"compilation_cache_dir": args.compilation_cache_dir})
   import jax
   import numpy as np

@@ -44,7 +44,7 @@ def load_data(config):
 
 def this_project(config) -> dict:
   from training import train_and_evaluate
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup(config)
   import jax
   config.test_every_epoch = True

@@ -156,7 +156,7 @@ sys.path.insert(0, "tests")
 import conftest
 from conftest import load_config, shrink
 from training import train_and_evaluate
-from training.run import distributed
+from training.compute import distributed
 pid, port, workdir, out, cache = sys.argv[1:]
 assert distributed.initialize(f"localhost:{port}", 2, int(pid), timeout_s=120)
 import jax

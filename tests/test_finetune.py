@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from training import ConfigError, Preempted, train_and_evaluate
 from training.tasks.classify import finetune
 from training.compute import optim
-from training.run import checks
+from training.modes.train import checks
 from training.modes import evaluate
 from training.tasks import restore
 

@@ -14,7 +14,7 @@ import pytest
 
 from training import ConfigError, NonFiniteLossError, Preempted, members, train_and_evaluate
 from training.modes import evaluate, export, predict
-from training.run import checks
+from training.modes.train import checks
 from training.tasks import restore
 
 from conftest import REPO, kill_once_logged, load_config, real_data_dir, shrink
@@ -233,7 +233,7 @@ def test_members_run_in_a_loop_or_batched_alike(mock_mnist):
 
 
 def test_a_non_finite_value_names_its_member_and_step():
-  from training.run import progress
+  from training.modes.train import progress
   population = members.members(shrink(load_config("mlp"), population=2, seed=4))
   metrics = {"loss": np.array([[0.5, 0.4], [0.3, np.inf]]), "grad_norm": np.ones((2, 2))}
   with pytest.raises(NonFiniteLossError, match=r"loss of member 1 \(seed 5\) became inf at step 8"):

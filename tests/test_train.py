@@ -20,7 +20,7 @@ from ml_collections import config_flags
 import configs
 import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
-from training.run import progress
+from training.modes.train import progress
 from training.compute import optim
 from training.compute import build
 from training.tasks import classify, restore

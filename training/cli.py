@@ -108,7 +108,28 @@ def _train(config: Any, note: str | None) -> None:
   workdir = FLAGS.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])
   from training.console import log
-  from training.run.loop import train_and_evaluate
   if note:
     log(note)
   train_and_evaluate(config, workdir)
+
+
+def train_and_evaluate(config: Any, workdir: str | None = None) -> tuple[Any, dict[str, Any]]:
+  """The training mode (modes/train/loop.py's `train_and_evaluate`), followed by the report mode
+  for a run that keeps a report: the two are chained here, so that neither imports the other."""
+  from training.modes.train import loop
+  return loop.train_and_evaluate(config, workdir, then=_write_report)
+
+
+def _write_report(workdir: str, dataset: Any) -> None:
+  """The run's figures and report.html, from the data it trained on; a failure costs the report
+  only, never the run."""
+  from training.console import log
+  from training.modes import report
+  try:
+    written = report.write_report(workdir, dataset=dataset)
+    if "report" in written["files"]:
+      log(f"report: {written['files']['report']} (and the figures as PNGs beside it)")
+    if written["unsaved"]:
+      log(written["unsaved"])
+  except report.ReportError as e:
+    log(f"Warning: no report was written: {e}")

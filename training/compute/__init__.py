@@ -5,6 +5,9 @@
 - device.py  the jitted drivers of a task's pure steps: batches gathered from device-resident
              data, scans of steps
 - mesh.py    the device mesh that batches are split over
+- runtime.py process-wide settings made once at start-up, for every mode (allocator, XLA
+             flags, caches, library noise)
+- distributed.py joining a multi-process run
 
 May import: the base modules (training.errors, ...), configs and nets. What a task trains (its
 state, steps and scores) is the task's: training/tasks/.

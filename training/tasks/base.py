@@ -1,6 +1,6 @@
 """Tasks: what a run learns, as a plug-in of the one training loop.
 
-The loop (training/run/) owns what every task shares: the device-resident data and its
+The loop (training/modes/train/) owns what every task shares: the device-resident data and its
 shuffle, the jitted calls of the train step, checkpoints and exact resumption, the workdir lock,
 signals, the progress bar, metrics.jsonl and TensorBoard, and data parallelism. A task owns its
 state, its pure train step `(state, batch, rng) -> (state, metrics)`, its evaluation and its

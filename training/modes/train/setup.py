@@ -20,8 +20,8 @@ from training.errors import ConfigError, workdir_write_error
 from training.compute import device, optim
 from training.compute import mesh as mesh_lib
 from training.compute.build import model_error, param_count
-from training.run import checks, resume
-from training.run.profile import Profiler
+from training.modes.train import checks, resume
+from training.modes.train.profile import Profiler
 from training.store.checkpoint import Checkpointer, step_of
 from training.store.lock import WorkdirLock
 from training.store.records import MetricWriter
