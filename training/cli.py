@@ -80,10 +80,10 @@ def run_mode(argv: list[str], config: Any, note: str | None) -> None:
       print(report.format_result(report.write_report(FLAGS.workdir or argv[1], FLAGS.checkpoint,
                                                      FLAGS.data_dir, data_url=FLAGS.data_url)))
   elif FLAGS.mode == "export":
-    from training.modes import export
+    from training.modes import export, export_meta
     meta = export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.overwrite,
                          formats=FLAGS.formats, member=FLAGS.member, ensemble=FLAGS.ensemble)
-    print(export.format_summary(meta))
+    print(export_meta.format_summary(meta))
     if meta["unsaved"]:  # the files were made and checked, but could not be written
       sys.exit(f"error: {meta['unsaved']}")
   elif FLAGS.mode == "sample":

@@ -6,6 +6,7 @@
 - predict.py   image files classified
 - report/      figures and report.html of a run; runs compared
 - export.py    jax.export and ONNX files that classify without this code
+- export_meta.py  an export's files and model.json (what a caller needs to know), its summary
 - sample.py    a trained GAN's images
 - show.py      a config's fields, its model's layers and the registered models (no workdir)
 - serve/       the model over HTTP: a prediction API and a draw-a-digit page (--mode=serve)
