@@ -37,7 +37,7 @@ from training.store.orbax_io import join_orbax_threads, read_errors_as
 BEST_METRIC = "validation/accuracy"
 
 class CheckpointMismatchError(ConfigError):
-  """The workdir's checkpoint was written by a model of other shapes."""
+  """A checkpoint whose arrays do not fit the state read into it, or whose JSON is unusable."""
 
 
 class DamagedCheckpointError(ConfigError):
@@ -78,6 +78,11 @@ def _state_tree(state: Any) -> dict[str, Any]:
     return field.metadata.get("pytree_node", True) and (
         field.metadata.get("saved_if_empty", True) or value != {})
   return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if saved(f)}
+
+
+def state_shapes(state: Any) -> dict[str, tuple]:
+  """A train state's array shapes by path, named as `Checkpointer.shapes` names a checkpoint's."""
+  return _shapes(_state_tree(state))
 
 
 def _key_name(key: Any) -> str:
@@ -272,13 +277,25 @@ class Checkpointer:
       raise CheckpointMismatchError(problem)
     return value
 
-  def restore(self, state: Any, step: int | None = None, why: str = "") -> Any:
-    """`state` (freshly initialized) gives the expected shapes and shardings; `why` leads a
-    refusal of other shapes."""
+  def shapes(self, step: int) -> dict[str, tuple]:
+    """The shapes of checkpoint `step`'s arrays by path ("params/Dense_0/kernel"), read from its
+    metadata alone."""
+    with read_errors_as(lambda cause: self._damaged(step, cause)):
+      return _shapes(self.manager.item_metadata(step)["state"])
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """`state` (freshly initialized) gives the expected shapes and shardings. A checkpoint of
+    other shapes is refused; what the difference means for a run (another model, another
+    optimizer) is for its caller to say first (tasks/restore.py's check_shapes)."""
     step = self.latest_step() if step is None else step
     target = _state_tree(state)
+    have, want = self.shapes(step), _shapes(target)
+    if have != want:
+      differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} holds arrays of other shapes than "
+          f"the state it is read into: {', '.join(differ[:5])}.")
     with read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], target, step, why)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
@@ -305,33 +322,6 @@ class Checkpointer:
     return DamagedCheckpointError(
         f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
         f"{way_out}; or start afresh with another --workdir.")
-
-  def check_state(self, state: Any, step: int, why: str = "") -> None:
-    """Refuses a checkpoint `step` whose state has other shapes or structure than `state`'s,
-    read from its metadata alone; `why` leads the refusal."""
-    with read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], _state_tree(state), step, why)
-
-  def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
-    have, want = _shapes(saved), _shapes(target)
-    lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
-             for k in sorted(set(have) | set(want))
-             if k.startswith("params/") and have.get(k) != want.get(k)]
-    other = sorted(k for k in set(have) | set(want)
-                   if not k.startswith("params/") and have.get(k) != want.get(k))
-    if other and not lines:
-      raise CheckpointMismatchError(
-          f"{why}The checkpoint at step {step} in {self.directory} holds a training state of "
-          f"another structure than the config's (the optimizer, its settings or ema_decay on/off "
-          f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
-          "wrote the checkpoint (saved beside it), or use another --workdir.")
-    if lines:
-      raise CheckpointMismatchError(
-          f"{why}The checkpoint at step {step} in {self.directory} was written by a model of other "
-          f"shapes than the config's; mismatching parameters:\n"
-          + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-          + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
-          "(its config is saved beside it).")
 
   def wait(self) -> None:
     """Waits for the save in flight; raises CheckpointWriteError if it failed (once: after that,
