@@ -23,7 +23,8 @@ import nets
 from training import DataNotFoundError
 from training import data
 from training.compute import optim
-from training.store.checkpoint import TMP_PATTERN, Checkpointer, CheckpointWriteError
+from training.store.checkpoint import Checkpointer, CheckpointWriteError
+from training.store.orbax_io import TMP_PATTERN
 from training.errors import DataCorruptError
 from training.store.records import MetricWriter, drop_records_after
 from training.tasks.classify import state as state_lib

@@ -16,8 +16,8 @@ import ml_collections
 from training import members, settings
 from training.errors import ConfigError
 from training.compute import optim
-from training.store.checkpoint import (CheckpointGoneError, CheckpointMismatchError, Checkpointer,
-                                       state_shapes)
+from training.store.checkpoint import CheckpointGoneError, CheckpointMismatchError, Checkpointer
+from training.store.state_tree import state_shapes
 from training.tasks import base
 
 
