@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
   cli.check_usage(argv)
   import nets  # after flag parsing: --help stays instant
   from training import USER_ERRORS, Preempted
-  from training.run import distributed, runtime
+  from training.compute import distributed, runtime
 
   try:
     config, note = cli.config()

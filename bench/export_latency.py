@@ -36,10 +36,10 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from training.modes import export
 from training.data import images
-from training.run import runtime
+from training.compute import runtime
 from training.modes import predict
 from training.tasks import restore
-from training.model import steps
+from training.tasks.classify import steps
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -134,7 +134,7 @@ def main() -> None:
   ap.add_argument("--workdir", default="runs/finetune_demo", help="where pretrained runs go")
   ap.add_argument("--markdown", help="also write the tables and commands to this file")
   args = ap.parse_args()
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup()  # the persistent compilation cache, as train.py uses it
   seeds = [int(s) for s in args.seeds.split(",")]
   sizes = [int(s) for s in args.sizes.split(",")]

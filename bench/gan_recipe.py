@@ -23,7 +23,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from training.run import runtime
+from training.compute import runtime
 
 runtime.tune_host_allocator()
 runtime.set_xla_cpu_flags()
@@ -39,7 +39,7 @@ from training import data
 from training.tasks.gan import metrics as gan_metrics
 from training.tasks.gan import steps as gan_steps
 from training.tasks.gan import grid
-from training.model import optim
+from training.compute import optim
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,10 +30,10 @@ sys.path.insert(0, REPO)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trainers  # noqa: E402  (bench/trainers.py)
-from training.model import build
+from training.compute import build
 from training.tasks import classify
-from training.model import state as state_lib
-from training.model import device
+from training.tasks.classify import state as state_lib, steps
+from training.compute import device
 
 PARTS = ("step", "matmuls", "update")
 IMAGE_SHAPE, NUM_CLASSES, N_TRAIN = (28, 28, 1), 10, 60_000  # MNIST-sized random data
@@ -74,16 +74,16 @@ def run_jax(config, rounds: int, calls: int) -> dict:
   import jax
   import numpy as np
   import optax
-  from training.model import mesh as mesh_lib
-  from training.model import optim
-  from training.run import runtime
+  from training.compute import mesh as mesh_lib
+  from training.compute import optim
+  from training.compute import runtime
   runtime.setup(config)
   n, rng = N_TRAIN, np.random.default_rng(0)
   model = build.build_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config, optim.make_schedule(config, n // config.batch_size))
   d = device.DeviceSteps(mesh_lib.make_mesh(config.mesh_shape, config.mesh_axes),
                         config.batch_size, config.eval_batch_size, NUM_CLASSES,
-                        **classify.step_options(config))
+                        **steps.device_steps(**classify.step_options(config)))
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   box = [d.put(state_lib.create_train_state(model, tx, IMAGE_SHAPE, k1, k2))]
   images, labels = d.put_train(rng.integers(0, 256, (n, *IMAGE_SHAPE), np.uint8),

@@ -4,7 +4,7 @@
 
 The Linen side is nets/mlp.py's MLP with batch norm and dropout (configs/mlp.py's widths); the
 NNX side, `MLP` below, is the same layers under the same names, run through nets/nnx_bridge.py (what
-a model registered in nets/ gets). Each takes the project's own jitted train step (training/model/steps.py) on one fixed batch;
+a model registered in nets/ gets). Each takes the project's own jitted train step (training/tasks/classify/steps.py) on one fixed batch;
 the rounds alternate the models, so the machine's drift falls on all of them, and the table
 gives each one's median milliseconds per step.
 """
@@ -29,8 +29,9 @@ from flax import nnx  # noqa: E402
 
 import nets  # noqa: E402
 from configs import common  # noqa: E402
-from training.model import optim, steps  # noqa: E402
-from training.model import state as state_lib  # noqa: E402
+from training.compute import optim  # noqa: E402
+from training.tasks.classify import steps  # noqa: E402
+from training.tasks.classify import state as state_lib  # noqa: E402
 from training.tasks import classify  # noqa: E402
 
 

@@ -6,7 +6,7 @@ For each config: one model's train step (what each of N separate runs takes, N t
 the population's step of N members (`--config.population=N`) with each way the members can run
 in the one program: `vmap` (batched: a batched convolution becomes a grouped one) and `loop`
 (`lax.map`, one member after another). The steps are the trainer's own (`DeviceSteps`, built as
-`training/run/setup.py` builds them: the task's state, each member's own data order, the state
+`training/modes/train/setup.py` builds them: the task's state, each member's own data order, the state
 donated) on a device-resident MNIST-sized random dataset. Everything is compiled first, then
 timed in interleaved rounds (every variant once a round, in an order rotated from round to
 round, so that a loaded machine's drift hits all alike).
@@ -40,7 +40,7 @@ class _Variant:
   def __init__(self, config_name: str, size: int, mode: str, steps: int, mesh, data):
     import jax
     from training import members, tasks
-    from training.model import device, optim
+    from training.compute import device, optim
     config = importlib.import_module(f"configs.{config_name}").get_config()
     config.population = max(size, 1)
     self.size, self.steps, self.data = size, steps, data
@@ -49,7 +49,7 @@ class _Variant:
     population = members.Population.of(config)
     task = tasks.get(config, NUM_CLASSES, IMAGE_SHAPE, population)
     self.driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size,
-                                     NUM_CLASSES, steps_per_epoch=spe, step=task.train_step,
+                                     NUM_CLASSES, steps_per_epoch=spe, **task.device_steps(),
                                      members=size, mode=mode)
     init_key, train_key, shuffle = population.keys()
     self.state = self.driver.put_state(task.initial_state(schedule, init_key, train_key))
@@ -78,8 +78,8 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=0, help="steps per variant and round "
                   "(0: 20 on GPU/TPU, 4 on CPU)")
   args = ap.parse_args()
-  from training.model import mesh as mesh_lib
-  from training.run import runtime
+  from training.compute import mesh as mesh_lib
+  from training.compute import runtime
   runtime.setup(None)
   import jax
   import numpy as np

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))  # run as a script: the project's packages
 
 from training import data, train_and_evaluate  # noqa: E402
 from training.data import augment  # noqa: E402
-from training.model import steps  # noqa: E402
-from training.run import runtime  # noqa: E402
+from training.tasks.classify import steps  # noqa: E402
+from training.compute import runtime  # noqa: E402
 
 
 def _noaug(c):

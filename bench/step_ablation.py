@@ -11,9 +11,9 @@ weights, no label smoothing, `nn.max_pool` (or JAX's own gradient of max) instea
 `nets/layers.py`'s 8-bit dropout, a grouped convolution instead of MobileNet's shifted depthwise
 multiply-adds, batch 512 instead of 128, and `--steps` steps in one `lax.scan` instead of one
 jitted call per step. Swaps of code are monkeypatches, active while the variant's step traces and
-runs. The step is the trainer's own: `training.model.device.DeviceSteps` (the batch gathered from a
-device-resident dataset, the state donated), built from the config by `training.model` and
-`training.model.optim`, after `training.run.runtime.setup` (the CPU tuning). Data are random images: no step
+runs. The step is the trainer's own: `training.compute.device.DeviceSteps` (the batch gathered from a
+device-resident dataset, the state donated), built from the config by `training.compute` and
+`training.compute.optim`, after `training.compute.runtime.setup` (the CPU tuning). Data are random images: no step
 depends on pixel values for its time.
 
 All variants are compiled first, then timed in interleaved rounds (each round runs every variant
@@ -160,7 +160,8 @@ class _Runner:
 
   def __init__(self, name: str, variant: Variant, steps: int, mesh, data):
     import jax
-    from training.model import build, device, optim, state as state_lib
+    from training.compute import build, device, optim
+    from training.tasks.classify import state as state_lib, steps
     from training.tasks import classify
     self.name, self.variant, self.steps = name, variant, steps
     config = _load_config(variant.config)
@@ -176,7 +177,7 @@ class _Runner:
     self.driver = device.DeviceSteps(mesh, self.batch, config.eval_batch_size, NUM_CLASSES,
                                         chunk=steps if variant.scan else 1,
                                         steps_per_epoch=self.steps_per_epoch,
-                                        **classify.step_options(config))
+                                        **steps.device_steps(**classify.step_options(config)))
     with self.patched():
       model = build.build_model(config, NUM_CLASSES)
       init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -263,8 +264,8 @@ def main() -> None:
       print(f"{n:<24} {v.change}")
     return
 
-  from training.model import mesh as mesh_lib
-  from training.run import runtime
+  from training.compute import mesh as mesh_lib
+  from training.compute import runtime
   runtime.setup({"compilation_cache_dir": args.compilation_cache_dir})
   import jax
   import numpy as np

@@ -44,7 +44,7 @@ def load_data(config):
 
 def this_project(config) -> dict:
   from training import train_and_evaluate
-  from training.run import runtime
+  from training.compute import runtime
   runtime.setup(config)
   import jax
   config.test_every_epoch = True
@@ -62,7 +62,8 @@ def jax_recipe(config) -> dict:
   """The usual Flax-example loop: numpy batches from the host, one jitted step per batch."""
   import jax
   import numpy as np
-  from training.model import build, optim, state as state_lib, steps
+  from training.compute import build, optim
+  from training.tasks.classify import state as state_lib, steps
   ds = load_data(config)
   model = build.build_model(config, ds.num_classes)
   spe = len(ds.train) // config.batch_size
@@ -96,7 +97,7 @@ def jax_recipe(config) -> dict:
 
 
 def _lr(config, step: int, total: int) -> float:
-  """The optax schedules of training/model/optim.py, for PyTorch (same formulas)."""
+  """The optax schedules of training/compute/optim.py, for PyTorch (same formulas)."""
   peak = config.learning_rate
   if config.schedule == "constant":
     return peak

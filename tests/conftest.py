@@ -12,7 +12,7 @@ import pytest
 
 import configs
 import mnist_data
-from training.run import runtime
+from training.compute import runtime
 from training import settings
 
 # Two test workers on one GPU must not each grab most of its memory up front.

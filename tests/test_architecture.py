@@ -102,7 +102,7 @@ def _graph() -> dict[str, list[tuple[str, int]]]:
 class Room:
   name: str
   floor: int
-  modules: tuple[str, ...]  # a folder ("training.run.") stands for every module in it
+  modules: tuple[str, ...]  # a folder ("training.modes.train.") stands for every module in it
 
 
 @functools.cache
@@ -164,15 +164,27 @@ def test_no_import_goes_up_a_floor_or_to_a_sibling():
 
 def test_the_check_catches_a_sibling_import():
   """store and model share a floor: the store importing the model is refused."""
-  source = "from training.model import build\n"
+  source = "from training.compute import build\n"
   graph = {"training.store.checkpoint": _imports_of(
       REPO / "training/store/checkpoint.py", "training.store.checkpoint", source)}
   assert _violations(graph) == [
-      "training/store/checkpoint.py:1 imports training.model.build (store -> model: a sibling "
+      "training/store/checkpoint.py:1 imports training.compute.build (store -> compute: a sibling "
       "on its floor)"]
 
 
-@pytest.mark.parametrize("call", ['importlib.import_module("training.run.loop")',
+@pytest.mark.parametrize("module, source, target", [
+    ("training.modes.train.loop", "from training.modes import report\n", "training.modes.report"),
+    ("training.modes.evaluate", "from training.modes.train import loop\n",
+     "training.modes.train.loop")])
+def test_the_check_catches_a_mode_that_imports_another(module, source, target):
+  """The training mode and the other modes share a floor: neither may import the other, so a
+  run's report follows its training through the command line, not through the loop."""
+  path = REPO / (module.replace(".", "/") + ".py")
+  bad = _violations({module: _imports_of(path, module, source)})
+  assert len(bad) == 1 and f":1 imports {target} (" in bad[0] and "a sibling on its floor" in bad[0], bad
+
+
+@pytest.mark.parametrize("call", ['importlib.import_module("training.modes.train.loop")',
                                   'import_module(f"training.modes.{name}")'])
 def test_the_check_catches_an_import_by_name_of_a_higher_floor(call):
   source = f"import importlib\nfrom importlib import import_module\n\ndef later(name):\n  {call}\n"
@@ -226,9 +238,9 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
   """The check above cannot pass by missing what it looks for: an import hidden in a function
   closes a circle that _cycles sees."""
   source = tmp_path / "a.py"
-  source.write_text("import os\n\ndef later():\n  from training.run import loop\n")
+  source.write_text("import os\n\ndef later():\n  from training.modes.train import loop\n")
   found = [target for target, _ in _imports_of(source, "training.data.sources")]
-  assert found == ["training.run.loop"]
+  assert found == ["training.modes.train.loop"]
   assert _cycles({"x": [("y", 1)], "y": [("x", 4)], "z": [("x", 1)]}) == [["x", "y"]]
 
 
@@ -268,15 +280,18 @@ def _docstring_disagreements(package: str, doc: str) -> list[str]:
   out = [f"{package}: its docstring allows {r.name}, which the table forbids (floor {r.floor} "
          f"from {own.name} on floor {own.floor})"
          for r in sorted(named - {None}, key=lambda r: r.name) if not _may_import(own, r)]
-  used = {_room(b) for a, targets in _graph().items() if a == package or
-          a.startswith(package + ".") for b, _ in targets} - {own, None}
+  used = {_room(b) for a, targets in _graph().items() if _room(a) == own and (
+          a == package or a.startswith(package + ".")) for b, _ in targets} - {own, None}
   out += [f"{package}: imports {r.name}, which its docstring does not allow"
           for r in sorted(used - named, key=lambda r: r.name)]
   return out
 
 
 def _packages() -> list[str]:
-  return sorted(_module_name(p) for p in REPO.glob("training/*/__init__.py"))
+  """The packages that are rooms: training/'s, and one inside another room (modes/train/)."""
+  folders = {name for room in _rooms() for name in room.modules if name.endswith(".")}
+  return sorted(name for p in REPO.glob("training/**/__init__.py")
+                if (name := _module_name(p)) + "." in folders)
 
 
 @pytest.mark.parametrize("package", _packages())
@@ -287,7 +302,7 @@ def test_each_package_docstring_may_import_what_the_table_allows(package):
 
 
 @pytest.mark.parametrize("doc, wrong", [
-    ("May import: training.model and the base modules.", "allows model, which the table forbids"),
+    ("May import: training.compute and the base modules.", "allows compute, which the table forbids"),
     ("May import: training.modes.", "allows modes, which the table forbids"),
     ("May import: nets.", "imports base, which its docstring does not allow"),
     ("It keeps files.", "no 'May import' sentence")])

@@ -11,7 +11,7 @@ import pytest
 import nets
 from nets.mobilenet import DepthwiseConv
 from nets.resnet import BasicBlock
-from training.model import build
+from training.compute import build
 
 NEW = ("resnet", "mobilenet", "rnn", "vit")
 

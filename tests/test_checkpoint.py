@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training import ConfigError, Preempted, train_and_evaluate
-from training.run.resume import ConfigChangedError
+from training.modes.train.resume import ConfigChangedError
 from training.store.checkpoint import (CheckpointMismatchError, Checkpointer,
                                        DamagedCheckpointError)
 
@@ -153,7 +153,7 @@ def test_quieting_orphaned_reads_keeps_other_errors_reported():
   """Only orbax's orphaned reads are dropped: any other error reported the same
   way (here a failing __del__, with a read error's type) still shows."""
   code = """if True:
-    from training.run import runtime
+    from training.compute import runtime
     runtime.quiet_library_noise()
     class Leaky:
       def __del__(self):

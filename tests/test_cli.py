@@ -142,7 +142,7 @@ def test_a_nan_error_gets_a_line_of_its_own_below_the_progress_bar(tmp_path, dat
 
 def test_evaluation_prediction_report_and_export_do_not_import_the_training_loop():
   code = ("import sys; from training.modes import evaluate, export, predict, report, sample; "
-          "print(sorted(m for m in sys.modules if m.startswith('training.run')) or False)")
+          "print(sorted(m for m in sys.modules if m.startswith('training.modes.train')) or False)")
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr[-3000:]

@@ -23,7 +23,8 @@ import conftest  # the CPU settings every test run uses
 import jax, numpy as np, tensorflow_datasets as tfds
 from conftest import load_config, shrink
 from training import ConfigError, Preempted, train_and_evaluate
-from training.model import device, mesh as mesh_lib
+from training.compute import device, mesh as mesh_lib
+from training.tasks.classify import steps
 
 root, out = sys.argv[1], {"devices": jax.device_count()}
 
@@ -56,7 +57,7 @@ with tfds.testing.mock_data(num_examples=64):
       out[f"error{mesh[0]}_{batch}"] = str(e)
 
 mesh = mesh_lib.make_mesh((-1,), ("data",))
-driver = device.DeviceSteps(mesh, 16, 32, 10)
+driver = device.DeviceSteps(mesh, 16, 32, 10, **steps.device_steps())
 images = np.arange(64 * 4, dtype=np.uint8).reshape(64, 2, 2, 1)
 labels = np.arange(64, dtype=np.int32)
 perm = driver.permutation(jax.random.PRNGKey(0), 1, 64)
@@ -155,7 +156,7 @@ sys.path.insert(0, "tests")
 import conftest
 from conftest import load_config, shrink
 from training import train_and_evaluate
-from training.run import distributed
+from training.compute import distributed
 pid, port, workdir, out, cache = sys.argv[1:]
 assert distributed.initialize(f"localhost:{port}", 2, int(pid), timeout_s=120)
 import jax

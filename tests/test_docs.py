@@ -162,7 +162,7 @@ def test_the_field_check_refuses_a_field_that_does_not_exist():
 def test_design_md_lists_the_fields_a_resume_may_change():
   """docs/design.md's paragraph names exactly the fields that training/store/checkpoint.py lets a
   resume change (and the checkpoint.* group)."""
-  from training.run.resume import RESUMABLE_CHANGES
+  from training.modes.train.resume import RESUMABLE_CHANGES
   text = (REPO / "docs" / "design.md").read_text()
   section = text.split("\n## Refusing a changed config\n", 1)[1].split("\n## ", 1)[0]
   paragraph = section.split("What may differ", 1)[1].split("Anything else", 1)[0]

@@ -25,13 +25,13 @@ import nets
 from training import ConfigError
 from training.store import checkpoint
 from training import data
-from training.modes import export, onnx_convert, triton
-from training.model import optim
+from training.modes import export, export_meta, onnx_convert, triton
+from training.compute import optim
 from training import train_and_evaluate
 from training.modes import predict
 from training.data import images
-from training.model import state as state_lib
-from training.model import steps
+from training.tasks.classify import state as state_lib
+from training.tasks.classify import steps
 from training.tasks import restore
 
 from conftest import REPO, load_config, real_data_dir, shrink
@@ -149,7 +149,7 @@ def test_jax_export_artifact_matches_the_trained_model(exported, mnist):
 def test_onnx_model_matches_the_trained_model(exported, mnist):
   import onnxruntime
   case, workdir, meta, expected = exported
-  assert meta["files"]["onnx"] == "model.onnx" and meta["onnx_opset"] == export.ONNX_OPSET
+  assert meta["files"]["onnx"] == "model.onnx" and meta["onnx_opset"] == onnx_convert.ONNX_OPSET
   session = onnxruntime.InferenceSession(os.path.join(workdir, "export", "model.onnx"),
                                          providers=["CPUExecutionProvider"])
   (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -194,7 +194,7 @@ def test_a_format_that_cannot_be_made_is_left_out_and_said_so(tmp_path, mnist, m
   saved = json.load(open(tmp_path / "export" / "model.json"))
   assert saved["files"] == {"jax": "model.jax", "onnx": None}
   assert saved["not_written"] == {"onnx": "Cannot export 'mlp' to ONNX: no 'x'"}
-  summary = export.format_summary(meta)
+  summary = export_meta.format_summary(meta)
   assert "model.onnx  not written: Cannot export 'mlp' to ONNX: no 'x'" in summary
   assert "checked: jax within" in summary and meta["unsaved"] is None
   with pytest.raises(export.ExportError, match=r"Nothing could be exported to onnx: onnx: "
@@ -292,7 +292,7 @@ def test_triton_repository_holds_the_onnx_model_its_config_names(trained, tmp_pa
   for tensor, kind in ((graph.input[0], "TYPE_UINT8"), (graph.output[0], "TYPE_FP32")):
     dims = ", ".join(str(d.dim_value) for d in tensor.type.tensor_type.shape.dim[1:])
     assert f'name: "{tensor.name}" data_type: {kind} dims: [ {dims} ]' in config
-  assert "dynamic_batching {" in config and "a Triton model repository" in export.format_summary(
+  assert "dynamic_batching {" in config and "a Triton model repository" in export_meta.format_summary(
       meta)
 
 

@@ -12,9 +12,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from training import ConfigError, Preempted, train_and_evaluate
-from training.run import finetune
-from training.model import optim
-from training.run import checks
+from training.tasks.classify import finetune
+from training.compute import optim
+from training.modes.train import checks
 from training.modes import evaluate
 from training.tasks import restore
 

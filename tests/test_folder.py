@@ -20,7 +20,7 @@ from training import data
 from training.data import folder
 from training.errors import ConfigError
 from training import settings
-from training.run import checks
+from training.modes.train import checks
 from training.modes import evaluate
 
 from conftest import REPO, load_config, real_data_dir, real_idx_dir, shrink

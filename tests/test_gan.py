@@ -18,8 +18,8 @@ from training.tasks.gan import metrics as gan_metrics
 from training.tasks.gan import steps as gan_steps
 from training.tasks.gan import grid
 from training.errors import ConfigError
-from training.run.loop import train_and_evaluate
-from training.model import build
+from training import train_and_evaluate
+from training.compute import build
 
 from conftest import load_config, real_data_dir, shrink
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from training import ConfigError, NonFiniteLossError, Preempted, train_and_evaluate
 from training.modes import sample
-from training.run import progress
+from training.modes.train import progress
 from training.tasks.gan import task as gan
 
 from conftest import GAN_CONFIGS, REPO, load_config, shrink

@@ -21,7 +21,7 @@ from training.data import images
 from training.modes import predict
 from training.modes import evaluate
 from training.tasks import restore
-from training.model import steps
+from training.tasks.classify import steps
 
 from conftest import REPO, load_config, real_data_dir, shrink
 

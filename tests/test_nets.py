@@ -10,7 +10,7 @@ import pytest
 import nets
 
 from conftest import CLASSIFIER_CONFIGS, load_config
-from training.model import build
+from training.compute import build
 
 SHAPE = (28, 28, 1)
 

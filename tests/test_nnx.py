@@ -15,7 +15,7 @@ from flax import nnx
 
 import nets
 from training import train_and_evaluate
-from training.model import optim
+from training.compute import optim
 from training.tasks import restore
 
 from conftest import REPO, load_config, shrink

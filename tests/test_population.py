@@ -14,7 +14,7 @@ import pytest
 
 from training import ConfigError, NonFiniteLossError, Preempted, members, train_and_evaluate
 from training.modes import evaluate, export, predict
-from training.run import checks
+from training.modes.train import checks
 from training.tasks import restore
 
 from conftest import REPO, kill_once_logged, load_config, real_data_dir, shrink
@@ -199,7 +199,7 @@ def test_members_split_over_devices_train_as_on_one(tmp_path, data_cache):
 
 
 def test_the_population_mode_follows_the_backend_and_the_model():
-  from training.model import device, mesh as mesh_lib
+  from training.compute import device, mesh as mesh_lib
   from training import tasks
   mesh = mesh_lib.make_mesh((-1,), ("data",))
   for name, expected in (("cnn", "loop"), ("mlp", "vmap")):
@@ -238,7 +238,7 @@ def test_members_run_in_a_loop_or_batched_alike(mock_mnist):
 
 
 def test_a_non_finite_value_names_its_member_and_step():
-  from training.run import progress
+  from training.modes.train import progress
   population = members.Population.of(shrink(load_config("mlp"), population=2, seed=4)).members
   metrics = {"loss": np.array([[0.5, 0.4], [0.3, np.inf]]), "grad_norm": np.ones((2, 2))}
   with pytest.raises(NonFiniteLossError, match=r"loss of member 1 \(seed 5\) became inf at step 8"):
@@ -269,7 +269,8 @@ def test_test_time_augmentation_scores_each_member_and_their_ensemble():
   the ensemble averages the probabilities of every member's shifted views."""
   from training import tasks
   from training.data import augment
-  from training.model import device, steps
+  from training.compute import device
+  from training.tasks.classify import steps
   config = shrink(load_config("mlp"), population=2, **{"model.hidden": (16,)})
   population = members.Population.of(config)
   state = tasks.get(config, 10, (28, 28, 1), population).initial_state(lambda step: 1e-3,

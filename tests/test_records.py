@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from training import Preempted, train_and_evaluate
-from training.model import device
+from training.compute import device
 from training.store.checkpoint import Checkpointer, CheckpointGoneError
 from training.tasks import restore
 

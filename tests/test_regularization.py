@@ -10,12 +10,12 @@ import pytest
 
 from training import train_and_evaluate
 from training.data import augment
-from training.model import mesh as mesh_lib
-from training.model import optim
-from training.model import build
-from training.model import state as state_lib
-from training.model import device
-from training.model import steps
+from training.compute import mesh as mesh_lib
+from training.compute import optim
+from training.compute import build
+from training.tasks.classify import state as state_lib
+from training.compute import device
+from training.tasks.classify import steps
 
 from conftest import load_config, shrink
 
@@ -86,7 +86,7 @@ def test_augmentation_changes_the_step_but_not_evaluation():
   # the plain eval step on the untouched batch.
   plain_eval = steps.eval_step(state, {**batch, "mask": np.ones(16, np.float32)}, num_classes=10)
   driver = device.DeviceSteps(mesh_lib.make_mesh((-1,), ("data",)), 16, 16, 10,
-                             augment_shift=2.0, augment_rotate=10.0)
+                             **steps.device_steps(augment_shift=2.0, augment_rotate=10.0))
   evaluated = driver.evaluate(driver.put(state), *driver.put_eval(batch["image"], batch["label"]))
   np.testing.assert_array_equal(evaluated["confusion"], plain_eval["confusion"])
   np.testing.assert_allclose(evaluated["loss_sum"], plain_eval["loss_sum"], rtol=1e-6)
@@ -132,6 +132,7 @@ def test_test_time_augmentation_is_an_option_of_the_evaluation_only():
                    for v in views], axis=0)
   nll = -np.log(probs[np.arange(16), batch["label"]]).sum()
   np.testing.assert_allclose(float(tta["loss_sum"]), nll, rtol=1e-4)
-  driver = device.DeviceSteps(mesh_lib.make_mesh((-1,), ("data",)), 16, 16, 10, tta_shift=1)
+  driver = device.DeviceSteps(mesh_lib.make_mesh((-1,), ("data",)), 16, 16, 10, tta_shift=1,
+                              **steps.device_steps())
   evaluated = driver.evaluate(driver.put(state), *driver.put_eval(batch["image"], batch["label"]))
   np.testing.assert_array_equal(evaluated["confusion"], tta["confusion"])

@@ -22,11 +22,12 @@ import pytest
 import nets
 from training import DataNotFoundError
 from training import data
-from training.model import optim
-from training.store.checkpoint import TMP_PATTERN, Checkpointer, CheckpointWriteError
+from training.compute import optim
+from training.store.checkpoint import Checkpointer, CheckpointWriteError
+from training.store.orbax_io import TMP_PATTERN
 from training.errors import DataCorruptError
 from training.store.records import MetricWriter, drop_records_after
-from training.model import state as state_lib
+from training.tasks.classify import state as state_lib
 
 from conftest import REPO, load_config, needs_tfds_mnist, real_data_dir, shrink
 

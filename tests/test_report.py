@@ -23,7 +23,7 @@ from training import data
 from training.modes import report
 from training.modes.report import figures, records as report_records, write as report_write
 from training.tasks import restore
-from training.model import steps
+from training.tasks.classify import steps
 
 from conftest import REPO, load_config, real_data_dir, shrink
 

@@ -12,7 +12,7 @@ from flax import traverse_util
 
 import nets
 from training.modes import show
-from training.model import build
+from training.compute import build
 
 from conftest import CONFIG_NAMES, REPO, load_config
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from training import ConfigError, train_and_evaluate
-from training.model import optim
+from training.compute import optim
 
 from conftest import load_config, real_data_dir
 

@@ -20,12 +20,12 @@ from ml_collections import config_flags
 import configs
 import nets
 from training import ConfigError, DataNotFoundError, NonFiniteLossError, train_and_evaluate
-from training.run import progress
-from training.model import optim
-from training.model import build
+from training.modes.train import progress
+from training.compute import optim
+from training.compute import build
 from training.tasks import classify, restore
-from training.model import state as state_lib
-from training.model import steps
+from training.tasks.classify import state as state_lib
+from training.tasks.classify import steps
 
 from conftest import (CLASSIFIER_CONFIGS, CONFIG_NAMES, REPO, load_config, shrink, ships,
                       unused_url)

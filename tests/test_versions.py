@@ -16,7 +16,7 @@ from conftest import REPO
 # A child process that sets up the run as train.py does, then compiles and runs one program.
 _CHILD = """
 import json, os, sys
-from training.run import runtime
+from training.compute import runtime
 runtime.setup({"compilation_cache_dir": sys.argv[1]})
 import jax, jax.numpy as jnp
 value = float(jax.jit(lambda x: jnp.tanh(x).sum())(jnp.ones(8)))

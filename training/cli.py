@@ -45,7 +45,7 @@ def config() -> tuple[Any, str | None]:
   model (--config.model.name): that model's defaults replace the file's model fields."""
   if FLAGS.config is None:
     return None, None
-  from training.model import build
+  from training.compute import build
   file_config = overrides.file_config(config_flags.get_config_filename(FLAGS["config"]))
   if file_config is None or "model" not in file_config:
     return FLAGS.config, None
@@ -80,10 +80,10 @@ def run_mode(argv: list[str], config: Any, note: str | None) -> None:
       print(report.format_result(report.write_report(FLAGS.workdir or argv[1], FLAGS.checkpoint,
                                                      FLAGS.data_dir, data_url=FLAGS.data_url)))
   elif FLAGS.mode == "export":
-    from training.modes import export
+    from training.modes import export, export_meta
     meta = export.export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.output, FLAGS.overwrite,
                          formats=FLAGS.formats, member=FLAGS.member, ensemble=FLAGS.ensemble)
-    print(export.format_summary(meta))
+    print(export_meta.format_summary(meta))
     if meta["unsaved"]:  # the files were made and checked, but could not be written
       sys.exit(f"error: {meta['unsaved']}")
   elif FLAGS.mode == "sample":
@@ -108,7 +108,28 @@ def _train(config: Any, note: str | None) -> None:
   workdir = FLAGS.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])
   from training.console import log
-  from training.run.loop import train_and_evaluate
   if note:
     log(note)
   train_and_evaluate(config, workdir)
+
+
+def train_and_evaluate(config: Any, workdir: str | None = None) -> tuple[Any, dict[str, Any]]:
+  """The training mode (modes/train/loop.py's `train_and_evaluate`), followed by the report mode
+  for a run that keeps a report: the two are chained here, so that neither imports the other."""
+  from training.modes.train import loop
+  return loop.train_and_evaluate(config, workdir, then=_write_report)
+
+
+def _write_report(workdir: str, dataset: Any) -> None:
+  """The run's figures and report.html, from the data it trained on; a failure costs the report
+  only, never the run."""
+  from training.console import log
+  from training.modes import report
+  try:
+    written = report.write_report(workdir, dataset=dataset)
+    if "report" in written["files"]:
+      log(f"report: {written['files']['report']} (and the figures as PNGs beside it)")
+    if written["unsaved"]:
+      log(written["unsaved"])
+  except report.ReportError as e:
+    log(f"Warning: no report was written: {e}")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from training.errors import ConfigError
-from training.model import steps
+from training.tasks.classify import steps
 from training.tasks import restore as restore_lib
 from training.tasks.restore import Restored
 

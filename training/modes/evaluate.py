@@ -13,9 +13,10 @@ from training import data
 from training.console import log
 from training.data import sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
-from training.model import device, mesh as mesh_lib, scores
+from training.compute import device, mesh as mesh_lib
+from training.tasks.classify import scores, steps
 from training.modes import ensemble as ensemble_lib
-from training.tasks import restore as restore_lib
+from training.tasks import base, restore as restore_lib
 
 
 SPLITS = ("test", "validation", "train")
@@ -59,7 +60,8 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   n = mesh.shape["data"]
   # .get: configs saved before tta_shift existed evaluated without it.
   driver = device.DeviceSteps(mesh, n, -(-config.eval_batch_size // n) * n, ds.num_classes,
-                              members=len(r.members), tta_shift=config.get("tta_shift", 0))
+                              members=len(r.members), tta_shift=config.get("tta_shift", 0),
+                              **steps.device_steps())
   totals = driver.evaluate(driver.put_state(r.state), *driver.put_eval(part.images, part.labels))
   result, lines = _result(r, totals, split)
   result.update(checkpoint_step=r.step, checkpoint=r.which, split=split, dataset=ds.name)
@@ -145,7 +147,7 @@ def _result(r: restore_lib.Restored, totals: dict[str, Any], split: str
   result["members"] = [{"member": m.index, "seed": m.seed, **m.values,
                         **{k: e[k] for k in ("accuracy", "loss", "macro_f1")}}
                        for m, e in zip(r.members, each)]
-  result["mean"], result["std"] = scores.mean_std([e["accuracy"] for e in each])
+  result["mean"], result["std"] = base.mean_std([e["accuracy"] for e in each])
   lines = [f"{split}: member {m.index} ({m.label()}): loss {e['loss']:.4f}  accuracy "
            f"{e['accuracy']:.2%}  macro F1 {e['macro_f1']:.4f}" for m, e in zip(r.members, each)]
   lines.append(f"{split}: members {result['mean'] * 100:.2f} +- {result['std'] * 100:.2f}%")

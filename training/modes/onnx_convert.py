@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import export as jax_export  # jax 0.7.1 has no jax.export until it is imported
 
 from training.errors import ConfigError
-from training.model import device
+from training.compute import device
 
 # ONNX opset 17 (of 2022): current runtimes read it (onnxruntime since 1.13), and every model
 # here converts to it.

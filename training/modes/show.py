@@ -27,7 +27,7 @@ from training import settings
 from training.data import folder, idx, tfds_source
 from training.data.dataset import parse_classes
 from training.errors import ConfigError
-from training.model import build
+from training.compute import build
 from training.store.checkpoint import read_latest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

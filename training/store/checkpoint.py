@@ -21,11 +21,7 @@ temporary directory is removed; orbax's own reports of it are dropped at start-u
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import glob
 import os
-import shutil
-import time
 from typing import Any, Iterator
 
 import jax
@@ -34,12 +30,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from training.errors import ConfigError, WorkdirWriteError, free_space, mib, os_reason
-from training.store.orbax_io import join_orbax_threads, read_errors_as
+from training.store.orbax_io import join_orbax_threads, read_errors_as, remove_partial_saves
+from training.store.state_tree import saved_tree, shapes_by_path, step_of
 
 BEST_METRIC = "validation/accuracy"
 
 class CheckpointMismatchError(ConfigError):
-  """The workdir's checkpoint was written by a model of other shapes."""
+  """A checkpoint whose arrays do not fit the state read into it, or whose JSON is unusable."""
 
 
 class DamagedCheckpointError(ConfigError):
@@ -54,47 +51,12 @@ class CheckpointWriteError(WorkdirWriteError):
   """A checkpoint could not be written (a full disk, a lost mount); the committed ones stay."""
 
 
-# Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
-TMP_PATTERN = "*.orbax-checkpoint-tmp*"
-
-def step_of(state: Any) -> int:
-  """The step of a train state (a population's members all take each step together)."""
-  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-
-
 def read_latest(workdir: str, *items: str) -> tuple[int | None, list[dict[str, Any] | None]]:
   """The latest checkpoint's step and its JSON `items` ("config", "dataset"), read-only (None for
   each while there is no checkpoint)."""
   with Checkpointer.reader(workdir) as ckpt:
     step = ckpt.latest_step()
     return step, [None if step is None else ckpt.read_json(step, item) for item in items]
-
-
-def _state_tree(state: Any) -> dict[str, Any]:
-  """A train state's arrays as one tree, {field: value}: every field but the static ones (the
-  apply function and the optimizer, which are code), and those marked saved_if_empty=False
-  while they are empty (fields added later, that older checkpoints lack), for any task's state
-  dataclass."""
-  def saved(field: dataclasses.Field) -> bool:
-    value = getattr(state, field.name)
-    return field.metadata.get("pytree_node", True) and (
-        field.metadata.get("saved_if_empty", True) or value != {})
-  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if saved(f)}
-
-
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey (namedtuples), SequenceKey
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _shapes(tree: Any) -> dict[str, tuple]:
-  """{"params/Dense_0/kernel": shape, ...}; optax's namedtuples and orbax's metadata dicts of them
-  give the same names."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in flat}
 
 
 class Checkpointer:
@@ -195,7 +157,7 @@ class Checkpointer:
       return
     # Scalars as 0-d arrays: orbax 0.11.17 refuses a numpy one ("Unsupported type").
     tree = jax.tree_util.tree_map(lambda x: np.asarray(x) if np.isscalar(x) else x,
-                                  _state_tree(state))
+                                  saved_tree(state))
     self._state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(tree))
     self._saving = step
     with self._write_errors():
@@ -228,7 +190,8 @@ class Checkpointer:
     """Removes the partial checkpoint; the error names the cause, the free space and the way on."""
     step, self._saving = self._saving, None
     join_orbax_threads(timeout_s=60)  # its other writes of the failed save are still under way
-    removed = self._remove_partial()
+    # Process 0 of several: the directories are shared.
+    removed = jax.process_index() == 0 and remove_partial_saves(self.directory)
     committed = [s for s in self._committed() if s != step]
     size = (f"; a checkpoint of this run takes about {mib(self._state_bytes)}"
             if self._state_bytes else "")
@@ -243,20 +206,6 @@ class Checkpointer:
         f"({free_space(self.directory)} on that file system{size})."
         f"{' The partial checkpoint was removed.' if removed else ''}\n{way_on}")
     return self._failed
-
-  def _remove_partial(self) -> bool:
-    """Deletes the temporary directories of unfinished saves (process 0 of several: they are
-    shared). Whether any was there."""
-    if jax.process_index() != 0:
-      return False
-    found = glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN))
-    for attempt in range(3):  # a write still in flight may add a file as the tree goes
-      for path in glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
-        shutil.rmtree(path, ignore_errors=True)
-      if not glob.glob(os.path.join(glob.escape(self.directory), TMP_PATTERN)):
-        break
-      time.sleep(0.1 * (attempt + 1))
-    return bool(found)
 
   def _committed(self) -> list[int]:
     """The steps of the committed checkpoints on disk."""
@@ -287,13 +236,25 @@ class Checkpointer:
       return self.manager.restore(step, args=ocp.args.Composite(
           window=ocp.args.JsonRestore()))["window"]
 
-  def restore(self, state: Any, step: int | None = None, why: str = "") -> Any:
-    """`state` (freshly initialized) gives the expected shapes and shardings; `why` leads a
-    refusal of other shapes."""
-    step = self.latest_step() if step is None else step
-    target = _state_tree(state)
+  def shapes(self, step: int) -> dict[str, tuple]:
+    """The shapes of checkpoint `step`'s arrays by path ("params/Dense_0/kernel"), read from its
+    metadata alone."""
     with read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], target, step, why)
+      return shapes_by_path(self.manager.item_metadata(step)["state"])
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """`state` (freshly initialized) gives the expected shapes and shardings. A checkpoint of
+    other shapes is refused; what the difference means for a run (another model, another
+    optimizer) is for its caller to say first (tasks/restore.py's check_shapes)."""
+    step = self.latest_step() if step is None else step
+    target = saved_tree(state)
+    have, want = self.shapes(step), shapes_by_path(target)
+    if have != want:
+      differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+      raise CheckpointMismatchError(
+          f"The checkpoint at step {step} in {self.directory} holds arrays of other shapes than "
+          f"the state it is read into: {', '.join(differ[:5])}.")
+    with read_errors_as(lambda cause: self._damaged(step, cause)):
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(jax.tree_util.tree_map(
               ocp.utils.to_shape_dtype_struct, target))))["state"]
@@ -320,33 +281,6 @@ class Checkpointer:
     return DamagedCheckpointError(
         f"Checkpoint {step} in {self.directory} cannot be read; it is damaged ({detail}).\n"
         f"{way_out}; or start afresh with another --workdir.")
-
-  def check_state(self, state: Any, step: int, why: str = "") -> None:
-    """Refuses a checkpoint `step` whose state has other shapes or structure than `state`'s,
-    read from its metadata alone; `why` leads the refusal."""
-    with read_errors_as(lambda cause: self._damaged(step, cause)):
-      self._check_shapes(self.manager.item_metadata(step)["state"], _state_tree(state), step, why)
-
-  def _check_shapes(self, saved: Any, target: Any, step: int, why: str = "") -> None:
-    have, want = _shapes(saved), _shapes(target)
-    lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
-             for k in sorted(set(have) | set(want))
-             if k.startswith("params/") and have.get(k) != want.get(k)]
-    other = sorted(k for k in set(have) | set(want)
-                   if not k.startswith("params/") and have.get(k) != want.get(k))
-    if other and not lines:
-      raise CheckpointMismatchError(
-          f"{why}The checkpoint at step {step} in {self.directory} holds a training state of "
-          f"another structure than the config's (the optimizer, its settings or ema_decay on/off "
-          f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
-          "wrote the checkpoint (saved beside it), or use another --workdir.")
-    if lines:
-      raise CheckpointMismatchError(
-          f"{why}The checkpoint at step {step} in {self.directory} was written by a model of other "
-          f"shapes than the config's; mismatching parameters:\n"
-          + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
-          + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
-          "(its config is saved beside it).")
 
   def wait(self) -> None:
     """Waits for the save in flight; raises CheckpointWriteError if it failed (once: after that,

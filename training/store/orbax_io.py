@@ -1,15 +1,21 @@
-"""How orbax and tensorstore report failures, and what to do with their threads: the reads that
-fail with an error buried in a chain, the writes that go on after a save has failed."""
+"""How orbax and tensorstore report failures, and what to do with their threads and files: the
+reads that fail with an error buried in a chain, the writes that go on after a save has failed,
+the temporary directories a failed save leaves."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
+import shutil
 import threading
 import time
 from typing import Callable, Iterator
 
 from training.errors import ConfigError
 
+# Orbax's temporary directories of saves in progress (0.11: `<step>.orbax-checkpoint-tmp-<time>`).
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 # What orbax and tensorstore raise on unreadable files and metadata.
 READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
 
@@ -51,3 +57,15 @@ def join_orbax_threads(timeout_s: float) -> None:
       with contextlib.suppress(Exception):
         thread.join(max(0.0, deadline - time.monotonic()))
 
+
+def remove_partial_saves(directory: str) -> bool:
+  """Deletes the temporary directories of unfinished saves in `directory`; whether any was there."""
+  pattern = os.path.join(glob.escape(directory), TMP_PATTERN)
+  found = glob.glob(pattern)
+  for attempt in range(3):  # a write still in flight may add a file as the tree goes
+    for path in glob.glob(pattern):
+      shutil.rmtree(path, ignore_errors=True)
+    if not glob.glob(pattern):
+      break
+    time.sleep(0.1 * (attempt + 1))
+  return bool(found)

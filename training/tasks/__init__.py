@@ -7,10 +7,10 @@
 - restore.py   a task's state restored from a workdir's checkpoint (for the modes, the GAN's
                judge and fine-tuning)
 
-May import: training.store, training.model, training.data, the base modules and nets. Never the
+May import: training.store, training.compute, training.data, the base modules and nets. Never the
 modes or the run layer: the loop hands a task what it needs (the Run) when it calls it.
 """
 
-from training.tasks.base import Task, check, epoch_means, get, names, register
+from training.tasks.base import Task, check, check_start, epoch_means, get, names, register
 
-__all__ = ["Task", "check", "epoch_means", "get", "names", "register"]
+__all__ = ["Task", "check", "check_start", "epoch_means", "get", "names", "register"]

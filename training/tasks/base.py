@@ -1,6 +1,6 @@
 """Tasks: what a run learns, as a plug-in of the one training loop.
 
-The loop (training/run/) owns what every task shares: the device-resident data and its
+The loop (training/modes/train/) owns what every task shares: the device-resident data and its
 shuffle, the jitted calls of the train step, checkpoints and exact resumption, the workdir lock,
 signals, the progress bar, metrics.jsonl and TensorBoard, and data parallelism. A task owns its
 state, its pure train step `(state, batch, rng) -> (state, metrics)`, its evaluation and its
@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 import nets
 from training import members
@@ -38,6 +39,7 @@ class Task:
   bar_key = "loss"  # the train metric on the progress bar; its log records mark train steps
   epoch_keys: tuple[str, ...] = ("loss",)  # train metrics averaged into the epoch's record
   final_keys: tuple[str, ...] = ()  # test metrics written to metrics.jsonl and TensorBoard
+  finetunes = False  # whether `finetune` starts a state from another run's (init_from, freeze)
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
                image_shape: tuple[int, ...], population: members.Population):
@@ -47,6 +49,10 @@ class Task:
   @classmethod
   def check_config(cls, config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for the task's own fields' bad values, before any data is loaded."""
+
+  @classmethod
+  def check_start(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for what a run about to train cannot start from (tasks.check_start)."""
 
   def init_state(self, schedule: Callable, init_key, train_key) -> Any:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
@@ -68,9 +74,20 @@ class Task:
           for f in population.swept})
     return state
 
+  def finetune(self, state: Any, dataset_info: dict[str, Any], schedule: Callable) -> Any:
+    """The freshly initialized `state` (of the task's population's members along a leading axis,
+    if it has any) started from another run's weights (`init_from`, `freeze`), for a task whose
+    `finetunes`."""
+    return state
+
   def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
     """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""
     raise NotImplementedError
+
+  def device_steps(self) -> dict[str, Callable]:
+    """The pure steps the device driver jits (compute.device.DeviceSteps' keywords): the train
+    step, and the evaluation's sums where the task evaluates through the driver."""
+    return {"step": self.train_step}
 
   def start(self, ds: Any) -> None:
     """Called once as a run is set up, with its dataset (e.g. to prepare what evaluation needs):
@@ -93,6 +110,23 @@ class Task:
     """The run's last line's result, e.g. "test accuracy 99.1%"."""
     raise NotImplementedError
 
+
+def spread(value: Any, fmt: str) -> str:
+  """A metric as text: one number, or a population's values (an array, one per member) as their
+  mean +- standard deviation ("99.21 +- 0.04%" for a percentage format)."""
+  if np.ndim(value) == 0:
+    return format(float(value), fmt)
+  mean, std = mean_std(value)
+  if fmt.endswith("%"):
+    digits = fmt[:-1]
+    return f"{mean * 100:{digits}f} +- {std * 100:{digits}f}%"
+  return f"{mean:{fmt}} +- {std:{fmt}}"
+
+
+def mean_std(values: Any) -> tuple[float, float]:
+  """(mean, standard deviation) of the members' values (ddof=1: a sample of seeds; 0 for one)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 _REGISTRY: dict[str, type[Task]] = {}
@@ -123,6 +157,17 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"Model {config.model.name!r} is a {kind} model, and task {name!r} trains "
                       f"{wanted} models ({models}): change --config.model.name or --config.task.")
   _REGISTRY[name].check_config(config)
+
+
+def check_start(config: ml_collections.ConfigDict) -> None:
+  """`check`, and the checks only a run about to train needs (not one restored: the run that
+  init_from named may be gone by then)."""
+  check(config)
+  task = _REGISTRY[task_name(config)]
+  if (config.get("init_from") or config.get("freeze")) and not task.finetunes:
+    raise ConfigError(f"init_from and freeze apply to classifiers, not to the "
+                      f"{task_name(config)!r} task: leave them unset.")
+  task.check_start(config)
 
 
 def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...],

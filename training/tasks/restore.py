@@ -1,7 +1,9 @@
 """A task's train state restored from a workdir's checkpoint, with the config and dataset
 description saved beside it: what every mode (evaluate, predict, report, export, sample), the
 GAN's judge and fine-tuning start from. Nothing is initialized or compiled for it: the checkpoint
-is read into the state's shapes alone."""
+is read into the state's shapes alone. Also what a checkpoint of other shapes means for a run
+(`check_shapes`: another model, or another optimizer), which the store, knowing no model, leaves
+to its callers: the modes through `restore`, and a resuming run."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import ml_collections
 
 from training import members, settings
 from training.errors import ConfigError
-from training.model import device, optim
-from training.store.checkpoint import Checkpointer, CheckpointGoneError
+from training.compute import device, optim
+from training.store.checkpoint import CheckpointGoneError, CheckpointMismatchError, Checkpointer
+from training.store.state_tree import state_shapes
 from training.tasks import base
 
 
@@ -87,8 +90,35 @@ def _restore(workdir: str, which: str, task: str | None) -> Restored:
                         f"run is needed here; for that run use {use}.")
     info = ckpt.read_json(step, "dataset")
     population = members.Population.of(config)
-    state = ckpt.restore(abstract_state(config, population, info), step)
+    target = abstract_state(config, population, info)
+    check_shapes(ckpt, target, step)
+    state = ckpt.restore(target, step)
   return Restored(state, config, info, step, which, population)
+
+
+def check_shapes(ckpt: Checkpointer, state: Any, step: int, why: str = "") -> None:
+  """Refuses checkpoint `step` if its arrays differ from `state`'s, read from its metadata alone:
+  the model's parameters that differ, or else the state's other arrays (the optimizer's, the
+  moving average's); `why` leads the refusal."""
+  have, want = ckpt.shapes(step), state_shapes(state)
+  lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
+           for k in sorted(set(have) | set(want))
+           if k.startswith("params/") and have.get(k) != want.get(k)]
+  other = sorted(k for k in set(have) | set(want)
+                 if not k.startswith("params/") and have.get(k) != want.get(k))
+  if other and not lines:
+    raise CheckpointMismatchError(
+        f"{why}The checkpoint at step {step} in {ckpt.directory} holds a training state of "
+        f"another structure than the config's (the optimizer, its settings or ema_decay on/off "
+        f"differ); first differences: {', '.join(other[:5])}.\nResume with the config that "
+        "wrote the checkpoint (saved beside it), or use another --workdir.")
+  if lines:
+    raise CheckpointMismatchError(
+        f"{why}The checkpoint at step {step} in {ckpt.directory} was written by a model of other "
+        f"shapes than the config's; mismatching parameters:\n"
+        + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
+        + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
+        "(its config is saved beside it).")
 
 
 def take_member(restored: Restored, k: int, workdir: str) -> Restored:

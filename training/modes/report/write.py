@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from training.errors import ConfigError, DataNotFoundError, unsaved
-from training.model import scores as scores_lib, steps
+from training.tasks.classify import scores as scores_lib, steps
 from training.modes import evaluate, show
 from training.modes.report import figures, population
 from training.modes.report.figures import MISTAKES_GRID, STYLE

@@ -11,7 +11,7 @@
 - page.html   the draw-a-digit page (self-contained: no CDN)
 
 Needs the `serve` extra (FastAPI, uvicorn, python-multipart). May import: what the modes layer
-may (training.tasks, training.store, training.model, training.data, the base modules) and the
+may (training.tasks, training.store, training.compute, training.data, the base modules) and the
 other modes (predict, export).
 """
 

@@ -17,7 +17,7 @@ from jax import export as jax_export
 
 from training.data import folder
 from training.errors import ConfigError
-from training.modes import ensemble as ensemble_lib, export
+from training.modes import ensemble as ensemble_lib, export_meta
 from training.tasks import restore as restore_lib
 
 
@@ -57,8 +57,8 @@ def buckets(max_batch: int) -> list[int]:
 
 def is_export(directory: str) -> bool:
   """Whether `directory` holds a --mode=export folder (model.jax and model.json)."""
-  return all(os.path.isfile(os.path.join(directory, f)) for f in (export.JAX_FILE,
-                                                                  export.META_FILE))
+  return all(os.path.isfile(os.path.join(directory, f))
+             for f in (export_meta.JAX_FILE, export_meta.META_FILE))
 
 
 def load(directory: str, which: str, member: int | None, max_batch: int) -> Served:
@@ -83,7 +83,7 @@ def _from_checkpoint(workdir: str, which: str, member: int | None, sizes: list[i
   for size in sizes:
     compiled = fn.lower(states, jax.ShapeDtypeStruct((size, *shape), np.uint8)).compile()
     calls[size] = (lambda c: lambda x: c(states, x))(compiled)
-  description = export.metadata([r], [workdir], {})
+  description = export_meta.metadata([r], [workdir], {})
   for key in ("files", "jax_platforms", "onnx_opset", "input", "output"):
     description.pop(key, None)  # about export files, which a checkpoint has none of
   description["config"] = r.config.to_dict()
@@ -95,9 +95,9 @@ def _from_checkpoint(workdir: str, which: str, member: int | None, sizes: list[i
 
 def _from_export(directory: str, sizes: list[int]) -> Served:
   try:
-    with open(os.path.join(directory, export.META_FILE)) as f:
+    with open(os.path.join(directory, export_meta.META_FILE)) as f:
       meta = json.load(f)
-    with open(os.path.join(directory, export.JAX_FILE), "rb") as f:
+    with open(os.path.join(directory, export_meta.JAX_FILE), "rb") as f:
       exported = jax_export.deserialize(bytearray(f.read()))
     shape = tuple(meta["input"]["shape"][1:])
     names = [str(n) for n in meta["class_names"]]

@@ -19,7 +19,7 @@ import scipy.linalg
 
 import nets
 from training.errors import ConfigError
-from training.model import steps
+from training.tasks.classify import steps
 from training.store.checkpoint import read_latest
 from training.tasks import restore
 

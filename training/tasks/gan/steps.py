@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from training.model.state import ema_update
+from training.compute.optim import ema_update
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -20,8 +20,8 @@ import optax
 
 from training.console import log
 from training.errors import ConfigError
-from training.model import build, device
-from training.model.scores import spread
+from training.compute import build, device
+from training.tasks.base import spread
 from training.tasks import base
 from training.tasks.gan import grid, metrics as gan_metrics, steps as gan_steps
 

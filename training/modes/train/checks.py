@@ -12,9 +12,8 @@ from training import members, tasks
 from training.members import Population
 from training.data import sources
 from training.errors import ConfigError, check_writable
-from training.model import optim
-from training.model.build import DTYPES
-from training.run import finetune
+from training.compute import optim
+from training.compute.build import DTYPES
 
 
 # The smallest value each numeric field may take.
@@ -39,8 +38,7 @@ def validate(config: ml_collections.ConfigDict) -> Population:
   nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
   population = Population.of(config)
   _check_swept_ranges(config, population)
-  tasks.check(config)
-  finetune.validate(config)
+  tasks.check_start(config)  # with the task's own fields (a classifier's fine-tuning among them)
   return population
 
 

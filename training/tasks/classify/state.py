@@ -55,11 +55,3 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
       apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=train_key,
       ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
       if ema else {}, hyper=hyper or {})
-
-
-def ema_update(average: Any, live: Any, step: jax.Array, decay: float) -> Any:
-  """The moving average `average` moved towards the `live` weights after step `step`, with the
-  usual warm-up: early on it follows the weights closely, so that a short run's average is not
-  dominated by the random initialization."""
-  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, average, live)

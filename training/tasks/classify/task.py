@@ -8,7 +8,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from training.model import build, device, optim, scores, state as state_lib, steps
+from training.compute import build, device, optim
+from training.tasks.classify import finetune, scores, state as state_lib, steps
 from training.tasks import base
 
 
@@ -27,10 +28,21 @@ class Classify(base.Task):
   bar_key = "loss"
   epoch_keys = ("loss", "accuracy")
   final_keys = ("loss", "accuracy", "macro_f1")
+  finetunes = True
 
   def __init__(self, config, num_classes, image_shape, population):
     super().__init__(config, num_classes, image_shape, population)
     self.train_step = functools.partial(steps.train_step, **step_options(config))
+
+  def device_steps(self) -> dict[str, Callable]:
+    return steps.device_steps(**step_options(self.config))
+
+  @classmethod
+  def check_start(cls, config) -> None:
+    finetune.validate(config)
+
+  def finetune(self, state, dataset_info, schedule) -> state_lib.TrainState:
+    return finetune.initialize(self.config, state, dataset_info, schedule, self.population)
 
   def init_state(self, schedule: Callable, init_key, train_key) -> state_lib.TrainState:
     model = build.build_model(self.config, self.num_classes)
@@ -40,8 +52,8 @@ class Classify(base.Task):
                                         ema=self.config.ema_decay > 0 or "ema_decay" in swept)
 
   def train_line(self, means: dict[str, Any]) -> str:
-    return (f"train loss {scores.spread(means['train/loss'], '.4f')} acc "
-            f"{scores.spread(means['train/accuracy'], '.2%')}")
+    return (f"train loss {base.spread(means['train/loss'], '.4f')} acc "
+            f"{base.spread(means['train/accuracy'], '.2%')}")
 
   def end_epoch(self, run, state, epoch, means) -> tuple[dict[str, Any], str]:
     """The validation split's loss and accuracy (and the test split's, with test_every_epoch):
@@ -53,8 +65,8 @@ class Classify(base.Task):
         scored, ensemble = self._scores(run, state, split)
         split = split.replace("own_", "")
         m.update({f"{split}/loss": scored["loss"], f"{split}/accuracy": scored["accuracy"]})
-        line += (f"  |  {short} loss {scores.spread(scored['loss'], '.4f')} acc "
-                 f"{scores.spread(scored['accuracy'], '.2%')}")
+        line += (f"  |  {short} loss {base.spread(scored['loss'], '.4f')} acc "
+                 f"{base.spread(scored['accuracy'], '.2%')}")
         if ensemble is not None:
           m.update({f"{split}/ensemble_loss": ensemble["loss"],
                     f"{split}/ensemble_accuracy": ensemble["accuracy"]})
@@ -80,7 +92,7 @@ class Classify(base.Task):
     scored, ensemble = self._scores(run, state, "test")
     if ensemble is None:
       return scored, scores.format_report(scored, run.ds.class_names)
-    mean, std = scores.mean_std(scored["accuracy"])
+    mean, std = base.mean_std(scored["accuracy"])
     table = [{"member": m.index, "seed": m.seed, **m.values,
               **{k: float(scored[k][m.index]) for k in ("accuracy", "loss", "macro_f1")}}
              for m in run.members]
@@ -108,7 +120,7 @@ class Classify(base.Task):
       settings.setdefault(name, []).append(row["accuracy"])
     seeds = len(next(iter(settings.values())))
     return (f"test accuracy over {seeds} seed{'s' if seeds > 1 else ''} a setting: "
-            + "; ".join(f"{name}: {scores.spread(acc if len(acc) > 1 else acc[0], '.2%')}"
+            + "; ".join(f"{name}: {base.spread(acc if len(acc) > 1 else acc[0], '.2%')}"
                         for name, acc in settings.items())
             + f"; {ensemble} of all {n} members")
 

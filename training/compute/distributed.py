@@ -2,7 +2,7 @@
 
 Each host runs the same command; `jax.distributed.initialize` connects them, after which
 `jax.devices()` lists every device of every process and one jitted step runs over all of them
-(the mesh: training/model/mesh.py).
+(the mesh: training/compute/mesh.py).
 """
 
 from __future__ import annotations

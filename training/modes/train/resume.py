@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from training.errors import ConfigError
 from training.store.checkpoint import CheckpointMismatchError, Checkpointer
+from training.tasks.restore import check_shapes
 
 # Config fields that may differ when a run resumes: where things are and how often they are
 # logged or saved, the devices, and the length of the run (a longer or shorter schedule). Any
@@ -53,7 +54,7 @@ def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
   old, new = saved.get("model.name"), config.model.get("name")
   why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
          if old != new else "")  # named first: the parameters follow from it
-  ckpt.check_state(state, step, why)
+  check_shapes(ckpt, state, step, why)
   # Through JSON, so that tuples compare as the saved lists.
   now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
   for side in (saved, now):

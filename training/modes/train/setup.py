@@ -17,12 +17,12 @@ from training import data, tasks
 from training.console import log
 from training.data import Dataset
 from training.errors import ConfigError, workdir_write_error
+from training.compute import device, optim
+from training.compute import mesh as mesh_lib
+from training.compute.build import model_error, param_count
+from training.modes.train import checks, resume
+from training.modes.train.profile import Profiler
 from training.members import Member, Population
-from training.model import device, optim
-from training.model import mesh as mesh_lib
-from training.model.build import model_error, param_count
-from training.run import checks, finetune, resume
-from training.run.profile import Profiler
 from training.store.checkpoint import Checkpointer, step_of
 from training.store.lock import WorkdirLock
 from training.store.records import MetricWriter
@@ -153,7 +153,7 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
           if population.members else "vmap")
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
-                              steps_per_epoch=steps_per_epoch, step=task.train_step,
+                              steps_per_epoch=steps_per_epoch, **task.device_steps(),
                               members=len(population.members), mode=mode,
                               tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
@@ -170,7 +170,7 @@ def _initial_state(run: Run) -> Any:
     state = run.task.initial_state(run.schedule, init_key, train_key)
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ConfigError(model_error(config, run.ds.image_shape, e)) from e
-  state = finetune.initialize(config, state, run.ds.info(), run.schedule, run.population)
+  state = run.task.finetune(state, run.ds.info(), run.schedule)
   return run.driver.put_state(state)
 
 

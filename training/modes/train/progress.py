@@ -18,7 +18,7 @@ from training import tasks
 from training.console import note
 from training.errors import NonFiniteLossError
 from training.members import Member
-from training.run.setup import Run
+from training.modes.train.setup import Run
 from training.store import records as records_lib
 from training.store.checkpoint import Checkpointer
 

@@ -40,21 +40,3 @@ def format_report(m: Mapping[str, Any], class_names: Sequence[str]) -> str:
   for n, row in zip(names, m["confusion_matrix"]):
     lines.append(f"{n:>{width}}" + "".join(f"{v:>{width}}" for v in row))
   return "\n".join(lines)
-
-
-def spread(value: Any, fmt: str) -> str:
-  """A metric as text: one number, or a population's values (an array, one per member) as their
-  mean +- standard deviation ("99.21 +- 0.04%" for a percentage format)."""
-  if np.ndim(value) == 0:
-    return format(float(value), fmt)
-  mean, std = mean_std(value)
-  if fmt.endswith("%"):
-    digits = fmt[:-1]
-    return f"{mean * 100:{digits}f} +- {std * 100:{digits}f}%"
-  return f"{mean:{fmt}} +- {std:{fmt}}"
-
-
-def mean_std(values: Any) -> tuple[float, float]:
-  """(mean, standard deviation) of the members' values (ddof=1: a sample of seeds; 0 for one)."""
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0

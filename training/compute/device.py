@@ -13,8 +13,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from training.errors import ConfigError
-from training.model import steps as steps_lib
-from training.model.state import TrainState
 
 Metrics = dict[str, jax.Array]
 
@@ -101,24 +99,27 @@ class DeviceSteps:
   """
 
   def __init__(self, mesh: Mesh, batch_size: int, eval_batch_size: int, num_classes: int, *,
-               chunk: int = 1, steps_per_epoch: int = 0, step: Callable | None = None,
-               members: int = 0, mode: str = "vmap", tta_shift: int = 0,
-               **step_options: float):
-    """`step`: the task's pure train step (state, batch, rng) -> (state, metrics); by default
-    the classifier's `train_step` with `step_options`. `members`: the population's size (0: a
-    single model); `mode`: how the step runs over them (`member_map`). `tta_shift`: the
-    evaluation's test-time augmentation (`steps.eval_step`)."""
+               step: Callable | None = None, eval_step: Callable | None = None,
+               population_eval_step: Callable | None = None, chunk: int = 1,
+               steps_per_epoch: int = 0, members: int = 0, mode: str = "vmap",
+               tta_shift: int = 0):
+    """The task's pure steps (its `Task.device_steps()`): `step`, the train step (state, batch,
+    rng) -> (state, metrics); `eval_step`, an evaluation batch's sums (state, batch,
+    num_classes, tta_shift); `population_eval_step`, a population's (with `member_map`). A
+    driver that only evaluates needs no `step`, one that only trains no evaluation.
+    `members`: the population's size (0: a single model); `mode`: how the step runs over them
+    (`member_map`). `tta_shift`: the evaluation's test-time augmentation."""
     _check_divisible(mesh, batch_size, eval_batch_size, members)
     self.mesh, self.batch_size, self.eval_batch_size = mesh, batch_size, eval_batch_size
     self.members, self.mode, self.map = members, mode, member_map(mode, mesh)
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P("data"))
     self.by_member = NamedSharding(mesh, P("members" if "members" in mesh.axis_names else None))
-    step = step or functools.partial(steps_lib.train_step, **step_options)
-    evaluate = steps_lib.population_eval_step if members else steps_lib.eval_step
-    self._own = functools.partial(steps_lib.eval_step, num_classes=num_classes,
-                                  tta_shift=tta_shift)
-    self._compile(step, functools.partial(evaluate, tta_shift=tta_shift), num_classes)
+    evaluate = population_eval_step if members else eval_step
+    self._own = eval_step and functools.partial(eval_step, num_classes=num_classes,
+                                                tta_shift=tta_shift)
+    self._compile(step, evaluate and functools.partial(evaluate, tta_shift=tta_shift),
+                  num_classes)
     self.chunk = chunk
     self.tail = steps_per_epoch % chunk  # the length of an epoch's last call, if not `chunk`
     permutation = lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n)
@@ -139,9 +140,10 @@ class DeviceSteps:
   def _compile(self, step: Callable, evaluate: Callable, num_classes: int) -> None:
     """The jitted train call, scan of calls and evaluation batch."""
     # Evaluation batches the members whatever the training does: they share the input.
-    self._sums = (functools.partial(evaluate, num_classes=num_classes,
-                                    member_map=member_map("vmap", self.mesh))
-                  if self.members else functools.partial(evaluate, num_classes=num_classes))
+    self._sums = evaluate and (functools.partial(evaluate, num_classes=num_classes,
+                                                 member_map=member_map("vmap", self.mesh))
+                               if self.members else
+                               functools.partial(evaluate, num_classes=num_classes))
 
     def one(state, images, labels, perm, i):
       return step(state, self.gather(images, labels, perm, i), state.rng)
@@ -210,8 +212,8 @@ class DeviceSteps:
     padded = [_padded(i, l, self.eval_batch_size) for i, l in zip(images, labels)]
     return tuple(_put(np.stack(arrays), self.by_member) for arrays in zip(*padded))
 
-  def train_steps(self, state: TrainState, images, labels, perm, start: int, n: int
-                  ) -> tuple[TrainState, Metrics]:
+  def train_steps(self, state: Any, images, labels, perm, start: int, n: int
+                  ) -> tuple[Any, Metrics]:
     """Steps start .. start+n-1 (n <= chunk) of the epoch's order. One step's metrics are
     scalars (of each member, for a population); a scan's have a leading axis of its length, of
     which the first n are real.
@@ -232,7 +234,7 @@ class DeviceSteps:
     end = min((i // self.chunk + 1) * self.chunk, steps_per_epoch)
     return (min(end, stop) if stop is not None and stop > i else end) - i
 
-  def evaluate(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
+  def evaluate(self, state: Any, images, labels, mask) -> dict[str, Any]:
     """The evaluation's sums over the split (for a population: each member's, under "members",
     and the ensemble's, its members' probabilities averaged, under "ensemble")."""
     if self._zeros is None:  # kept on the host: each evaluation donates fresh device buffers
@@ -247,7 +249,7 @@ class DeviceSteps:
       totals = self._evaluate_batch(state, images, labels, mask, i, totals)
     return jax.device_get(totals)
 
-  def evaluate_own(self, state: TrainState, images, labels, mask) -> dict[str, Any]:
+  def evaluate_own(self, state: Any, images, labels, mask) -> dict[str, Any]:
     """Each member's evaluation sums over its own split (`put_own_eval`'s arrays), under
     "members"; no ensemble, as the members saw different examples."""
     if self._own_zeros is None:

@@ -146,3 +146,11 @@ def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
 def _decay_mask(params):
   """Decays weight matrices and kernels only: biases and norm scales are left alone."""
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def ema_update(average: Any, live: Any, step: jax.Array, decay: float) -> Any:
+  """The moving average `average` moved towards the `live` weights after step `step`, with the
+  usual warm-up: early on it follows the weights closely, so that a short run's average is not
+  dominated by the random initialization."""
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, average, live)

@@ -1,8 +1,9 @@
 """The classifier's pure steps: `train_step(state, batch, rng) -> (state, metrics)` and the
-evaluation step's sums; jitted by `device.DeviceSteps`."""
+evaluation step's sums; jitted by `compute.device.DeviceSteps`."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -10,7 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from training.data import augment
-from training.model.state import TrainState, ema_update
+from training.compute.optim import ema_update
+from training.tasks.classify.state import TrainState
 
 
 Batch = dict[str, jax.Array]
@@ -71,6 +73,13 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array, *,
              "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              "grad_norm": optax.tree_utils.tree_norm(grads)}
   return new_state, metrics
+
+
+def device_steps(**options: float) -> dict[str, Callable]:
+  """The steps `compute.device.DeviceSteps` jits for a classifier: the train step with `options`
+  (train_step's keywords), the evaluation's sums of one model and of a population."""
+  return {"step": functools.partial(train_step, **options), "eval_step": eval_step,
+          "population_eval_step": population_eval_step}
 
 
 def swept_options(hyper: dict[str, Any], **options: Any) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A run is set up once (setup.py), then trained epoch by epoch (`_train_epoch`), each epoch a
 series of jitted calls whose metrics are fetched at log steps and saves only (`Progress.flush`
-in progress.py), and finally evaluated on the test split (`_finish`), after which its report is
-written.
+in progress.py), and finally evaluated on the test split (`_finish`). What follows a run that
+keeps a report (the report itself, a mode of its own) is its caller's: training/cli.py chains
+the two.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -19,11 +20,10 @@ import numpy as np
 
 from training.console import log
 from training.errors import Preempted
-from training.model.build import param_count
-from training.modes import report
-from training.run.progress import Progress
-from training.run.setup import Run, setup, write_file
-from training.run.signals import StopOnSignal
+from training.compute.build import param_count
+from training.modes.train.progress import Progress
+from training.modes.train.setup import Run, setup, write_file
+from training.modes.train.signals import StopOnSignal
 from training.store import checkpoint
 from training.store import records as records_lib
 
@@ -143,13 +143,16 @@ def _finish(run: Run, state: Any, history: list[dict[str, Any]],
   return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = None,
+                       then: Callable[[str, Any], None] | None = None
                        ) -> tuple[Any, dict[str, Any]]:
   """Trains `config` and evaluates it on the test split.
 
   Writes `config.json`, `metrics.jsonl`, TensorBoard events and `test_metrics.json` to `workdir`
   (nothing when it is None). Returns the final state and a dict with the last epoch's
-  train/validation metrics, the test metrics and timings.
+  train/validation metrics, the test metrics and timings. `then(workdir, dataset)` is called
+  after the last checkpoint is written, before the run's last line, for a run that keeps a report
+  (config.report, a task that reports, one process writing checkpoints).
   """
   t_start = time.time()
   state, run, changes = setup(config, workdir)
@@ -163,27 +166,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     state = _train(run, state, history)
     run.profiler.stop(state)  # a run shorter than profile_steps
     summary = _finish(run, state, history, t_start)
-    if config.report and run.task.reports and run.ckpt is not None and run.primary and (
+    if then and config.report and run.task.reports and run.ckpt is not None and run.primary and (
         jax.process_count() == 1):
       run.ckpt.wait()  # the report reads the last checkpoint
-      _write_report(workdir, run)
+      then(workdir, run.ds)
   finally:
     run.close()
   log(f"done in {summary['time/total_s']:.1f}s: "
       f"{run.task.headline({**summary['test'], **_population(summary)})}")
   return state, summary
-
-
-def _write_report(workdir: str, run: Run) -> None:
-  """The run's figures and report.html; a failure costs the report only, never the run."""
-  try:
-    written = report.write_report(workdir, dataset=run.ds)
-    if "report" in written["files"]:
-      log(f"report: {written['files']['report']} (and the figures as PNGs beside it)")
-    if written["unsaved"]:
-      log(written["unsaved"])
-  except report.ReportError as e:
-    log(f"Warning: no report was written: {e}")
 
 
 def _population(summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Fine-tuning: start a run from another run's checkpoint (`init_from`), train only part of the
 model (`freeze`), and scale the learning rate of what was loaded (`init_lr_multiplier`).
 
-`initialize` is one step of a run's set-up (training/run/setup.py): it takes the freshly
+`initialize` is one step of a run's set-up, through the task's `finetune`: it takes the freshly
 initialised state and returns it with the other run's matching parameters and batch-norm
 statistics loaded. A run that resumes from its own checkpoint goes through it too; the set-up
 then replaces the state with that checkpoint's, which already holds the fine-tuned weights.
@@ -23,8 +23,8 @@ from flax import traverse_util
 from training.console import log
 from training.errors import ConfigError
 from training.members import Population
-from training.model import build, device, optim
-from training.model.state import TrainState
+from training.compute import build, device, optim
+from training.tasks.classify.state import TrainState
 from training.tasks.restore import Restored, restore
 
 WHICH = ("best", "latest")  # besides a step number
@@ -48,12 +48,9 @@ def parse_init_from(init_from: str) -> tuple[str, str, int | None]:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """The fine-tuning fields' checks that need no model (part of checks.validate)."""
+  """The fine-tuning fields' checks that need no model (the task's check_start)."""
   init_from, freeze = config.get("init_from", ""), config.get("freeze", "")
   multiplier = config.get("init_lr_multiplier", 1.0)
-  if (init_from or freeze) and config.get("task", "classify") != "classify":
-    raise ConfigError(f"init_from and freeze apply to classifiers, not to the {config.task!r} "
-                      "task: leave them unset.")
   if freeze:
     try:
       re.compile(freeze)
