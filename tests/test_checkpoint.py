@@ -217,8 +217,8 @@ import os, runpy, signal, sys
 sys.path.insert(0, os.getcwd())
 from training.store import checkpoint
 save, calls = checkpoint.Checkpointer.save, []
-def save_then_die(self, state, metrics=None):
-  save(self, state, metrics)
+def save_then_die(self, state, *args, **kwargs):
+  save(self, state, *args, **kwargs)
   calls.append(int(state.step))
   if len(calls) == int(os.environ["KILL_AT_SAVE"]):
     os.kill(os.getpid(), signal.SIGKILL)
