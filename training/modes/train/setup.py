@@ -49,6 +49,7 @@ class Run:
   lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
   writer: MetricWriter | None = None
   arrays: dict[str, Any] = dataclasses.field(default_factory=dict)  # device-resident splits
+  num_params: int = 0  # a model's parameters (each member's), counted once
   start_step: int = 0
   stop_at: int = 0  # the global step where stop_after_steps stops this process (0: none)
   t_train: float = 0.0
@@ -134,7 +135,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
 def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> Run:
   """What the task's evaluation needs, the run's steps, learning rates, mesh and device steps."""
   task.start(ds)  # e.g. the GAN's judge: its errors come before any write
-  population = task.population
+  steps, population = task.device_steps(), task.population
   carves = (data.member_carves(ds, config.validation_fraction,
                                [m.seed for m in population.members])
             if population.splits else None)
@@ -153,7 +154,7 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
           if population.members else "vmap")
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
-                              steps_per_epoch=steps_per_epoch, **task.device_steps(),
+                              steps_per_epoch=steps_per_epoch, **steps,
                               members=len(population.members), mode=mode,
                               tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
@@ -211,9 +212,9 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   _put_data(run)
   mesh, size = run.driver.mesh, len(run.members)
   procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  weights = (f"{param_count(state.params) // size:,} parameters x {size} members "
-             f"({run.driver.mode} over members)" if size
-             else f"{param_count(state.params):,} parameters")
+  run.num_params = param_count(state.params) // max(size, 1)
+  weights = (f"{run.num_params:,} parameters x {size} members ({run.driver.mode} over members)"
+             if size else f"{run.num_params:,} parameters")
   n_train, n_val = ((run.carves[1].shape[1], f"{run.carves[2].shape[1]} validation (each "
                       "member its own split)") if run.carves else
                      (len(ds.train), f"{len(ds.validation) if ds.validation else 0} validation"))
