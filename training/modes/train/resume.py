@@ -50,11 +50,8 @@ def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
   reader can check them before the run takes the workdir); its changes, if none refuses."""
   step = ckpt.latest_step()
   _check_within_the_run(step, config.num_epochs, steps_per_epoch, ckpt.directory, workdir)
+  check_shapes(ckpt, state, step, config.model.name)
   saved = traverse_util.flatten_dict(ckpt.read_json(step, "config"), sep=".")
-  old, new = saved.get("model.name"), config.model.get("name")
-  why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
-         if old != new else "")  # named first: the parameters follow from it
-  check_shapes(ckpt, state, step, why)
   # Through JSON, so that tuples compare as the saved lists.
   now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
   for side in (saved, now):
