@@ -114,7 +114,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
   # each see the checkpoints directory differently here; `resume.resume` checks the same together.
   if workdir is not None and config.checkpoint.enabled and jax.process_count() == 1:
-    _refuse_early(run, state, workdir)
+    resume.refuse_early(workdir, state, config, run.steps_per_epoch, run.primary)
   try:
     if workdir is not None:  # taken before anything in the workdir is read or written
       run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
@@ -186,17 +186,6 @@ def write_file(workdir: str, name: str, text: str) -> None:
 def _learning_rates(schedule, total_steps: int) -> np.ndarray:
   """The schedule at every step, in one call: the loop then logs it without device work."""
   return np.asarray(jax.jit(jax.vmap(schedule))(np.arange(max(total_steps, 1))))
-
-
-def _refuse_early(run: Run, state: Any, workdir: str) -> None:
-  """The checkpoint's refusals (another model, other settings, past this config's end), read
-  before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
-  WorkdirLock(workdir, enabled=run.primary).check_free()  # "in use" comes before any other
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
-  with Checkpointer.reader(workdir) as ckpt:
-    if ckpt.latest_step() is not None:
-      resume.check(ckpt, state, run.config, run.steps_per_epoch, workdir)
 
 
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
