@@ -96,11 +96,15 @@ def _restore(workdir: str, which: str, task: str | None) -> Restored:
   return Restored(state, config, info, step, which, population)
 
 
-def check_shapes(ckpt: Checkpointer, state: Any, step: int, why: str = "") -> None:
+def check_shapes(ckpt: Checkpointer, state: Any, step: int, model: str | None = None) -> None:
   """Refuses checkpoint `step` if its arrays differ from `state`'s, read from its metadata alone:
   the model's parameters that differ, or else the state's other arrays (the optimizer's, the
-  moving average's); `why` leads the refusal."""
+  moving average's). Where `state` is of `model` and the checkpoint of another model, the
+  refusal names both first: the parameters follow from it."""
   have, want = ckpt.shapes(step), state_shapes(state)
+  why = ""
+  if model is not None and (old := _model_name(ckpt.read_json(step, "config"))) != model:
+    why = f"The checkpoint was trained with another model: {old} -> {model} (checkpoint -> now).\n"
   lines = [f"  {k}: checkpoint {have.get(k, 'missing')} vs config {want.get(k, 'missing')}"
            for k in sorted(set(have) | set(want))
            if k.startswith("params/") and have.get(k) != want.get(k)]
@@ -119,6 +123,10 @@ def check_shapes(ckpt: Checkpointer, state: Any, step: int, why: str = "") -> No
         + "\n".join(lines[:20]) + ("\n  ..." if len(lines) > 20 else "")
         + "\nUse another --workdir for this config, or the config that wrote the checkpoint "
         "(its config is saved beside it).")
+
+
+def _model_name(saved: dict[str, Any]) -> str | None:
+  return saved["model"].get("name") if "model" in saved else None
 
 
 def take_member(restored: Restored, k: int, workdir: str) -> Restored:

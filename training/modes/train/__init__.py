@@ -5,7 +5,7 @@
 - loop.py      train_and_evaluate: the epochs, their metrics and checkpoints, the test
 - checks.py    the config and workdir checks that run before anything is loaded
 - resume.py    whether a run may go on from its checkpoint: the settings that may change,
-               a step within the config's epochs
+               a step within the config's epochs; refused before the workdir's lock is taken
 - progress.py  the progress bar, the log records and their NaN check
 - signals.py   SIGTERM / Ctrl-C / stop_after_steps -> save and stop
 - profile.py   a profiler trace of the steps that profile_steps names

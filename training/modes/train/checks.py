@@ -3,12 +3,12 @@ costs the user seconds, not a data load or a compilation."""
 
 from __future__ import annotations
 
+from typing import Any
 
 import ml_collections
 from flax import traverse_util
 
-import nets
-from training import members, tasks
+from training import tasks
 from training.members import Population
 from training.data import sources
 from training.errors import ConfigError, check_writable
@@ -27,37 +27,40 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
 
 def validate(config: ml_collections.ConfigDict) -> Population:
   """Fails fast, before the data is loaded, on config values that cannot work; returns the
-  run's population, derived here once as its fields are checked."""
+  run's population, derived here once as its fields are checked. The config's own fields come
+  first (choices, ranges, each sweep setting's), then the task's checks (its model, its own
+  fields, a fine-tuning's source) and the data options'."""
   for field, choices in (("dtype", DTYPES), ("optimizer", optim.OPTIMIZERS),
                          ("schedule", optim.SCHEDULES)):
     if config[field] not in choices:
       raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
-  _check_ranges(config)
+  fields = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  _check_ranges(fields)
+  population = Population.of(config)
+  _check_swept_ranges(fields, population)
+  tasks.check_start(config)  # an unknown model among them, listing the known ones
   sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
                         config.get("data_url"))
-  nets.field_names(config.model.name)  # raises for an unknown model, listing the known ones
-  population = Population.of(config)
-  _check_swept_ranges(config, population)
-  tasks.check_start(config)  # with the task's own fields (a classifier's fine-tuning among them)
   return population
 
 
-def _check_ranges(config: ml_collections.ConfigDict) -> None:
-  """The numeric fields (those a sweep may vary among them), each within its meaningful range."""
-  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+def _check_ranges(fields: dict[str, Any]) -> None:
+  """The numeric fields (those a sweep may vary among them), each within its meaningful range;
+  `fields` by dotted name."""
   for field, low in _AT_LEAST.items():
-    if (value := flat.get(field, low)) < low:
+    if (value := fields.get(field, low)) < low:
       raise ConfigError(f"{field} must be at least {low}, got {value}.")
-  if not config.learning_rate > 0:
-    raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}.")
-  if not 0.0 <= config.get("decay_fraction", 0.3) <= 1.0:
-    raise ConfigError(f"decay_fraction must be in [0, 1], got {config.decay_fraction}.")
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}.")
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {config.ema_decay}.")
+  if not fields["learning_rate"] > 0:
+    raise ConfigError(f"learning_rate must be positive, got {fields['learning_rate']}.")
+  if not 0.0 <= (decay := fields.get("decay_fraction", 0.3)) <= 1.0:
+    raise ConfigError(f"decay_fraction must be in [0, 1], got {decay}.")
+  if not 0.0 <= fields["label_smoothing"] < 1.0:
+    raise ConfigError(f"label_smoothing must be in [0, 1), got {fields['label_smoothing']}.")
+  if not 0.0 <= fields["ema_decay"] < 1.0:
+    raise ConfigError(f"ema_decay must be in [0, 1) (0 disables it), got {fields['ema_decay']}.")
   # The defaults first: configs saved before zoom, crop and elastic existed (resumed) lack them.
-  a = {"zoom": 0.0, "crop": 0, "elastic": 0.0, "elastic_sigma": 4.0, **config.augment.to_dict()}
+  a = {"zoom": 0.0, "crop": 0, "elastic": 0.0, "elastic_sigma": 4.0,
+       **{k[len("augment."):]: v for k, v in fields.items() if k.startswith("augment.")}}
   for field in ("shift", "rotate", "zoom", "crop", "elastic"):
     if a[field] < 0:
       raise ConfigError(f"augment.{field} is a maximum magnitude and must be >= 0, got "
@@ -70,15 +73,14 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                       f"{a['elastic_sigma']}.")
 
 
-def _check_swept_ranges(config: ml_collections.ConfigDict, population: Population) -> None:
-  """`_check_ranges` of each sweep setting, as its members run it (a traced value out of range,
-  e.g. elastic_sigma 0, would train on NaNs rather than fail)."""
-  if not population.swept:
-    return
+def _check_swept_ranges(fields: dict[str, Any], population: Population) -> None:
+  """`_check_ranges` of each sweep setting, its values in the fields' own types as its members'
+  single runs take them (a traced value out of range, e.g. elastic_sigma 0, would train on NaNs
+  rather than fail)."""
   for member in population.members:
-    if member.seed == config.seed:  # each setting once, not once per seed
+    if member.values and member.seed == population.seed:  # each setting once, not once per seed
       try:
-        _check_ranges(members.member_config(config, member))
+        _check_ranges({**fields, **{f: type(fields[f])(v) for f, v in member.values.items()}})
       except ConfigError as e:
         raise ConfigError(f"--config.sweep: {e}") from e
 

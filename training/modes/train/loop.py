@@ -2,9 +2,11 @@
 
 A run is set up once (setup.py), then trained epoch by epoch (`_train_epoch`), each epoch a
 series of jitted calls whose metrics are fetched at log steps and saves only (`Progress.flush`
-in progress.py), and finally evaluated on the test split (`_finish`). What follows a run that
-keeps a report (the report itself, a mode of its own) is its caller's: training/cli.py chains
-the two.
+in progress.py) and ended by the task's evaluation, whose scores the epoch's record and line
+carry (`Progress.end_epoch`). Finally the task evaluates the state on the test split, and
+`_finish` writes what it found. The state goes only where it is trained, evaluated or saved.
+What follows a run that keeps a report (the report itself, a mode of its own) is its caller's:
+training/cli.py chains the two.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import numpy as np
 
 from training.console import log
 from training.errors import Preempted
-from training.compute.build import param_count
 from training.modes.train.progress import Progress
 from training.modes.train.setup import Run, setup, write_file
 from training.modes.train.signals import StopOnSignal
@@ -40,13 +41,12 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
   and record, as an uninterrupted run has them). Logs and saves fall at multiples of their
   interval counted from the epoch's start, so that every epoch is cut into the same calls (see
   DeviceSteps.train_steps)."""
-  config, spe, t_epoch = run.config, run.steps_per_epoch, time.time()
+  config, spe = run.config, run.steps_per_epoch
   epoch_start = (epoch - 1) * spe
   save_every = config.checkpoint.every_steps if run.ckpt else 0
   perm = run.epoch_order(epoch)
   progress = Progress(run, epoch, i)
   with contextlib.closing(progress):  # also on errors: their message gets a line of its own
-    first = i
     while i < spe:
       n = run.driver.call_length(i, spe, run.stop_at - epoch_start if run.stop_at else None)
       state, step_metrics = run.driver.train_steps(state, *run.arrays["train"], perm, i, n)
@@ -70,27 +70,9 @@ def _train_epoch(run: Run, state: Any, epoch: int, i: int, stop: StopOnSignal
         run.ckpt.save(state, window=progress.window_item())
       if stopping and i < spe:
         return state, None
-  return state, _end_epoch(run, state, epoch, first, progress, t_epoch)
-
-
-def _end_epoch(run: Run, state: Any, epoch: int, first: int, progress: Progress,
-               t_epoch: float) -> dict[str, float]:
-  """Evaluates after an epoch, logs its line and record, and returns its metrics."""
-  config, train_time = run.config, time.time() - t_epoch
-  m = progress.epoch_means()
-  evaluated, line = run.task.end_epoch(run, state, epoch, m)
-  m.update(evaluated)
-  line = (f"epoch {epoch:>3}/{config.num_epochs}  {run.task.train_line(m)}"
-          # The means are still the whole epoch's: the records before the resume join them.
-          + (f" (resumed at step {first} of {run.steps_per_epoch})" if first else "")
-          + line)
-  epoch_time = time.time() - t_epoch
-  m.update({"time/epoch_s": epoch_time, "time/train_epoch_s": train_time,
-            "time/elapsed_s": time.time() - run.t_train,
-            "time/steps_per_s": progress.count / train_time})
-  run.writer.write(epoch * run.steps_per_epoch, m, epoch=epoch)
-  log(line + f"  |  {epoch_time:.1f}s ({progress.count / train_time:.1f} steps/s)")
-  return records_lib.aggregate(m)
+  means = progress.epoch_means()
+  evaluated, line = run.task.end_epoch(run, state, epoch, means)
+  return state, progress.end_epoch({**means, **evaluated}, line)
 
 
 def _train(run: Run, state: Any, history: list[dict[str, Any]]
@@ -119,17 +101,17 @@ def _train(run: Run, state: Any, history: list[dict[str, Any]]
   return state
 
 
-def _finish(run: Run, state: Any, history: list[dict[str, Any]],
+def _finish(run: Run, history: list[dict[str, Any]], test: dict[str, Any], report: str,
             t_start: float) -> dict[str, Any]:
-  """The task's final evaluation; writes its report and test_metrics.json; returns the summary."""
-  test, report = run.task.finish(run, state)
+  """The task's final evaluation (`test`, `report`) logged and written with test_metrics.json;
+  returns the summary."""
   log(report)
   # A population's members, their accuracy's mean and spread and their ensemble stand beside
   # "test" (the members' means), as test_metrics.json shows them.
   population = {k: test.pop(k) for k in ("members", "mean", "std", "ensemble") if k in test}
   summary = {**(history[-1] if history else {}), "epochs": history, "test": test, **population,
              "time/train_s": time.time() - run.t_train, "time/total_s": time.time() - t_start,
-             "num_params": param_count(state.params) // max(len(run.members), 1)}
+             "num_params": run.num_params}
   if run.workdir is not None and run.primary:
     final = {f"test/{k}": test[k] for k in run.task.final_keys}
     if population:
@@ -165,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None = 
     run.t_train = time.time()
     state = _train(run, state, history)
     run.profiler.stop(state)  # a run shorter than profile_steps
-    summary = _finish(run, state, history, t_start)
+    test, report = run.task.finish(run, state)
+    summary = _finish(run, history, test, report, t_start)
     if then and config.report and run.task.reports and run.ckpt is not None and run.primary and (
         jax.process_count() == 1):
       run.ckpt.wait()  # the report reads the last checkpoint

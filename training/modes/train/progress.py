@@ -1,5 +1,6 @@
 """One epoch's metrics between host syncs: fetched at log steps (and before a checkpoint),
-checked for NaN, logged, averaged into the epoch's means, and shown on the progress bar. A
+checked for NaN, logged, averaged into the epoch's means (recorded with the epoch's scores and
+timings in its record and line at its end), and shown on the progress bar. A
 population's metrics have a members axis: each member is checked, logged and averaged on its own.
 
 A record is written at log steps and at the epoch's end only. The steps fetched since the last
@@ -8,6 +9,7 @@ log steps and resumed writes the records of an uninterrupted run, bit for bit.""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import jax
@@ -15,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from training import tasks
-from training.console import note
+from training.console import log, note
 from training.errors import NonFiniteLossError
 from training.members import Member
 from training.modes.train.setup import Run
@@ -32,7 +34,8 @@ class Progress:
   """The device results not yet fetched, the log records behind the epoch's means, the bar."""
 
   def __init__(self, run: Run, epoch: int, first: int):
-    self.run = run
+    self.run, self.epoch, self.first = run, epoch, first
+    self.t_start, self.train_time = time.time(), 0.0  # the epoch's training, until `close`
     self.pending: list[tuple[Any, int]] = []  # (a call's metrics, its real steps)
     self.count = 0  # steps trained in this process
     # (steps, means) of each log record of the epoch, those before a resume read back from
@@ -87,10 +90,27 @@ class Progress:
     return {k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in self.window.items()}
 
   def close(self) -> None:
+    self.train_time = time.time() - self.t_start
     self.bar.close()
 
   def epoch_means(self) -> dict[str, Any]:
     return tasks.epoch_means(self.logged, self.run.task.epoch_keys)
+
+  def end_epoch(self, metrics: dict[str, Any], line: str) -> dict[str, float]:
+    """The epoch's line and record, after its evaluation: `metrics` are its means and the
+    task's scores, `line` the task's part of the line. Returns the epoch's metrics."""
+    run, epoch, train_time = self.run, self.epoch, self.train_time
+    line = (f"epoch {epoch:>3}/{run.config.num_epochs}  {run.task.train_line(metrics)}"
+            # The means are still the whole epoch's: the records before the resume join them.
+            + (f" (resumed at step {self.first} of {run.steps_per_epoch})" if self.first else "")
+            + line)
+    epoch_time = time.time() - self.t_start
+    metrics.update({"time/epoch_s": epoch_time, "time/train_epoch_s": train_time,
+                    "time/elapsed_s": time.time() - run.t_train,
+                    "time/steps_per_s": self.count / train_time})
+    run.writer.write(epoch * run.steps_per_epoch, metrics, epoch=epoch)
+    log(line + f"  |  {epoch_time:.1f}s ({self.count / train_time:.1f} steps/s)")
+    return records_lib.aggregate(metrics)
 
 
 def _mean(values: np.ndarray) -> Any:

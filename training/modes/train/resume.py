@@ -1,13 +1,16 @@
 """Whether a run may go on from its workdir's checkpoint: the policy over what the store holds.
 
 The store (training/store/checkpoint.py) reads and writes checkpoints and refuses a state of
-other shapes; which settings may change between a checkpoint and the config that resumes it,
-and what a change of model means, is decided here, by the layer that trains.
+other shapes; what such shapes mean (another model, another optimizer) the tasks' restore says
+(`check_shapes`). Which settings may change between a checkpoint and the config that resumes it
+is decided here, by the layer that trains. The refusals are read before the run takes the
+workdir's lock (`refuse_early`: a refused run writes nothing) and again under it (`resume`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -15,6 +18,7 @@ from flax import traverse_util
 
 from training.errors import ConfigError
 from training.store.checkpoint import CheckpointMismatchError, Checkpointer
+from training.store.lock import WorkdirLock
 from training.tasks.restore import check_shapes
 
 # Config fields that may differ when a run resumes: where things are and how often they are
@@ -44,17 +48,26 @@ def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
   return ckpt.restore(state, step), changes
 
 
+def refuse_early(workdir: str, state: Any, config: ml_collections.ConfigDict,
+                 steps_per_epoch: int, primary: bool) -> None:
+  """The refusals of `resume` (another model, other settings, past this config's end), read
+  before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
+  WorkdirLock(workdir, enabled=primary).check_free()  # "in use" comes before any other
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with Checkpointer.reader(workdir) as ckpt:
+    if ckpt.latest_step() is not None:
+      check(ckpt, state, config, steps_per_epoch, workdir)
+
+
 def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
           steps_per_epoch: int, workdir: str) -> dict[str, str]:
   """The refusals of `resume`, read from the latest checkpoint's metadata and config alone (a
   reader can check them before the run takes the workdir); its changes, if none refuses."""
   step = ckpt.latest_step()
   _check_within_the_run(step, config.num_epochs, steps_per_epoch, ckpt.directory, workdir)
+  check_shapes(ckpt, state, step, config.model.name)
   saved = traverse_util.flatten_dict(ckpt.read_json(step, "config"), sep=".")
-  old, new = saved.get("model.name"), config.model.get("name")
-  why = (f"The checkpoint was trained with another model: {old} -> {new} (checkpoint -> now).\n"
-         if old != new else "")  # named first: the parameters follow from it
-  check_shapes(ckpt, state, step, why)
   # Through JSON, so that tuples compare as the saved lists.
   now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
   for side in (saved, now):

@@ -49,6 +49,7 @@ class Run:
   lock: WorkdirLock | None = None  # held for the whole run: one writing run per workdir
   writer: MetricWriter | None = None
   arrays: dict[str, Any] = dataclasses.field(default_factory=dict)  # device-resident splits
+  num_params: int = 0  # a model's parameters (each member's), counted once
   start_step: int = 0
   stop_at: int = 0  # the global step where stop_after_steps stops this process (0: none)
   t_train: float = 0.0
@@ -113,7 +114,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
   # each see the checkpoints directory differently here; `resume.resume` checks the same together.
   if workdir is not None and config.checkpoint.enabled and jax.process_count() == 1:
-    _refuse_early(run, state, workdir)
+    resume.refuse_early(workdir, state, config, run.steps_per_epoch, run.primary)
   try:
     if workdir is not None:  # taken before anything in the workdir is read or written
       run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
@@ -134,7 +135,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
 def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> Run:
   """What the task's evaluation needs, the run's steps, learning rates, mesh and device steps."""
   task.start(ds)  # e.g. the GAN's judge: its errors come before any write
-  population = task.population
+  steps, population = task.device_steps(), task.population
   carves = (data.member_carves(ds, config.validation_fraction,
                                [m.seed for m in population.members])
             if population.splits else None)
@@ -153,7 +154,7 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
           if population.members else "vmap")
   driver = device.DeviceSteps(mesh, config.batch_size, config.eval_batch_size, ds.num_classes,
                               chunk=device.steps_per_call(config),
-                              steps_per_epoch=steps_per_epoch, **task.device_steps(),
+                              steps_per_epoch=steps_per_epoch, **steps,
                               members=len(population.members), mode=mode,
                               tta_shift=config.get("tta_shift", 0))
   return Run(config, None, ds, task, driver, schedule,
@@ -187,17 +188,6 @@ def _learning_rates(schedule, total_steps: int) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(schedule))(np.arange(max(total_steps, 1))))
 
 
-def _refuse_early(run: Run, state: Any, workdir: str) -> None:
-  """The checkpoint's refusals (another model, other settings, past this config's end), read
-  before the run takes the workdir's lock: a refused run writes nothing there, not even that."""
-  WorkdirLock(workdir, enabled=run.primary).check_free()  # "in use" comes before any other
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
-  with Checkpointer.reader(workdir) as ckpt:
-    if ckpt.latest_step() is not None:
-      resume.check(ckpt, state, run.config, run.steps_per_epoch, workdir)
-
-
 def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   """The profiler, config.json, the data on the devices, the metric writer, and the run's
   opening lines."""
@@ -211,9 +201,9 @@ def _open_outputs(run: Run, state: Any, changes: dict[str, str] | None) -> None:
   _put_data(run)
   mesh, size = run.driver.mesh, len(run.members)
   procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  weights = (f"{param_count(state.params) // size:,} parameters x {size} members "
-             f"({run.driver.mode} over members)" if size
-             else f"{param_count(state.params):,} parameters")
+  run.num_params = param_count(state.params) // max(size, 1)
+  weights = (f"{run.num_params:,} parameters x {size} members ({run.driver.mode} over members)"
+             if size else f"{run.num_params:,} parameters")
   n_train, n_val = ((run.carves[1].shape[1], f"{run.carves[2].shape[1]} validation (each "
                       "member its own split)") if run.carves else
                      (len(ds.train), f"{len(ds.validation) if ds.validation else 0} validation"))
