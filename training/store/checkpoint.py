@@ -1,21 +1,16 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: the last N plus the best by validation accuracy.
 
-A checkpoint holds all that exact resumption needs: parameters, optimizer state, batch-norm
-statistics, the step (which fixes the data position: epoch = step // steps_per_epoch, offset =
-step % steps_per_epoch, as each epoch's order is a pure function of the seed and the epoch), the
-RNG key, the config that produced it, what inference needs to know of the data (image shape,
-class names), and the trainer's open log window (the steps since its last record, given to `save`
-as JSON and read back by `read_window`, so that a resumed run's records equal an uninterrupted
-run's). Orbax writes each checkpoint to a temporary directory and renames it when complete,
-so a process killed mid-save leaves no checkpoint that a restart would read; the restart deletes
-such leftovers.
+A checkpoint holds all that exact resumption needs: the state's arrays and its step (which fixes
+the data position, each epoch's order being a pure function of the seed and the epoch), the
+config, what inference needs of the data (image shape, class names), and the trainer's open log
+window (`save`'s JSON `window`, read back by `read_window`: a resumed run's records equal an
+uninterrupted run's). Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a process killed mid-save leaves none that a restart would read.
 
-A save that cannot be written (a full disk, a lost mount) surfaces wherever orbax reports it: at
-the `save` that starts it, at the next `save`, at `wait` or at `close`. Each of them raises the
-same `CheckpointWriteError` (a ConfigError: one `error:` line on the command line) that says what
-failed, the free space, and the last committed checkpoint, which is left intact; the partial
-temporary directory is removed; orbax's own reports of it are dropped at start-up
-(`runtime.quiet_library_noise`).
+A save that cannot be written (a full disk, a lost mount) surfaces where orbax reports it (this
+`save`, the next, `wait` or `close`), each time as one `CheckpointWriteError` naming what failed,
+the free space and the last committed checkpoint, which is left intact; the partial temporary
+directory is removed.
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ from training.store.orbax_io import join_orbax_threads, read_errors_as, remove_p
 from training.store.state_tree import saved_tree, shapes_by_path, step_of
 
 BEST_METRIC = "validation/accuracy"
+
 
 class CheckpointMismatchError(ConfigError):
   """A checkpoint whose arrays do not fit the state read into it, or whose JSON is unusable."""
