@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 MAX_FUNCTION_LINES = 60  # a function a reader takes in at once (the style guide's ~60)
-MAX_MODULE_LINES = 400  # in training/
+MAX_MODULE_LINES = 300  # in training/: the house issue's bound
 # The callables that import a module named by a string.
 IMPORTERS = {"import_module", "__import__"}
 
