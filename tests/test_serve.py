@@ -148,6 +148,11 @@ BIG = 50 * 2**20
     ("an empty file", {"files": [("file", ("empty.png", b""))]}, 400, "the file is empty"),
     ("too many files", {"files": [("file", ("a.png", b"x"))] * 257}, 400,
      "Maximum number of files is 256"),
+    ("a broken multipart body", {"content": b"--b\r\nno headers end here",
+                                 "headers": {"content-type": "multipart/form-data; boundary=b"}},
+     400, "Invalid multipart data"),
+    ("no boundary", {"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400,
+     "Missing boundary in multipart"),
     ("too many arrays", {"json": {"images": [[[0] * 28] * 28] * 257}}, 413,
      "257 images in one request, over the limit of 256 (--max_images)"),
     ("malformed JSON", {"content": b'{"images": [[', "headers": {"content-type":
