@@ -213,7 +213,7 @@ def _kill_args(config_name: str = "mlp") -> list[str]:
   return [f"--config=configs/{config_name}.py", *KILL_ARGS]
 # Issues the n-th save, then kills its own process while orbax is still writing it.
 KILL_IN_SAVE = """
-import os, runpy, signal, sys
+import glob, os, runpy, signal, sys, time
 sys.path.insert(0, os.getcwd())
 from training.store import checkpoint
 save, calls = checkpoint.Checkpointer.save, []
@@ -221,6 +221,11 @@ def save_then_die(self, state, *args, **kwargs):
   save(self, state, *args, **kwargs)
   calls.append(int(state.step))
   if len(calls) == int(os.environ["KILL_AT_SAVE"]):
+    # Orbax makes the temporary directory on a thread of its own: killed once it exists, the
+    # process dies mid-save however loaded the machine is.
+    deadline = time.time() + 30
+    while not glob.glob(os.path.join(self.directory, "*tmp*")) and time.time() < deadline:
+      time.sleep(0.0005)
     os.kill(os.getpid(), signal.SIGKILL)
 checkpoint.Checkpointer.save = save_then_die
 sys.argv = ["train.py", *sys.argv[1:]]
