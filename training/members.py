@@ -135,18 +135,9 @@ def _check_sweep(config: ml_collections.ConfigDict, sweep: dict[str, list[float]
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
       raise ConfigError(f"--config.sweep: {field} takes numbers, got {bad[0]!r}.")
-    # A member's traced value is used as given, its single run's rounded (`member_config`).
+    # A member's traced value is used as given, while an int field of a single run would round it.
     if type(flat[field]) is int and any(v != int(v) for v in values):
       raise ConfigError(f"--config.sweep: {field} takes whole numbers, got {values}.")
-
-
-def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
-  """The single run that `member` is: the config with its seed and swept values, no population."""
-  single = ml_collections.ConfigDict(config.to_dict())
-  settings_lib.set_fields(single, {f: type(settings_lib.field_value(config, f))(v)
-                                   for f, v in member.values.items()})
-  single.seed, single.population, single.sweep = member.seed, 1, ""
-  return single
 
 
 def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
