@@ -3,10 +3,11 @@
     python bench/nnx_vs_linen.py [--steps=200] [--rounds=5] [--batch=128] [--dropout=0.2]
 
 The Linen side is nets/mlp.py's MLP with batch norm and dropout (configs/mlp.py's widths); the
-NNX side, `MLP` below, is the same layers under the same names, run through nets/nnx_bridge.py (what
-a model registered in nets/ gets). Each takes the project's own jitted train step (training/tasks/classify/steps.py) on one fixed batch;
-the rounds alternate the models, so the machine's drift falls on all of them, and the table
-gives each one's median milliseconds per step.
+NNX side, `MLP` below, is the same layers under the same names, run through nets/nnx_bridge.py
+(what a model registered in nets/ gets). Each takes the project's own jitted train step
+(training/tasks/classify/steps.py) on one fixed batch; the rounds alternate the models, so the
+machine's drift falls on all of them, and the table gives each one's median milliseconds per
+step.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@
 For each config: one model's train step (what each of N separate runs takes, N times over), and
 the population's step of N members (`--config.population=N`) with each way the members can run
 in the one program: `vmap` (batched: a batched convolution becomes a grouped one) and `loop`
-(`lax.map`, one member after another). The steps are the trainer's own (`DeviceSteps`, built as
-`training/modes/train/setup.py` builds them: the task's state, each member's own data order, the state
-donated) on a device-resident MNIST-sized random dataset. Everything is compiled first, then
-timed in interleaved rounds (every variant once a round, in an order rotated from round to
-round, so that a loaded machine's drift hits all alike).
+(`lax.map`, one member after another). The steps are the trainer's own (`DeviceSteps`, built
+as `training/modes/train/setup.py` builds them: the task's state, each member's own data order,
+the state donated) on a device-resident MNIST-sized random dataset. Everything is compiled
+first, then timed in interleaved rounds (every variant once a round, in an order rotated from
+round to round, so that a loaded machine's drift hits all alike).
 
 Prints the environment and one markdown table: the median ms of one step of the N members (for
 the single model: N of its steps, as N runs would take), the range, and the ratio to N separate

@@ -5,16 +5,16 @@ thing switched off or swapped, on whatever backend is present.
 
 Each variant is `configs/<config>.py` with one change (see VARIANTS): augmentation off, each
 augmentation alone (shift and rotation, crop, zoom, elastic distortion) or all of them, or
-computed as matmuls (`training.data.augment.warp_matmul`), batch norm off, dropout 0, no moving average of the
-weights, no label smoothing, `nn.max_pool` (or JAX's own gradient of max) instead of
+computed as matmuls (`training.data.augment.warp_matmul`), batch norm off, dropout 0, no moving
+average of the weights, no label smoothing, `nn.max_pool` (or JAX's own gradient of max) instead of
 `nets/cnn.py`'s reshape-and-max pooling with its custom gradient, `flax.linen.Dropout` instead of
 `nets/layers.py`'s 8-bit dropout, a grouped convolution instead of MobileNet's shifted depthwise
 multiply-adds, batch 512 instead of 128, and `--steps` steps in one `lax.scan` instead of one
 jitted call per step. Swaps of code are monkeypatches, active while the variant's step traces and
-runs. The step is the trainer's own: `training.compute.device.DeviceSteps` (the batch gathered from a
-device-resident dataset, the state donated), built from the config by `training.compute` and
-`training.compute.optim`, after `training.compute.runtime.setup` (the CPU tuning). Data are random images: no step
-depends on pixel values for its time.
+runs. The step is the trainer's own: `training.compute.device.DeviceSteps` (the batch gathered
+from a device-resident dataset, the state donated), built from the config by `training.compute`
+and `training.compute.optim`, after `training.compute.runtime.setup` (the CPU tuning). Data are
+random images: no step depends on pixel values for its time.
 
 All variants are compiled first, then timed in interleaved rounds (each round runs every variant
 once, `--steps` steps each, in an order rotated from round to round, so drift on a loaded machine

@@ -12,8 +12,8 @@ tests/test_architecture.py holds the code to them):
     data/     datasets from their sources as uint8 arrays; image files; augmentation
     errors.py, console.py, settings.py: the user-input errors, printing, config helpers
 
-`train_and_evaluate` (training, then the report: cli.py's) is imported on first use, so that the modules that need no JAX (images,
-errors) can be imported without it.
+`train_and_evaluate` (training, then the report: cli.py's) is imported on first use, so that
+the modules that need no JAX (images, errors) can be imported without it.
 """
 
 from training.errors import ConfigError, DataNotFoundError, NonFiniteLossError, Preempted
