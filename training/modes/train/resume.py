@@ -3,8 +3,10 @@
 The store (training/store/checkpoint.py) reads and writes checkpoints and refuses a state of
 other shapes; what such shapes mean (another model, another optimizer) the tasks' restore says
 (`check_shapes`). Which settings may change between a checkpoint and the config that resumes it
-is decided here, by the layer that trains. The refusals are read before the run takes the
-workdir's lock (`refuse_early`: a refused run writes nothing) and again under it (`resume`).
+is decided here, by the layer that trains. `take` is the one call a run's
+set-up makes: the refusals read before the run takes the workdir's lock (`refuse_early`: a
+refused run writes nothing), the lock, and the checkpoint restored under it (`resume`, which
+reads the refusals again).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from flax import traverse_util
 
+from training.console import log
 from training.errors import ConfigError
 from training.store.checkpoint import CheckpointMismatchError, Checkpointer
 from training.store.lock import WorkdirLock
@@ -34,6 +38,34 @@ RESUMABLE_CHANGES = ("num_epochs", "stop_after_steps", "data_dir", "data_url", "
 
 class ConfigChangedError(CheckpointMismatchError):
   """The workdir's checkpoint was trained with other settings than the config's."""
+
+
+def take(workdir: str, state: Any, config: ml_collections.ConfigDict, steps_per_epoch: int,
+         dataset_info: dict[str, Any], primary: bool
+         ) -> tuple[WorkdirLock, Checkpointer | None, Any, dict[str, str] | None]:
+  """The workdir taken for a run: (its lock, its Checkpointer or None without checkpoints, the
+  state to train on, the config's changes as `resume` gives them). A refusal raises with the
+  workdir as it was: nothing taken, nothing written."""
+  # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
+  # each see the checkpoints directory differently here; `resume` checks the same together.
+  if config.checkpoint.enabled and jax.process_count() == 1:
+    refuse_early(workdir, state, config, steps_per_epoch, primary)
+  lock = WorkdirLock(workdir, enabled=primary).__enter__()  # before anything there is read
+  ckpt = None
+  try:
+    if lock.note:
+      log(lock.note)
+    if not config.checkpoint.enabled:
+      return lock, None, state, None
+    ckpt = Checkpointer(workdir, config, dataset_info)
+    return lock, ckpt, *resume(ckpt, state, config, steps_per_epoch, workdir)
+  except BaseException:
+    try:
+      if ckpt:
+        ckpt.close()
+    finally:
+      lock.release()
+    raise
 
 
 def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,

@@ -111,18 +111,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   run = _plan(config, ds, task)
   state = _initial_state(run)
   changes = None
-  # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
-  # each see the checkpoints directory differently here; `resume.resume` checks the same together.
-  if workdir is not None and config.checkpoint.enabled and jax.process_count() == 1:
-    resume.refuse_early(workdir, state, config, run.steps_per_epoch, run.primary)
   try:
-    if workdir is not None:  # taken before anything in the workdir is read or written
-      run.lock = WorkdirLock(workdir, enabled=run.primary).__enter__()
-      if run.lock.note:
-        log(run.lock.note)
-    if workdir is not None and config.checkpoint.enabled:  # refusals leave the workdir as it was
-      run.ckpt = Checkpointer(workdir, config, ds.info())
-      state, changes = resume.resume(run.ckpt, state, config, run.steps_per_epoch, workdir)
+    if workdir is not None:
+      run.lock, run.ckpt, state, changes = resume.take(workdir, state, config,
+                                                       run.steps_per_epoch, ds.info(),
+                                                       run.primary)
     run.workdir, run.start_step = workdir, step_of(state)
     run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
     _open_outputs(run, state, changes)
