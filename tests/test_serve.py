@@ -192,6 +192,9 @@ def test_health_model_page_and_docs(server, small_run):
   assert "pointerdown" in page.text and "touch-action: none" in page.text
   missing = httpx.get(server.url + "nothing")
   assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+  # /predict is answered in front of FastAPI for POST only; other methods reach FastAPI's 405.
+  wrong = httpx.get(server.url + "predict")
+  assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
 
 
 def test_concurrent_requests_share_device_calls_and_sigterm_drains_them(small_run, mnist):
