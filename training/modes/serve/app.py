@@ -124,7 +124,7 @@ def _answering(endpoint: Any) -> Any:
       response = JSONResponse({"error": e.message}, 400)
     except _TooLarge:
       raise  # BodyLimit answers it
-    except Exception as e:  # a bug: the server goes on  # noqa: BLE001
+    except Exception as e:  # a bug: the server goes on
       response = JSONResponse({"error": f"internal error ({type(e).__name__}: {e})"}, 500)
     finally:
       await request.close()  # an uploaded file spooled to disk goes now

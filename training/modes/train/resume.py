@@ -3,10 +3,10 @@
 The store (training/store/checkpoint.py) reads and writes checkpoints and refuses a state of
 other shapes; what such shapes mean (another model, another optimizer) the tasks' restore says
 (`check_shapes`). Which settings may change between a checkpoint and the config that resumes it
-is decided here, by the layer that trains. `take` is the one call a run's
-set-up makes: the refusals read before the run takes the workdir's lock (`refuse_early`: a
-refused run writes nothing), the lock, and the checkpoint restored under it (`resume`, which
-reads the refusals again).
+is decided here, by the layer that trains. `take` is the one call a run's set-up makes: the
+refusals read before the run takes the workdir's lock (`refuse_early`: a refused run writes
+nothing), the lock, and the checkpoint restored under it (`resume`, which reads the refusals
+again).
 """
 
 from __future__ import annotations
