@@ -119,13 +119,13 @@ def _answering(endpoint: Any) -> Any:
     try:
       response = await endpoint(request)
     except HTTPException as e:
-      response = JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
+      response = _http_error(e)
     except MultiPartException as e:  # a broken form (FastAPI's app makes it the same 400)
       response = JSONResponse({"error": e.message}, 400)
     except _TooLarge:
       raise  # BodyLimit answers it
     except Exception as e:  # a bug: the server goes on
-      response = JSONResponse({"error": f"internal error ({type(e).__name__}: {e})"}, 500)
+      response = _internal_error(e)
     finally:
       await request.close()  # an uploaded file spooled to disk goes now
     await response(scope, receive, send)
@@ -195,7 +195,7 @@ def _error_handlers(api: FastAPI) -> None:
   included."""
   @api.exception_handler(HTTPException)
   async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
+    return _http_error(e)
 
   @api.exception_handler(RequestValidationError)
   async def bad_parameter(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -204,7 +204,15 @@ def _error_handlers(api: FastAPI) -> None:
 
   @api.exception_handler(Exception)
   async def failure(_: Request, e: Exception) -> JSONResponse:  # a bug: the server goes on
-    return JSONResponse({"error": f"internal error ({type(e).__name__}: {e})"}, 500)
+    return _internal_error(e)
+
+
+def _http_error(e: HTTPException) -> JSONResponse:
+  return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
+
+
+def _internal_error(e: Exception) -> JSONResponse:
+  return JSONResponse({"error": f"internal error ({type(e).__name__}: {e})"}, 500)
 
 
 class BodyLimit:
