@@ -150,13 +150,14 @@ def kill_once_logged(proc, metrics, step: int, timeout_s: float = 300) -> None:
   import time
   deadline = time.time() + timeout_s
   while time.time() < deadline and proc.poll() is None:
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] \
-        if metrics.exists() else []
-    if steps and max(steps) >= step:
+    # Only whole lines: the writer may be half-way through the last one.
+    lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []
+    if lines and max(json.loads(line)["step"] for line in lines) >= step:
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
-  assert proc.wait(timeout=60) == -signal.SIGKILL
+  code = proc.wait(timeout=60)
+  assert code == -signal.SIGKILL, f"the run ended on its own (exit {code}) before the kill"
 
 
 @pytest.fixture(scope="session")
