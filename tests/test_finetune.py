@@ -4,6 +4,7 @@ and refused, exact resume, and the gain over training from scratch on real MNIST
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from training.compute import optim
 from training.modes.train import checks
 from training.modes import evaluate
 from training.tasks import restore
+from training.store.checkpoint import Checkpointer
 
 from conftest import load_config, real_data_dir, shrink
 
@@ -45,7 +47,7 @@ def _initial(config, monkeypatch):
   initialize, got = finetune.initialize, []
 
   def capture(*args):
-    got.append(initialize(*args))
+    got.append(initialize(*args)[0])  # the state; the record of its origin is tested below
     raise _Started
   with monkeypatch.context() as m:
     m.setattr(finetune, "initialize", capture)
@@ -168,14 +170,25 @@ def _losses(workdir) -> dict[int, float]:
           if "train/loss" in r and "epoch" not in r}
 
 
-def test_a_fine_tuning_run_resumes_exactly_and_evaluates(mock_mnist, source, tmp_path):
-  config = lambda **o: _config(classes="5,6,7,8,9", init_from=source, freeze="^Conv_0/",
-                               init_lr_multiplier=0.5, num_epochs=3, log_every_steps=1,
-                               ema_decay=0.9, **{"model.dropout": 0.3, **o})
+def test_a_fine_tuning_run_resumes_exactly_without_its_source(mock_mnist, source, tmp_path,
+                                                              capsys):
+  """The resumed run reads which parameters were loaded (the multiplier's) from its own
+  checkpoint: its source may be moved away, even before a finished run only evaluates."""
+  shutil.copytree(source, tmp_path / "source")
+  config = lambda **o: _config(classes="5,6,7,8,9", init_from=str(tmp_path / "source"),
+                               freeze="^Conv_0/", init_lr_multiplier=0.5, num_epochs=3,
+                               log_every_steps=1, ema_decay=0.9, **{"model.dropout": 0.3, **o})
   whole, _ = train_and_evaluate(config(), str(tmp_path / "whole"))
   with pytest.raises(Preempted, match="at step 2"):
     train_and_evaluate(config(stop_after_steps=2), str(tmp_path / "split"))
+  (tmp_path / "source").rename(tmp_path / "moved")
+  capsys.readouterr()
   resumed, _ = train_and_evaluate(config(), str(tmp_path / "split"))
+  assert "so it is not read again" in "".join(capsys.readouterr())
+  with Checkpointer.reader(str(tmp_path / "split")) as ckpt:
+    origin = ckpt.read_item(ckpt.latest_step(), "origin")
+  assert origin["head"] == ["params/Dense_1/bias", "params/Dense_1/kernel"], origin
+  assert (origin["directory"], origin["step"]) == (str(tmp_path / "source"), 6), origin
   assert int(resumed.step) == int(whole.step) > 2
   for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed)):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
@@ -183,6 +196,8 @@ def test_a_fine_tuning_run_resumes_exactly_and_evaluates(mock_mnist, source, tmp
   # The optimizer state's structure follows from the config: evaluation needs no source run.
   result = evaluate.evaluate(str(tmp_path / "split"), "latest")
   assert result["checkpoint_step"] == int(whole.step)
+  again, _ = train_and_evaluate(config(), str(tmp_path / "whole"))  # finished: evaluates only
+  assert int(again.step) == int(whole.step)
 
 
 @pytest.mark.slow

@@ -2,10 +2,10 @@
 
 A checkpoint holds all that exact resumption needs: the state's arrays and its step (which fixes
 the data position, each epoch's order being a pure function of the seed and the epoch), the
-config, what inference needs of the data (image shape, class names), and the trainer's open log
-window (`save`'s JSON `window`, read back by `read_window`: a resumed run's records equal an
-uninterrupted run's). Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a process killed mid-save leaves none that a restart would read.
+config, what inference needs of the data, the run's `origin` (a fine-tuning's source: a resume
+reads no other run) and the open log window (`save`'s `window`: resumed records equal an
+uninterrupted run's), the last two JSON read back by `read_item`. Orbax writes each checkpoint to
+a temporary directory and renames it when complete, so a killed save leaves none to read.
 
 A save that cannot be written (a full disk, a lost mount) surfaces where orbax reports it (this
 `save`, the next, `wait` or `close`), each time as one `CheckpointWriteError` naming what failed,
@@ -59,14 +59,15 @@ class Checkpointer:
   """Saves asynchronously (the step waits only for the device-to-host copy) and restores."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict | None,
-               dataset_info: dict[str, Any] | None = None, *, read_only: bool = False):
-    """For a run that writes `workdir`: its config and dataset info go into every checkpoint.
-    `Checkpointer.reader(workdir)` opens one to read only."""
+               dataset_info: dict[str, Any] | None = None, *, origin: dict[str, Any] | None = None,
+               read_only: bool = False):
+    """For a run that writes `workdir`: its config, dataset info and `origin` (JSON) go into
+    every checkpoint. `Checkpointer.reader(workdir)` opens one to read only."""
     if (config is None) != read_only:
       raise TypeError("A Checkpointer writes with the run's config, or reads without one: use "
                       "Checkpointer(workdir, config, dataset_info) or Checkpointer.reader(workdir).")
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.config, self.dataset_info = config, dataset_info
+    self.config, self.dataset_info, self.origin = config, dataset_info, origin
     self._saving: int | None = None  # the step of the last save started, until waited for
     self._failed: CheckpointWriteError | None = None  # a failed save, once raised
     self._state_bytes = 0  # the size of a checkpoint's arrays
@@ -95,7 +96,8 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "dataset": ocp.JsonCheckpointHandler(),
-                       "window": ocp.JsonCheckpointHandler()})
+                       "window": ocp.JsonCheckpointHandler(),
+                       "origin": ocp.JsonCheckpointHandler()})
 
   def __enter__(self) -> "Checkpointer":  # `with Checkpointer.reader(workdir) as ckpt:` closes it
     return self
@@ -161,6 +163,7 @@ class Checkpointer:
           state=ocp.args.StandardSave(tree),
           config=ocp.args.JsonSave(self.config.to_dict()),
           dataset=ocp.args.JsonSave(self.dataset_info or {}),
+          origin=ocp.args.JsonSave(self.origin or {}),
           window=ocp.args.JsonSave(window or {})),
           metrics={k: float(v) for k, v in metrics.items()} if metrics else None)
 
@@ -223,14 +226,13 @@ class Checkpointer:
       raise CheckpointMismatchError(problem)
     return value
 
-  def read_window(self, step: int) -> dict[str, Any] | None:
-    """The `window` saved with checkpoint `step`; None if it has none (written by a version that
-    did not keep it)."""
+  def read_item(self, step: int, item: str) -> dict[str, Any] | None:
+    """The JSON `item` ("window", "origin") of checkpoint `step`; None from a version without."""
     with read_errors_as(lambda cause: self._damaged(step, cause)):
-      if "window" not in self.manager.item_metadata(step):
+      if item not in self.manager.item_metadata(step):
         return None
       return self.manager.restore(step, args=ocp.args.Composite(
-          window=ocp.args.JsonRestore()))["window"]
+          **{item: ocp.args.JsonRestore()}))[item]
 
   def shapes(self, step: int) -> dict[str, tuple]:
     """The shapes of checkpoint `step`'s arrays by path ("params/Dense_0/kernel"), read from its
@@ -279,8 +281,7 @@ class Checkpointer:
         f"{way_out}; or start afresh with another --workdir.")
 
   def wait(self) -> None:
-    """Waits for the save in flight; raises CheckpointWriteError if it failed (once: after that,
-    a failure already raised is not raised again)."""
+    """Waits for the save in flight; raises CheckpointWriteError if it failed, once only."""
     if not self._failed:
       self._wait()
 

@@ -51,8 +51,10 @@ class Task:
     """Raises ConfigError for the task's own fields' bad values, before any data is loaded."""
 
   @classmethod
-  def check_start(cls, config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for what a run about to train cannot start from (tasks.check_start)."""
+  def check_start(cls, config: ml_collections.ConfigDict,
+                  origin: dict[str, Any] | None = None) -> None:
+    """Raises ConfigError for what a run about to train cannot start from (tasks.check_start);
+    `origin`: where a resumed run's first weights came from, as its checkpoint recorded."""
 
   def init_state(self, schedule: Callable, init_key, train_key) -> Any:
     """The freshly initialized train state (a flax struct dataclass with `step` and `rng`)."""
@@ -74,11 +76,13 @@ class Task:
           for f in population.swept})
     return state
 
-  def finetune(self, state: Any, dataset_info: dict[str, Any], schedule: Callable) -> Any:
-    """The freshly initialized `state` (of the task's population's members along a leading axis,
-    if it has any) started from another run's weights (`init_from`, `freeze`), for a task whose
-    `finetunes`."""
-    return state
+  def finetune(self, state: Any, dataset_info: dict[str, Any], schedule: Callable,
+               origin: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """(The freshly initialized `state` (of the task's population's members along a leading
+    axis, if it has any) started from another run's weights (`init_from`, `freeze`), for a task
+    whose `finetunes`; the record of where they came from, kept with the run's checkpoints, or
+    None). `origin`: that record, read back from the checkpoint a run resumes from."""
+    return state, None
 
   def train_step(self, state: Any, batch: dict[str, Any], rng) -> tuple[Any, Metrics]:
     """One pure update on `batch` ({"image": uint8 NHWC, "label": int32}); jitted by the loop."""
@@ -159,15 +163,15 @@ def check(config: ml_collections.ConfigDict) -> None:
   _REGISTRY[name].check_config(config)
 
 
-def check_start(config: ml_collections.ConfigDict) -> None:
+def check_start(config: ml_collections.ConfigDict, origin: dict[str, Any] | None = None) -> None:
   """`check`, and the checks only a run about to train needs (not one restored: the run that
-  init_from named may be gone by then)."""
+  init_from named may be gone by then, as it may for a resumed run whose `origin` is recorded)."""
   check(config)
   task = _REGISTRY[task_name(config)]
   if (config.get("init_from") or config.get("freeze")) and not task.finetunes:
     raise ConfigError(f"init_from and freeze apply to classifiers, not to the "
                       f"{task_name(config)!r} task: leave them unset.")
-  task.check_start(config)
+  task.check_start(config, origin)
 
 
 def get(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...],

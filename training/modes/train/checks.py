@@ -25,11 +25,13 @@ _AT_LEAST = {"batch_size": 1, "eval_batch_size": 1, "num_epochs": 1, "log_every_
              "grad_clip_norm": 0.0, "profile_steps": 0, "tta_shift": 0}
 
 
-def validate(config: ml_collections.ConfigDict) -> Population:
+def validate(config: ml_collections.ConfigDict, origin: dict[str, Any] | None = None
+             ) -> Population:
   """Fails fast, before the data is loaded, on config values that cannot work; returns the
   run's population, derived here once as its fields are checked. The config's own fields come
   first (choices, ranges, each sweep setting's), then the task's checks (its model, its own
-  fields, a fine-tuning's source) and the data options'."""
+  fields, a fine-tuning's source unless `origin`, the record of a run resumed, says where its
+  weights came from) and the data options'."""
   for field, choices in (("dtype", DTYPES), ("optimizer", optim.OPTIMIZERS),
                          ("schedule", optim.SCHEDULES)):
     if config[field] not in choices:
@@ -38,7 +40,7 @@ def validate(config: ml_collections.ConfigDict) -> Population:
   _check_ranges(fields)
   population = Population.of(config)
   _check_swept_ranges(fields, population)
-  tasks.check_start(config)  # an unknown model among them, listing the known ones
+  tasks.check_start(config, origin)  # an unknown model among them, listing the known ones
   sources.check_options(config.dataset, config.classes, config.folder.to_dict(),
                         config.get("data_url"))
   return population

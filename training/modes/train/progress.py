@@ -151,7 +151,7 @@ def check_finite(metrics: dict[str, np.ndarray], first_step: int,
 def resumed_window(run: Run, first: int) -> dict[str, np.ndarray]:
   """The window that the checkpoint at `run.start_step` (step `first` of its epoch) carried;
   empty, with a note, for a checkpoint written before windows were kept."""
-  saved = run.ckpt.read_window(run.start_step)
+  saved = run.ckpt.read_item(run.start_step, "window")
   if saved is None:
     if first % run.config.log_every_steps:
       note(f"the checkpoint at step {run.start_step} was written by an earlier version, which "

@@ -41,11 +41,12 @@ class ConfigChangedError(CheckpointMismatchError):
 
 
 def take(workdir: str, state: Any, config: ml_collections.ConfigDict, steps_per_epoch: int,
-         dataset_info: dict[str, Any], primary: bool
+         dataset_info: dict[str, Any], primary: bool, origin: dict[str, Any] | None = None
          ) -> tuple[WorkdirLock, Checkpointer | None, Any, dict[str, str] | None]:
-  """The workdir taken for a run: (its lock, its Checkpointer or None without checkpoints, the
-  state to train on, the config's changes as `resume` gives them). A refusal raises with the
-  workdir as it was: nothing taken, nothing written."""
+  """The workdir taken for a run: (its lock, its Checkpointer (saving `origin` with each
+  checkpoint) or None without checkpoints, the state to train on, the config's changes as
+  `resume` gives them). A refusal raises with the workdir as it was: nothing taken, nothing
+  written."""
   # Alone only: orbax's readers synchronize the processes of a multi-process run, which could
   # each see the checkpoints directory differently here; `resume` checks the same together.
   if config.checkpoint.enabled and jax.process_count() == 1:
@@ -57,7 +58,7 @@ def take(workdir: str, state: Any, config: ml_collections.ConfigDict, steps_per_
       log(lock.note)
     if not config.checkpoint.enabled:
       return lock, None, state, None
-    ckpt = Checkpointer(workdir, config, dataset_info)
+    ckpt = Checkpointer(workdir, config, dataset_info, origin=origin)
     return lock, ckpt, *resume(ckpt, state, config, steps_per_epoch, workdir)
   except BaseException:
     try:
@@ -78,6 +79,20 @@ def resume(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
     return state, None
   changes = check(ckpt, state, config, steps_per_epoch, workdir)
   return ckpt.restore(state, step), changes
+
+
+def recorded_origin(workdir: str | None, config: ml_collections.ConfigDict
+                    ) -> dict[str, Any] | None:
+  """The `origin` saved with the workdir's latest checkpoint (where a fine-tuning run's first
+  weights came from), read before the run takes the lock: a resumed run then needs no other
+  run. None for a fresh run, a checkpoint without one (an earlier version), and a run of several
+  processes, which reads its source again (the early read is for one process, as `take`'s)."""
+  if (workdir is None or not config.get("init_from") or not config.checkpoint.enabled
+      or jax.process_count() > 1 or not os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    return None
+  with Checkpointer.reader(workdir) as ckpt:
+    step = ckpt.latest_step()
+    return (ckpt.read_item(step, "origin") or None) if step is not None else None
 
 
 def refuse_early(workdir: str, state: Any, config: ml_collections.ConfigDict,

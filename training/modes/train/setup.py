@@ -40,6 +40,8 @@ class Run:
   learning_rates: np.ndarray  # the schedule's value at each step, computed once
   steps_per_epoch: int
   population: Population  # derived once from the config, as the task's
+  origin: dict[str, Any] | None = None  # where the first weights came from (init_from), if not
+  # from this run's own initialization: saved with each checkpoint, so a resume reads no other run
   shuffle_key: jax.Array | None = None  # each epoch's order is drawn from it (each member's)
   # population_splits: the pool both are drawn from, and each member's (train, validation)
   # positions in it, (members, n) arrays (data.dataset.member_carves); None: the shared splits.
@@ -100,7 +102,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   """Everything a run needs before its first step: (the state on the devices, the Run, the
   config's changes since the checkpoint it resumes, or None for a fresh run). Nothing is written
   to the workdir until the config, the data and any checkpoint there were accepted."""
-  population = checks.validate(config)
+  # A resumed fine-tuning run's record of its source: the source need not be there any more.
+  origin = resume.recorded_origin(workdir, config)
+  population = checks.validate(config, origin)
   if config.stop_after_steps and (workdir is None or not config.checkpoint.enabled):
     raise ConfigError("stop_after_steps needs checkpoints: set --workdir and keep "
                       "--config.checkpoint.enabled=True.")
@@ -109,13 +113,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None
   ds = data.from_config(config)
   task = tasks.get(config, ds.num_classes, ds.image_shape, population)
   run = _plan(config, ds, task)
-  state = _initial_state(run)
+  state = _initial_state(run, origin)
   changes = None
   try:
     if workdir is not None:
       run.lock, run.ckpt, state, changes = resume.take(workdir, state, config,
                                                        run.steps_per_epoch, ds.info(),
-                                                       run.primary)
+                                                       run.primary, run.origin)
     run.workdir, run.start_step = workdir, step_of(state)
     run.stop_at = run.start_step + config.stop_after_steps if config.stop_after_steps else 0
     _open_outputs(run, state, changes)
@@ -155,16 +159,17 @@ def _plan(config: ml_collections.ConfigDict, ds: Dataset, task: tasks.Task) -> R
              population, carves=carves)
 
 
-def _initial_state(run: Run) -> Any:
-  """The task's freshly initialized state (with `init_from`'s weights, if set: a resumed run then
-  restores its own checkpoint over them), on the devices."""
+def _initial_state(run: Run, origin: dict[str, Any] | None) -> Any:
+  """The task's freshly initialized state (with `init_from`'s weights, if set, or where `origin`,
+  the record of a run being resumed, says they came from: that run then restores its own
+  checkpoint over them), on the devices."""
   config = run.config
   init_key, train_key, run.shuffle_key = run.population.keys()
   try:
     state = run.task.initial_state(run.schedule, init_key, train_key)
   except (ValueError, TypeError, ZeroDivisionError) as e:
     raise ConfigError(model_error(config, run.ds.image_shape, e)) from e
-  state = run.task.finetune(state, run.ds.info(), run.schedule)
+  state, run.origin = run.task.finetune(state, run.ds.info(), run.schedule, origin)
   return run.driver.put_state(state)
 
 

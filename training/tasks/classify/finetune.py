@@ -3,8 +3,10 @@ model (`freeze`), and scale the learning rate of what was loaded (`init_lr_multi
 
 `initialize` is one step of a run's set-up, through the task's `finetune`: it takes the freshly
 initialised state and returns it with the other run's matching parameters and batch-norm
-statistics loaded. A run that resumes from its own checkpoint goes through it too; the set-up
-then replaces the state with that checkpoint's, which already holds the fine-tuned weights.
+statistics loaded, and the record of what it loaded (the run's `origin`, saved with each of its
+checkpoints). A run that resumes from its own checkpoint passes that record back instead: its
+checkpoint already holds the fine-tuned weights, so the source run is not read again (it may
+have moved or gone on training).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def parse_init_from(init_from: str) -> tuple[str, str, int | None]:
   return init_from, "best", member
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """The fine-tuning fields' checks that need no model (the task's check_start)."""
+def validate(config: ml_collections.ConfigDict, origin: dict[str, Any] | None = None) -> None:
+  """The fine-tuning fields' checks that need no model (the task's check_start); the source's
+  checkpoints only for a run that will read them (not one resumed with its `origin` recorded)."""
   init_from, freeze = config.get("init_from", ""), config.get("freeze", "")
   multiplier = config.get("init_lr_multiplier", 1.0)
   if freeze:
@@ -63,7 +66,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if multiplier != 1.0 and not init_from:
     raise ConfigError("init_lr_multiplier scales the learning rate of the parameters loaded by "
                       "init_from: set --config.init_from=DIR too, or leave it at 1.0.")
-  if init_from:
+  if init_from and not origin:
     directory, _, _ = parse_init_from(init_from)
     if not os.path.isdir(os.path.join(directory, "checkpoints")):
       raise ConfigError(f"init_from={init_from!r}: {directory!r} holds no checkpoints/; give "
@@ -73,13 +76,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def initialize(config: ml_collections.ConfigDict, state: TrainState,
                dataset_info: dict[str, Any], schedule: optax.Schedule,
-               population: Population) -> TrainState:
-  """`state` (freshly initialised; of the `population`'s members along a leading axis) with
+               population: Population, origin: dict[str, Any] | None = None
+               ) -> tuple[TrainState, dict[str, Any] | None]:
+  """(`state` (freshly initialised; of the `population`'s members along a leading axis) with
   `init_from`'s matching parameters and batch-norm statistics (the same in every member), the
   head re-initialised if the classes differ, and the optimizer rebuilt to scale the loaded
-  parameters' learning rate. Checks `freeze` against the model's parameter paths."""
+  parameters' learning rate; the record of what was loaded, or None without `init_from`).
+  Checks `freeze` against the model's parameter paths. `origin`: that record, kept with the
+  checkpoint a run resumes from, which then holds the weights: only the optimizer is rebuilt."""
   if not (config.get("init_from") or config.get("freeze")):
-    return state
+    return state, None
   size = len(population.members)
   one = device.take(state, 0) if size else state  # the shapes of one member
   paths = _paths(one.params)
@@ -87,31 +93,46 @@ def initialize(config: ml_collections.ConfigDict, state: TrainState,
   if not config.init_from:
     log(f"Frozen at their initialisation: {len(frozen)} of {len(paths)} parameter "
                  f"arrays (freeze={config.freeze!r}).")
-    return state
+    return state, None
+  if origin:
+    log(f"Fine-tuned from the {origin['checkpoint']} checkpoint (step {origin['step']}) of "
+        f"{origin['directory']}: this run's checkpoints hold those weights, so it is not read "
+        "again.")
+  else:
+    state, origin = _load(config, state, one, dataset_info, frozen, size)
+  head = set(origin["head"])
+  tx = optim.make_optimizer(config, schedule, loaded=lambda path: f"params/{path}" not in head,
+                            swept=population.swept)
+  # A resumed run's fresh optimizer state and average are restored over, their structure kept.
+  params, batch_stats = state.params, state.batch_stats
+  return state.replace(
+      tx=tx, opt_state=jax.vmap(tx.init)(params) if size else tx.init(params),
+      ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+      if state.ema else state.ema), origin
+
+
+def _load(config: ml_collections.ConfigDict, state: TrainState, one: TrainState,
+          dataset_info: dict[str, Any], frozen: list[str], size: int
+          ) -> tuple[TrainState, dict[str, Any]]:
+  """(`state` with init_from's weights but the head's, in each of its `size` members (0: a single
+  model), the record of what was loaded); `one`: one member's state, for the shapes."""
   try:
     source = _source(config.init_from)
   except ConfigError as e:
     raise ConfigError(f"init_from={config.init_from!r}: {e}") from e
-  new_head = _head(config, one, dataset_info, source)
+  head = _head(config, one, dataset_info, source)
   ours = {"params": state.params, "batch_stats": state.batch_stats}
   theirs = (source.state.ema if source.state.ema else  # what the source run evaluated
             {"params": source.state.params, "batch_stats": source.state.batch_stats})
   if size:  # every member starts from the same loaded weights
     theirs = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size, *x.shape)), theirs)
-  merged = _merge(ours, theirs, new_head)
-  params, batch_stats = merged["params"], merged["batch_stats"]
-  summary = _summary(config, source, dataset_info, {"params": one.params,
-                                                    "batch_stats": one.batch_stats},
-                     new_head, frozen)
-  tx = optim.make_optimizer(config, schedule, loaded=lambda path: f"params/{path}" not in new_head,
-                            swept=population.swept)
-  state = state.replace(
-      params=params, batch_stats=batch_stats, tx=tx,
-      opt_state=jax.vmap(tx.init)(params) if size else tx.init(params),
-      ema=jax.tree_util.tree_map(jnp.copy, {"params": params, "batch_stats": batch_stats})
-      if state.ema else state.ema)
-  log(summary)
-  return state
+  merged = _merge(ours, theirs, head)
+  log(_summary(config, source, dataset_info, {"params": one.params,
+                                              "batch_stats": one.batch_stats}, head, frozen))
+  return (state.replace(params=merged["params"], batch_stats=merged["batch_stats"]),
+          {"init_from": config.init_from, "checkpoint": source.which, "step": source.step,
+           "directory": os.path.abspath(parse_init_from(config.init_from)[0]),
+           "head": sorted(head)})
 
 
 def _source(init_from: str) -> Restored:

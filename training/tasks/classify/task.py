@@ -38,11 +38,13 @@ class Classify(base.Task):
     return steps.device_steps(**step_options(self.config))
 
   @classmethod
-  def check_start(cls, config) -> None:
-    finetune.validate(config)
+  def check_start(cls, config, origin=None) -> None:
+    finetune.validate(config, origin)
 
-  def finetune(self, state, dataset_info, schedule) -> state_lib.TrainState:
-    return finetune.initialize(self.config, state, dataset_info, schedule, self.population)
+  def finetune(self, state, dataset_info, schedule, origin=None
+               ) -> tuple[state_lib.TrainState, dict[str, Any] | None]:
+    return finetune.initialize(self.config, state, dataset_info, schedule, self.population,
+                               origin)
 
   def init_state(self, schedule: Callable, init_key, train_key) -> state_lib.TrainState:
     model = build.build_model(self.config, self.num_classes)
