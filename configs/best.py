@@ -6,10 +6,10 @@ last state, so nothing is chosen on test.
 
     python train.py --config=configs/best.py
 
-Reaches 99.64 +- 0.04% test accuracy over 5 seeds (min 99.58%, max 99.69%), their ensemble 99.63%,
-in 15 epochs: 4,050 s for the 5 seeds in one process on a 2-core CPU (docs/results.md). Its 5 seeds
-as one population are configs/ensemble.py. Not yet the 99.75% that the best published single nets
-reach.
+Reaches 99.66 +- 0.05% test accuracy over 5 seeds (min 99.59%, max 99.72%), their ensemble 99.69%,
+in 15 epochs: 2,526 s for the 5 seeds in one process on a 2-core CPU (docs/results.md). Its 5 seeds
+as one population are configs/ensemble.py. Not yet the 99.70% mean aimed at (docs/performance.md,
+"Toward a better configs/best.py").
 """
 
 from __future__ import annotations

@@ -64,3 +64,10 @@ def test_a_member_trains_and_validates_as_a_single_run_with_its_split(mock_mnist
 def test_population_splits_without_a_population_is_refused():
   with pytest.raises(ConfigError, match="population_splits gives each member"):
     train_and_evaluate(_cnn(population_splits=True))
+
+
+def test_population_splits_without_validation_is_refused():
+  """With nothing held out, every member's carve would be the whole pool: no split of its own."""
+  with pytest.raises(ConfigError, match="with validation_fraction=0 every member would train on "
+                     "the same examples"):
+    train_and_evaluate(_cnn(population=2, population_splits=True, validation_fraction=0.0))

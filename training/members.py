@@ -97,6 +97,11 @@ class Population:
       raise ConfigError("population_splits gives each member of a classifier's population its "
                         "own training and validation split: set --config.population=2 or more "
                         "(or a sweep), or leave population_splits False.")
+    if splits and not config.get("validation_fraction", 0.0) > 0:
+      raise ConfigError("population_splits carves each member's own validation examples, "
+                        "validation_fraction of the training pool: with validation_fraction=0 "
+                        "every member would train on the same examples. Set "
+                        "--config.validation_fraction=0.1, or leave population_splits False.")
     _check_sweep(config, sweep)
     settings = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
     pairs = itertools.product(settings, range(population))
