@@ -184,7 +184,7 @@ def test_a_fine_tuning_run_resumes_exactly_without_its_source(mock_mnist, source
   (tmp_path / "source").rename(tmp_path / "moved")
   capsys.readouterr()
   resumed, _ = train_and_evaluate(config(), str(tmp_path / "split"))
-  assert "so it is not read again" in "".join(capsys.readouterr())
+  assert "so the source is not read again" in "".join(capsys.readouterr())
   with Checkpointer.reader(str(tmp_path / "split")) as ckpt:
     origin = ckpt.read_item(ckpt.latest_step(), "origin")
   assert origin["head"] == ["params/Dense_1/bias", "params/Dense_1/kernel"], origin

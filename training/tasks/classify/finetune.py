@@ -96,7 +96,7 @@ def initialize(config: ml_collections.ConfigDict, state: TrainState,
     return state, None
   if origin:
     log(f"Fine-tuned from the {origin['checkpoint']} checkpoint (step {origin['step']}) of "
-        f"{origin['directory']}: this run's checkpoints hold those weights, so it is not read "
+        f"{origin['directory']}: this run's checkpoints hold those weights, so the source is not read "
         "again.")
   else:
     state, origin = _load(config, state, one, dataset_info, frozen, size)
