@@ -96,8 +96,8 @@ def initialize(config: ml_collections.ConfigDict, state: TrainState,
     return state, None
   if origin:
     log(f"Fine-tuned from the {origin['checkpoint']} checkpoint (step {origin['step']}) of "
-        f"{origin['directory']}: this run's checkpoints hold those weights, so the source is not read "
-        "again.")
+        f"{origin['directory']}: this run's checkpoints hold those weights, so the source is not "
+        "read again.")
   else:
     state, origin = _load(config, state, one, dataset_info, frozen, size)
   head = set(origin["head"])
