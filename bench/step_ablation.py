@@ -131,15 +131,16 @@ VARIANTS: dict[str, Variant] = {
                                    patch=_matmul_warp),
     "best/no_batchnorm": Variant("best", "BatchNorm off (conv biases instead)",
                                  _set({"model.batch_norm": False})),
-    "best/dropout0": Variant("best", "dropout 0", _set({"model.dropout": 0.0})),
+    # best.py has no dropout since c5efaf9; these two put its former 0.3 back.
+    "best/dropout0.3": Variant("best", "dropout 0.3", _set({"model.dropout": 0.3})),
     "best/no_ema": Variant("best", "EMA off (ema_decay = 0)", _set({"ema_decay": 0.0})),
     "best/no_label_smoothing": Variant("best", "label smoothing 0", _set({"label_smoothing": 0.0})),
     "best/plain": Variant("best", "augmentation, BatchNorm, dropout, EMA, label smoothing off "
                          "(the bare deeper CNN)", _set(_PLAIN)),
     "best/nn.max_pool": Variant("best", "nn.max_pool (select-and-scatter gradient)",
                                 patch=_nn_max_pool),
-    "best/nn.Dropout": Variant("best", "flax.linen.Dropout (32 random bits per element)",
-                               patch=_flax_dropout),
+    "best/nn.Dropout": Variant("best", "dropout 0.3 as flax.linen.Dropout (32 random bits "
+                               "per element)", _set({"model.dropout": 0.3}), patch=_flax_dropout),
     "best/batch512": Variant("best", "batch 512", _set({"batch_size": 512})),
     "best/scan": Variant("best", "lax.scan of --steps steps per call", scan=True),
     "mobilenet": Variant("mobilenet", "configs/mobilenet.py as it is (shifted depthwise)"),
