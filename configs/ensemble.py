@@ -3,9 +3,9 @@ ensemble's test accuracy (the members' softmax outputs averaged) beside the memb
 
     python train.py --config=configs/ensemble.py
 
-Its members reach 99.66 +- 0.05% test accuracy over 5 seeds (min 99.59%, max 99.72%), the
-ensemble 99.69%, in 15 epochs: 2,526 s for the 5 seeds in one process on a 2-core CPU
-(docs/results.md). Averaging adds 0.03 point over the members' mean here, where it adds 0.1-0.3
+Its members reach 99.70 +- 0.03% test accuracy over 5 seeds (min 99.67%, max 99.75%), the
+ensemble 99.72%, in 15 epochs: 2,449 s for the 5 seeds in one process on a 2-core CPU
+(docs/results.md). Averaging adds 0.02 point over the members' mean here, where it adds 0.1-0.3
 points to the weaker configs: members of one recipe err alike.
 """
 
