@@ -1,6 +1,8 @@
-"""bench/: the PyTorch mirror of the configs (schedule, network) and the compiled train step.
+"""bench/: the PyTorch mirror of the configs (schedule, network), the compiled train step, and
+compare.py's tables and arguments.
 
-Skipped without torch (not a dependency of this project: `pip install torch` to run them).
+The tests that build torch networks skip without torch (not a dependency of this project: `pip
+install torch` to run them); the schedule mirror and the tables need none and always run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import pytest
 
 from conftest import REPO, load_config
 
-torch = pytest.importorskip("torch")
+try:
+  import torch
+except ImportError:
+  torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch: pip install torch")
 
 
 def _bench_module(name: str):
@@ -50,6 +56,7 @@ def test_lr_mirrors_optax_onecycle(pct_start):
                              rtol=1e-5, atol=1e-9)
 
 
+@needs_torch
 def test_pool_first_is_the_same_network():
   """Max-pooling before the ReLU: the same outputs and gradients as after it."""
   config = _tiny("cnn")
@@ -69,6 +76,7 @@ def test_pool_first_is_the_same_network():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@needs_torch
 def test_adam_betas_come_from_the_config():
   config = _tiny("mlp")
   _, opt, _ = trainers.torch_setup(config, (28, 28, 1), 10, "cpu")
@@ -79,6 +87,7 @@ def test_adam_betas_come_from_the_config():
   assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
 def test_compiled_step_learns_without_recompiling(name):
   """The compiled step (Dynamo + AOTAutograd; Inductor's code generation is too slow for a unit
@@ -110,6 +119,7 @@ def test_one_epoch_row_has_no_compile_time():
   assert row["compile_s"] == pytest.approx(5.5) and row["to_99_s"] == 15
 
 
+@needs_torch
 @pytest.mark.parametrize("init", ["torch", "lecun"])
 def test_the_mirror_initializes_as_the_config_says(init):
   """model.weight_init in both frameworks: the same distributions per layer (PyTorch's own:

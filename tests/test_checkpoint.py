@@ -58,6 +58,7 @@ def test_keeps_the_last_n_plus_the_best(mock_mnist, tmp_path):
   train_and_evaluate(config, str(tmp_path))
   epochs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"epoch"' in l]
   best = max(epochs, key=lambda r: (r["validation/accuracy"], r["step"]))["step"]
+  assert best < 6 * STEPS_PER_EPOCH, best  # else the best is among the last two: nothing tested
   ckpt = Checkpointer(str(tmp_path), config)
   assert ckpt.best_step() == best
   assert set(ckpt.all_steps()) == {6 * STEPS_PER_EPOCH, 7 * STEPS_PER_EPOCH, best}
@@ -368,11 +369,17 @@ def test_a_checkpoint_written_before_the_move_into_layers_restores_evaluates_and
   r = restore.restore(str(workdir), "latest")
   assert r.step == expected["step"] == 64
   test = data.load("mnist", data_dir=real_data_dir(), cache_dir=data_cache).test
-  probs = jax.nn.softmax(r.state.apply_fn(r.state.eval_variables(),
-                                          test.images[:8].astype(np.float32) / 255, train=False))
-  np.testing.assert_allclose(probs, expected["probabilities_of_the_first_8_test_images"],
-                             atol=1e-6)
-  assert evaluate.evaluate(str(workdir), "latest", data_dir=real_data_dir())["count"] == 10_000
+  logits = np.concatenate([r.state.apply_fn(r.state.eval_variables(),
+                                             test.images[i:i + 1000].astype(np.float32) / 255,
+                                             train=False) for i in range(0, len(test), 1000)])
+  np.testing.assert_allclose(jax.nn.softmax(logits[:8]),
+                             expected["probabilities_of_the_first_8_test_images"], atol=1e-6)
+  assert (logits[:256].argmax(1) == test.labels[:256]).mean() == expected[
+      "test_accuracy_first_256"]
+  # Evaluate scores the same function: the restored model's own answers on all 10,000.
+  result = evaluate.evaluate(str(workdir), "latest", data_dir=real_data_dir())
+  assert result["count"] == 10_000
+  assert result["accuracy"] == pytest.approx((logits.argmax(1) == test.labels).mean(), abs=1e-9)
   config = settings.from_json(json.loads((workdir / "config.json").read_text()))
   config.update(num_epochs=3, data_dir=real_data_dir(), cache_dir=data_cache)
   state, summary = train_and_evaluate(config, str(workdir))

@@ -46,8 +46,8 @@ with tfds.testing.mock_data(num_examples=64):
   for a, b in ((8, 1), (1, 8)):  # saved on a devices, restored on b
     try:
       train_and_evaluate(config((a,), stop_after_steps=4), f"{root}/resume{a}to{b}")
-    except Preempted:
-      pass
+    except Preempted:  # the run must stop here, so that the next call resumes it on b devices
+      out[f"stopped{a}to{b}"] = len(losses(f"{root}/resume{a}to{b}"))
     _, summary = train_and_evaluate(config((b,)), f"{root}/resume{a}to{b}")
     out[f"losses{a}to{b}"] = losses(f"{root}/resume{a}to{b}")
   for mesh, batch in (((8,), 12), ((16,), 16)):
@@ -109,6 +109,7 @@ def test_the_batch_is_sharded_and_the_parameters_replicated(eight):
 
 def test_checkpoints_restore_onto_another_device_count(eight):
   for a, b in ((8, 1), (1, 8)):
+    assert eight.get(f"stopped{a}to{b}") == 4  # stopped after 4 of 6 steps, then resumed
     np.testing.assert_allclose(eight[f"losses{a}to{b}"], eight["losses1"], rtol=1e-5,
                                err_msg=f"saved on {a} devices, resumed on {b}")
 

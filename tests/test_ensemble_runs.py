@@ -79,6 +79,22 @@ def test_evaluate_scores_the_ensemble_and_each_run(runs, mock_mnist, tmp_path):
     assert run["accuracy"] == single["accuracy"]
     np.testing.assert_allclose(run["loss"], single["loss"], rtol=1e-5)
   assert result["count"] == alone[0]["count"] == 64
+  # The ensemble's scores, recomputed here: each run's probabilities on the test split,
+  # weighted by its models (1, 1 and 2), averaged, then argmax and the mean log-loss.
+  from training import data
+  from training.modes import ensemble as ensemble_lib
+  from training.tasks import restore
+  test = data.load("mnist", cache_dir=str(tmp_path / "cache")).test
+  each = []
+  for w in "abc":
+    r = restore.restore(str(runs / w), "latest")
+    each.append(np.asarray(ensemble_lib.probabilities([r], [r.state], test.images), np.float64))
+  for p, run in zip(each, result["runs"]):  # the same examples as evaluate's
+    assert (p.argmax(1) == test.labels).mean() == pytest.approx(run["accuracy"], abs=1e-9)
+  mean = (each[0] + each[1] + 2 * each[2]) / 4
+  assert result["accuracy"] == pytest.approx((mean.argmax(1) == test.labels).mean(), abs=1e-9)
+  np.testing.assert_allclose(
+      result["loss"], -np.log(mean[np.arange(len(mean)), test.labels]).mean(), rtol=1e-4)
   # Export reads the ensemble's evaluation back into model.json.
   meta = export.export(str(runs / "a"), "latest", str(tmp_path / "export"), formats=("jax",),
                        ensemble=others)

@@ -142,9 +142,14 @@ def test_the_mlp_cannot_start_from_the_cnn(mock_mnist, source):
     ({"init_lr_multiplier": 0.0, "init_from": "x"}, r"init_lr_multiplier must be positive"),
     ({"init_from": "/nonexistent/run:best"}, r"'/nonexistent/run' holds no checkpoints/"),
 ])
-def test_fine_tuning_fields_are_checked_before_the_data_is_loaded(fields, match):
+def test_fine_tuning_fields_are_checked_before_the_data_is_loaded(fields, match, tmp_path):
+  # No data where the run looks (nor at the loopback mirror): loading first would raise another
+  # error than the field's.
+  config = _config(data_dir=str(tmp_path / "no_data"), data_url="http://127.0.0.1:9/",
+                   **fields)
   with pytest.raises(ConfigError, match=match):
-    checks.validate(_config(**fields))
+    train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "no_data").exists() and not (tmp_path / "run").exists()
 
 
 def test_only_classifiers_are_fine_tuned():

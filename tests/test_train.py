@@ -315,8 +315,10 @@ def test_a_cnn_with_more_stages_than_its_input_has_room_for_says_so(mock_mnist):
                      r"entries \(raised at \S*nets/cnn.py:\d+\)"):
     train_and_evaluate(shrink(load_config("cnn"), **{"model.features": (4,) * 6}))
   # Strided convolutions never reach 0 pixels: as many stages as asked for.
-  train_and_evaluate(shrink(load_config("cnn"), **{"model.features": (4,) * 6,
-                                                   "model.downsample": "stride"}))
+  state, _ = train_and_evaluate(shrink(load_config("cnn"), **{"model.features": (4,) * 6,
+                                                              "model.downsample": "stride"}))
+  assert sorted(k for k in state.params if k.startswith("Conv_")) == [f"Conv_{i}"
+                                                                       for i in range(6)]
 
 
 def test_a_run_says_where_its_results_and_its_report_went(mock_mnist, tmp_path, capsys):
