@@ -10,7 +10,8 @@ tests/test_architecture.py holds the code to them):
     compute/  models built, optimizers, the jitted drivers of a task's steps, the mesh; process
               start-up (runtime settings, joining a multi-process run)
     data/     datasets from their sources as uint8 arrays; image files; augmentation
-    errors.py, console.py, settings.py: the user-input errors, printing, config helpers
+    errors.py, console.py, settings.py, overrides.py, members.py: the user-input errors,
+              printing, config helpers, the command line's overrides explained, a population
 
 `train_and_evaluate` (training, then the report: cli.py's) is imported on first use, so that
 the modules that need no JAX (images, errors) can be imported without it.

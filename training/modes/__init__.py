@@ -8,7 +8,8 @@
 - export.py    jax.export and ONNX files that classify without this code
 - export_meta.py  an export's files and model.json (what a caller needs to know), its summary
 - sample.py    a trained GAN's images
-- show.py      a config's fields, its model's layers and the registered models (no workdir)
+- show.py      a config's fields, its model's layers and the registered models, or a trained
+               workdir's settings
 - serve/       the model over HTTP: a prediction API and a draw-a-digit page (--mode=serve)
 - triton.py    a Triton Inference Server model repository of the ONNX export
 - ensemble.py  runs of other configs as one ensemble (--ensemble), for evaluate, predict, export

@@ -18,8 +18,8 @@ their results; it needs no checkpoint arrays and no data.
 - write.py    one run's report
 - compare.py  several runs compared
 
-Every failure is a `ReportError`, which `train.py` prints as one line, and which the training
-loop turns into a warning.
+Every failure is a `ReportError`, which `train.py` prints as one line, and which
+training/cli.py turns into a warning after a training run.
 """
 
 from training.modes.report.compare import format_comparison, write_comparison
