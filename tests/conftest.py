@@ -124,6 +124,19 @@ def unused_url() -> str:
   return f"http://127.0.0.1:{port}/"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files(tmp_path_factory):
+  """Temporary files that no test names, in pytest's temporary tree, which it prunes, rather than
+  the machine's /tmp: tfds leaves an empty folder for each builder of unprepared (mock) data,
+  and headless Chromium its profile, in this process and in the ones the tests start."""
+  import tempfile
+  folder = str(tmp_path_factory.mktemp("temporary"))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(tempfile, "tempdir", folder)
+    mp.setenv("TMPDIR", folder)
+    yield
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> str:
   """One decoded-data cache for the session: the real data is decoded once, not per test."""

@@ -24,13 +24,20 @@ def resolve_data_dir(data_dir: str | None) -> str:
 
 
 def is_prepared(name: str, data_dir: str) -> bool:
-  """Whether `data_dir` holds a prepared version of `name` (a folder with its dataset_info.json),
-  found without importing tfds."""
-  root = os.path.join(data_dir, name)
+  """Whether `data_dir` holds a prepared version of `name` (a folder with its dataset_info.json:
+  `<name>/<version>/`, or `<name>/<config>/<version>/` for a dataset with configs), found without
+  importing tfds. A version or config in `name` ("mnist:3.0.1", "emnist/digits") is looked for
+  under the dataset's folder as well."""
+  root = os.path.join(data_dir, name.split(":")[0].split("/")[0])
   try:
-    return any(os.path.isfile(os.path.join(root, v, "dataset_info.json")) for v in os.listdir(root))
+    for entry in os.scandir(root):
+      if entry.is_dir() and (os.path.isfile(os.path.join(entry.path, "dataset_info.json"))
+                             or any(os.path.isfile(os.path.join(sub.path, "dataset_info.json"))
+                                    for sub in os.scandir(entry.path) if sub.is_dir())):
+        return True
   except OSError:
-    return False
+    pass
+  return False
 
 
 def _missing_data_error(name: str, data_dir: str) -> DataNotFoundError:
@@ -69,6 +76,11 @@ def _damaged_data_error(builder, split: str, data_dir: str, e: BaseException) ->
 def _builder(name: str, data_dir: str):
   import tensorflow_datasets as tfds  # imported lazily: it takes a while and plain runs use the cache
   try:
+    if not is_prepared(name, data_dir):
+      # tfds would look the dataset up online and leave an empty temporary folder behind for
+      # each call; whether the name exists is all that is left to say before the missing data.
+      tfds.builder_cls(name.split(":")[0].split("/")[0])
+      raise _missing_data_error(name, data_dir)
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(f"Unknown tfds dataset {name!r}: set --config.dataset to a tfds image "

@@ -226,9 +226,11 @@ def image_shape_and_classes(config: ml_collections.ConfigDict
       spec = idx.DATASETS[config.dataset]
       shape, num_classes = spec.image_shape, len(spec.class_names)
     else:
+      data_dir = tfds_source.resolve_data_dir(config.data_dir)
+      if not tfds_source.is_prepared(config.dataset, data_dir):
+        return None  # tfds would look it up online and leave a temporary folder behind
       import tensorflow_datasets as tfds
-      info = tfds.builder(config.dataset,
-                          data_dir=tfds_source.resolve_data_dir(config.data_dir)).info
+      info = tfds.builder(config.dataset, data_dir=data_dir).info
       shape, num_classes = tuple(info.features["image"].shape), info.features["label"].num_classes
   except Exception:  # not prepared, not an image dataset, or no class folders: show() says so
     return None
