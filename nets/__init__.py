@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import pkgutil
+import traceback
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -22,6 +24,12 @@ from nets import nnx_bridge
 
 class ModelConfigError(ValueError):
   """An unknown model name or model field."""
+
+
+class ModelContractError(ModelConfigError):
+  """A model that breaks the contract of docs/extending.md: a field without a default, a
+  `__call__` without `train`, a name another model has, logits of another width than
+  `num_classes`. Said with the model's file, for whoever is writing it."""
 
 
 ModelFactory = Callable[..., Any]  # a Linen or an NNX module class, or a partial of one
@@ -35,10 +43,57 @@ def register(name: str, factory: ModelFactory, kind: str = "classifier") -> Mode
   model of `kind` ("classifier": images -> logits; "gan": see nets/gan.py)."""
   existing = _REGISTRY.get(name)
   if existing is not None and _qualname(existing) != _qualname(factory):
-    raise ValueError(f"Model name {name!r} is already registered to {_qualname(existing)}.")
+    first, second = (f"{source_of(f)} ({getattr(f, 'func', f).__name__})"
+                     for f in (existing, factory))
+    raise ModelContractError(f"The model name {name!r} is registered twice: by {first} and by "
+                             f"{second}. Give one of them another name.")
+  _check_contract(factory, kind)
   _REGISTRY[name] = factory
   _KINDS[name] = kind
   return factory
+
+
+def source_of(factory: ModelFactory) -> str:
+  """The file that defines the class of `factory` (or of a built model), as `nets/x.py` for
+  the models here."""
+  cls = getattr(factory, "func", factory)
+  if isinstance(cls, nn.Module):  # a built model; an NNX one is inside the bridge's module
+    cls = getattr(cls, "nnx_class", type(cls))
+    cls = getattr(cls, "func", cls)
+  try:
+    path = inspect.getsourcefile(cls) or ""
+  except TypeError:
+    path = ""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  inside = path.startswith(root + os.sep)
+  return os.path.relpath(path, root) if inside else (path or cls.__module__)
+
+
+def _check_contract(factory: ModelFactory, kind: str) -> None:
+  """What every model must be to be built from a config (docs/extending.md), checked as it
+  registers: a mistake is named with its file, not found later as a bare TypeError."""
+  cls = getattr(factory, "func", factory)
+  where = f"{source_of(factory)}: {cls.__name__}"
+  declared, fixed = _declared(cls), set(getattr(factory, "keywords", {}))
+  if missing := [k for k, v in declared.items() if v is dataclasses.MISSING and k not in fixed]:
+    raise ModelContractError(
+        f"{where}'s field(s) {', '.join(missing)} have no default. Give each a default and a "
+        "comment (`width: int = 64  # units of the hidden layer`): a config sets only the "
+        "fields it changes (docs/extending.md).")
+  if kind == "classifier" and "num_classes" not in declared:
+    raise ModelContractError(f"{where} has no `num_classes` field: the data sets it, and the "
+                             "last layer has that many units (docs/extending.md).")
+  nnx = nnx_bridge.is_nnx(cls)
+  for method, wanted in (("__call__", ("train", "rngs") if nnx else ("train",)),
+                         ("__init__", ("rngs",) if nnx else ())):
+    params = inspect.signature(getattr(cls, method)).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if lacking := [n for n in wanted if n not in params and not takes_any]:
+      how = ("see nets/mixer.py, an NNX model" if nnx else
+             "write it `def __call__(self, x, *, train)`")
+      raise ModelContractError(
+          f"{where}.{method} takes no {' or '.join(f'`{n}`' for n in lacking)} keyword: {how} "
+          "(docs/extending.md).")
 
 
 def _qualname(factory: ModelFactory) -> str:
@@ -52,8 +107,25 @@ def _discover() -> None:
   if not _discovered:
     for info in pkgutil.iter_modules(__path__):
       if not info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{info.name}")
+        _import(info.name)
     _discovered = True
+
+
+def _import(module: str) -> None:
+  """Imports nets/`module`.py; an error there is said in one line that names the file and line
+  (a command then says it as `error:`; the traceback stays on the exception for a debugger)."""
+  try:
+    importlib.import_module(f"{__name__}.{module}")
+  except ModelContractError:
+    raise
+  except Exception as e:  # a contributor's file: a syntax error, a field order Python refuses...
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{module}.py")
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+    line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) else (lines or [None])[-1]
+    raise ModelContractError(
+        f"nets/{module}.py cannot be imported{f' (line {line})' if line else ''}: "
+        f"{type(e).__name__}: {e}. Every file in nets/ is imported to find the models: fix it, "
+        "or move it out of nets/.") from e
 
 
 def names(kind: str | None = "classifier") -> list[str]:

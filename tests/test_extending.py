@@ -91,3 +91,51 @@ def test_a_new_architecture_trains_on_mnist_and_takes_overrides(project, tmp_pat
   assert accuracy > 85.0
   typo = _run(root, "train.py", "--config=configs/tiny.py", "--config.model.widht=3")
   assert typo.returncode != 0 and "widht" in typo.stderr and "Traceback" not in typo.stderr
+
+
+_BROKEN = '''"""A contributor's model with one mistake."""
+import flax.linen as nn
+from nets import register
+
+
+class Broken(nn.Module):
+  FIELD
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, *, CALL):
+    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+register("NAME", Broken)
+'''
+
+
+@pytest.mark.parametrize("field, call, name, message", [
+    ("width: int  # no default", "train", "broken",
+     "nets/broken.py: Broken's field(s) width have no default. Give each a default"),
+    ("width: int = 4  # units", "training", "broken",
+     "nets/broken.py: Broken.__call__ takes no `train` keyword"),
+    ("width: int = 4  # units", "train", "cnn",
+     "The model name 'cnn' is registered twice: by nets/broken.py (Broken) and by nets/cnn.py (CNN)"),
+    ("width: int = 4  # units\n  depth: int  # no default, after one", "train", "broken",
+     "nets/broken.py cannot be imported (line 6): TypeError: non-default argument 'depth'"),
+])
+def test_a_broken_model_file_is_named_in_one_error_line(project, tmp_path, field, call, name,
+                                                        message):
+  """Every file in nets/ is imported to find the models, so a mistake in a new one stops every
+  command: each says which file and what to do, in one line, for configs that never use it."""
+  root, _ = project
+  broken = root / "nets" / "broken.py"
+  broken.write_text(_BROKEN.replace("FIELD", field).replace("CALL", call).replace("NAME", name))
+  try:
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}  # the next case's file may have the same size and time
+    for args in (["--mode=show"], [f"--workdir={tmp_path}", "--config.num_epochs=1"]):
+      run = subprocess.run([sys.executable, "train.py", "--config=configs/mlp.py", *args],
+                           cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
+                           timeout=300)
+      assert run.returncode == 1 and run.stderr.startswith(f"error: {message}"), run.stderr[-3000:]
+      assert len(run.stderr.strip().splitlines()) == 1, run.stderr[-3000:]
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+  finally:
+    broken.unlink()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import nets
 
@@ -95,6 +99,66 @@ def test_variant_fields_are_fixed():
   assert "downsample" in nets.field_names("cnn")
 
 
-def test_registering_a_name_twice_is_refused():
-  with pytest.raises(ValueError, match="already registered"):
+def test_registering_a_name_twice_is_refused_naming_both_files():
+  with pytest.raises(nets.ModelContractError, match=r"The model name 'mlp' is registered twice: "
+                     r"by nets/mlp.py \(MLP\) and by nets/cnn.py \(CNN\)\. Give one"):
     nets.register("mlp", nets.get_factory("cnn"))
+
+
+class _NoDefault(nn.Module):
+  width: int  # no default
+  num_classes: int = 10
+
+
+class _NoTrain(nn.Module):
+  num_classes: int = 10
+
+  def __call__(self, x):
+    return x
+
+
+class _NoClasses(nn.Module):
+  width: int = 3  # units
+
+  def __call__(self, x, *, train):
+    return x
+
+
+class _NNXNoRngs(nnx.Module):
+  def __init__(self, num_classes: int = 10, *, rngs: nnx.Rngs):
+    self.out = nnx.Linear(4, num_classes, rngs=rngs)
+
+  def __call__(self, x, *, train):
+    return self.out(x)
+
+
+@pytest.mark.parametrize("factory, kind, message", [
+    (_NoDefault, "classifier", r"_NoDefault's field\(s\) width have no default\. Give each"),
+    (_NoTrain, "classifier", r"_NoTrain\.__call__ takes no `train` keyword: write it "
+     r"`def __call__\(self, x, \*, train\)`"),
+    (_NoClasses, "classifier", r"_NoClasses has no `num_classes` field"),
+    (_NNXNoRngs, "classifier", r"_NNXNoRngs\.__call__ takes no `rngs` keyword: see nets/mixer"),
+])
+def test_a_model_that_breaks_the_contract_is_refused_as_it_registers(factory, kind, message,
+                                                                      monkeypatch):
+  nets.names()  # every model registered, then a registry of this test's own
+  monkeypatch.setattr(nets, "_REGISTRY", dict(nets._REGISTRY))
+  monkeypatch.setattr(nets, "_KINDS", dict(nets._KINDS))
+  with pytest.raises(nets.ModelContractError, match=f"^tests/test_nets.py: {message}"):
+    nets.register("contract_breaker", factory, kind=kind)
+  assert "contract_breaker" not in nets.names(kind=None)
+  # A variant that fixes the field without a default is a model like any other.
+  if factory is _NoDefault:
+    nets.register("contract_keeper", functools.partial(_NoDefault, width=4))
+    assert nets.field_names("contract_keeper") == ["num_classes"]
+
+
+def test_logits_of_another_width_than_num_classes_are_refused():
+  import optax
+  from training.tasks.classify import state as state_lib
+  model = nets.create("mlp", num_classes=7)
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(nets.ModelContractError,
+                     match=r"^nets/mlp.py: the model's logits have shape \(7,\) for 10 classes: "
+                     r"its last layer must have `self.num_classes` units"):
+    state_lib.create_train_state(model, optax.sgd(0.1), SHAPE, key, key, num_classes=10)

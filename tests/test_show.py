@@ -129,3 +129,14 @@ def test_an_image_folder_is_shown_with_its_own_shape_and_classes(tmp_path):
   assert show.image_shape_and_classes(config) == ((32, 32, 3), 2)
   config.dataset = f"folder:{tmp_path / 'missing'}"
   assert show.image_shape_and_classes(config) is None
+
+
+@pytest.mark.parametrize("name", nets.names(kind=None))
+def test_every_model_field_has_its_comment_in_nets(name):
+  # A config that sets a field shows its own comment; switching models on the command line
+  # (--config.model.name=...) shows the model's, so each field needs one in nets/.
+  fields = set(nets.config_fields(name)) | {"dtype"} & set(nets.field_names(name))
+  missing = sorted(fields - set(show.model_field_comments(name)))
+  assert not missing, (f"{nets.source_of(nets.get_factory(name))}: add a comment to the "
+                       f"field(s) {', '.join(missing)} on their line (`width: int = 64  # units "
+                       "of the hidden layer`): --mode=show prints it (docs/extending.md)")

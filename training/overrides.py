@@ -53,6 +53,8 @@ def config_file_problem(argv: list[str]) -> str | None:
 
 def parse_error(argv: list[str], e: Exception) -> str:
   """The `error: ...` lines for an exception that absl's flag parsing raised."""
+  if broken := _broken_model():
+    return f"error: {broken}"
   if isinstance(e, flags.Error):
     explained = explain(argv)
     return (f"error: {f'bad --config override: {explained}' if explained else e}\n"
@@ -62,6 +64,17 @@ def parse_error(argv: list[str], e: Exception) -> str:
   text = str(e.args[0] if e.args else e).replace("\\n", ": ").replace("\\", "")
   return (f"error: bad --config override: {explain(argv) or text.replace(chr(39), '')}\n"
           + FIELDS_HINT)
+
+
+def _broken_model() -> str | None:
+  """What is wrong with a file in nets/ that cannot be imported or registers a model that breaks
+  the contract (configs read the models' fields, so the config fails with it), or None."""
+  import nets
+  try:
+    nets.names(kind=None)
+  except nets.ModelContractError as e:
+    return str(e)
+  return None
 
 
 def file_config(path: str | None) -> Any:

@@ -57,6 +57,8 @@ def model_error(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
                 e: Exception) -> str:
   """Why the model could not be built, and where (the innermost frame in nets/, for whoever is
   writing a new architecture: the command line shows no traceback)."""
+  if isinstance(e, nets.ModelContractError):  # the model's code, not the config, is at fault
+    return str(e)
   frames = traceback.extract_tb(e.__traceback__)
   ours = [f for f in frames if f"{os.sep}nets{os.sep}" in f.filename] or frames[-1:]
   where = f" (raised at {os.path.relpath(ours[-1].filename)}:{ours[-1].lineno})" if ours else ""

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+import nets
+
 
 class TrainState(train_state.TrainState):
   """Parameters, optimizer state and step, plus BatchNorm statistics, the base RNG key and,
@@ -47,9 +49,17 @@ class TrainState(train_state.TrainState):
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
                        image_shape: tuple[int, ...], init_key: jax.Array, train_key: jax.Array,
-                       ema: bool = False, hyper: dict[str, Any] | None = None) -> TrainState:
-  variables = jax.jit(functools.partial(model.init, train=False))(
+                       ema: bool = False, hyper: dict[str, Any] | None = None,
+                       num_classes: int | None = None) -> TrainState:
+  """The state of `model`, initialized on one image of `image_shape`; a model whose logits are
+  not `num_classes` wide is refused, as it would otherwise train on the wrong labels."""
+  logits, variables = jax.jit(functools.partial(model.init_with_output, train=False))(
       init_key, jnp.zeros((1, *image_shape), jnp.float32))
+  if num_classes is not None and logits.shape[-1:] != (num_classes,):
+    raise nets.ModelContractError(
+        f"{nets.source_of(model)}: the model's logits have shape {logits.shape[1:]} for "
+        f"{num_classes} classes: its last layer must have `self.num_classes` units "
+        "(docs/extending.md).")
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   return TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=train_key,

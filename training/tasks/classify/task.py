@@ -51,7 +51,8 @@ class Classify(base.Task):
     swept = self.population.swept
     tx = optim.make_optimizer(self.config, schedule, swept=swept)
     return state_lib.create_train_state(model, tx, self.image_shape, init_key, train_key,
-                                        ema=self.config.ema_decay > 0 or "ema_decay" in swept)
+                                        ema=self.config.ema_decay > 0 or "ema_decay" in swept,
+                                        num_classes=self.num_classes)
 
   def train_line(self, means: dict[str, Any]) -> str:
     return (f"train loss {base.spread(means['train/loss'], '.4f')} acc "
