@@ -108,8 +108,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if e.code == 1 and any(arg in HELP_FLAGS for arg in argv[1:]):
       sys.exit(0)
     raise
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    sys.exit(overrides.parse_error(argv, e))
+  except Exception as e:  # a bad override, or a config file whose code fails
+    if (message := overrides.parse_error(argv, e)) is None:
+      raise
+    sys.exit(message)
 
 
 def main(argv: list[str]) -> None:
@@ -138,4 +140,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # before training takes Ctrl-C as a stop request, or a second one
+    print("note: stopped by Ctrl-C (training resumes from its last checkpoint, if any, when the "
+          "same command is run again).", file=sys.stderr)
+    sys.exit(130)

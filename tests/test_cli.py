@@ -60,6 +60,30 @@ def test_config_mistakes_are_one_clear_line(args, message, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("code, message", [
+    ("def get_config():\n  raise RuntimeError('boom')\n",
+     "failed as it was loaded (line 2): RuntimeError: boom. Fix the config file"),
+    ("import no_such_module\n\ndef get_config():\n  return None\n",
+     "failed as it was loaded (line 1): ModuleNotFoundError: No module named 'no_such_module'."),
+    ("def get_config():\n  return int('x')\n",  # absl re-raises a ValueError with its traceback
+     "failed as it was loaded (line 2): ValueError: invalid literal for int()"),
+    ("def get_config():\n  return {'num_epochs': 3}\n",
+     "get_config() returned a dict, not an ml_collections.ConfigDict: start from "
+     "configs.common.base(), as configs/cnn.py does."),
+    ("import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({'a': 1})\n",
+     "get_config() returned a config without the field(s) adam_b1, adam_b2, augment,"),
+])
+def test_a_config_file_of_one_s_own_that_fails_is_one_clear_line(code, message, tmp_path):
+  # Each of these was a traceback: from the file's own code through absl, or a KeyError later.
+  path = tmp_path / "mine.py"
+  path.write_text(code)
+  for mode in ("train", "show"):
+    run = _cli(f"--config={path}", f"--workdir={tmp_path / 'w'}", f"--mode={mode}")
+    assert run.returncode == 1 and run.stderr.startswith(f"error: {path}"), run.stderr[-3000:]
+    assert message in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr[-3000:]
+  assert not (tmp_path / "w").exists()
+
+
 def test_help_is_a_success():
   for flag in ("--help", "--helpfull"):
     run = _cli(flag)

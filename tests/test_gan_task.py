@@ -101,6 +101,9 @@ def test_an_unconditional_gan_takes_no_label(judge, mock_mnist, tmp_path):
   with pytest.raises(ConfigError, match="unconditional GAN .* takes no --label"):
     sample.sample(str(tmp_path), label=3)
   assert sample.sample(str(tmp_path), num=5, output=str(tmp_path / "five.png")).endswith("five.png")
+  for output, what in ((tmp_path / "five.txt", "not a .png file"), (tmp_path, "a directory")):
+    with pytest.raises(ConfigError, match=f"--output={output} is {what}: .* --output=FILE.png"):
+      sample.sample(str(tmp_path), num=5, output=str(output))
 
 
 def test_a_missing_judge_names_the_command_that_trains_one(mock_mnist, tmp_path):
@@ -108,6 +111,21 @@ def test_a_missing_judge_names_the_command_that_trains_one(mock_mnist, tmp_path)
   with pytest.raises(ConfigError, match="configs/speedrun.py"):
     train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_judge_must_be_one_classifier_of_the_gan_s_classes(mock_mnist, tmp_path):
+  # A population's stacked weights ended in flax's ScopeParamShapeError; a judge of 3 classes
+  # scored a 10-class conditional GAN at "10% recognized".
+  for name, overrides, message in (
+      ("pop", {"population": 2}, "holds a population of 2 classifiers; the images are measured "
+                                 "by one classifier's features: train one"),
+      ("three", {"classes": "0,1,2"}, "knows 3 classes, but this conditional GAN draws 10: "
+                                      r"train one on the same classes \(--config.classes\)")):
+    judge = str(tmp_path / name)
+    train_and_evaluate(shrink(load_config("mlp"), **{"model.hidden": (8,), **overrides}), judge)
+    with pytest.raises(ConfigError, match=message):
+      train_and_evaluate(_gan("cgan", judge), str(tmp_path / f"gan_{name}"))
+    assert not (tmp_path / f"gan_{name}").exists()  # refused before anything was written
 
 
 def test_a_gan_model_needs_the_gan_task(judge):

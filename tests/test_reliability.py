@@ -283,6 +283,17 @@ def test_damaged_data_names_the_file_and_how_to_prepare_it_again(damaged_data):
           in msg)
 
 
+def test_damaged_metadata_names_it_and_how_to_prepare_it_again(damaged_data):
+  data_dir, record = damaged_data
+  (record.parent / "dataset_info.json").write_text("{broken")
+  with pytest.raises(DataCorruptError) as e:  # it was protobuf's ParseError, with a traceback
+    data.load("mnist", data_dir=str(data_dir), cache_dir="none")
+  assert str(e.value).startswith(f"The prepared 'mnist' data in {data_dir} cannot be read: its "
+                                 "metadata (dataset_info.json) is damaged (")
+  assert f"tfds build mnist --file_format=array_record --data_dir={data_dir} --overwrite" in str(
+      e.value)
+
+
 def test_damaged_data_on_the_command_line(damaged_data, tmp_path):
   data_dir, record = damaged_data
   run = subprocess.run([sys.executable, "train.py", "--config=configs/mlp.py",
@@ -293,3 +304,28 @@ def test_damaged_data_on_the_command_line(damaged_data, tmp_path):
   assert run.stderr.startswith(f"error: The prepared 'mnist' data cannot be read: {record} "), \
       run.stderr[-3000:]
   assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 3
+
+
+def test_ctrl_c_before_training_is_a_note_not_a_traceback(tmp_path):
+  """A Ctrl-C before training takes it as a stop request (here: while the data downloads, from
+  a loopback server that never answers) ends with one note line and status 130."""
+  import signal
+  import socket
+  with socket.socket() as server:
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
+         f"--config.data_dir={tmp_path / 'data'}", "--config.cache_dir=none",
+         f"--config.data_url=http://127.0.0.1:{server.getsockname()[1]}/"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server.settimeout(120)
+    connection, _ = server.accept()  # the download has begun: training has not
+    with connection:
+      proc.send_signal(signal.SIGINT)
+      _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 130, stderr[-3000:]
+  assert stderr.startswith("note: stopped by Ctrl-C") and len(stderr.splitlines()) == 1, stderr
+  assert not (tmp_path / "w").exists()
+  assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # no partial download

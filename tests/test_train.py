@@ -299,6 +299,9 @@ def test_missing_data_names_the_dir_and_the_fixes(tmp_path):
     ("max_train_examples", -100, "max_train_examples must be at least 0, got -100"),
     ("learning_rate", -1.0, "learning_rate must be positive, got -1.0"),
     ("label_smoothing", 2.0, r"label_smoothing must be in \[0, 1\), got 2.0"),
+    # Tracebacks from int() and from jax's mesh utilities until these were checked.
+    ("mesh_shape", ("abc",), r"mesh_shape must be whole numbers .* got \('abc',\)"),
+    ("mesh_shape", (0,), r"mesh_shape must be whole numbers .* got \(0,\)"),
     # A model that cannot be built says why and where, as the command line shows no traceback.
     ("model.dropout", 1.5, r"Model 'mlp' cannot be built .*dropout=1.5.*Dropout rate must be in "
                            r"\[0, 1\], got 1.5 \(raised at \S*nets/layers.py:\d+\)"),

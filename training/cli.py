@@ -46,7 +46,11 @@ def config() -> tuple[Any, str | None]:
   if FLAGS.config is None:
     return None, None
   from training.compute import build
-  file_config = overrides.file_config(config_flags.get_config_filename(FLAGS["config"]))
+  from training.errors import ConfigError
+  path = config_flags.get_config_filename(FLAGS["config"])
+  if problem := overrides.not_a_config(FLAGS.config, path):
+    raise ConfigError(problem)
+  file_config = overrides.file_config(path)
   if file_config is None or "model" not in file_config:
     return FLAGS.config, None
   # absl has taken the flags out of argv: the overrides are read from the command line itself.

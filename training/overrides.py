@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import traceback
 from typing import Any
 
 from absl import flags
@@ -51,10 +52,31 @@ def config_file_problem(argv: list[str]) -> str | None:
   return None
 
 
-def parse_error(argv: list[str], e: Exception) -> str:
-  """The `error: ...` lines for an exception that absl's flag parsing raised."""
+def not_a_config(config: Any, path: str) -> str | None:
+  """What a config file's get_config() returned instead of this project's config (a plain dict,
+  a ConfigDict made from scratch), which would fail later as a KeyError; None when it is one."""
+  import ml_collections
+
+  from configs import common
+  if not isinstance(config, ml_collections.ConfigDict):
+    what = f"returned a {type(config).__name__}, not an ml_collections.ConfigDict"
+  elif missing := [k for k in common.base().keys() if k not in config]:
+    what = f"returned a config without the field(s) {', '.join(missing[:6])}"
+  else:
+    return None
+  return (f"{path}: get_config() {what}: start from configs.common.base(), as configs/cnn.py "
+          "does.")
+
+
+def parse_error(argv: list[str], e: Exception) -> str | None:
+  """The `error: ...` lines for an exception that absl's flag parsing raised, or None for one
+  that neither the command line nor its config file caused."""
   if broken := _broken_model():
     return f"error: {broken}"
+  if failed := _config_file_error(config_path(argv), e):
+    return f"error: {failed}"
+  if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError)):
+    return None
   if isinstance(e, flags.Error):
     explained = explain(argv)
     return (f"error: {f'bad --config override: {explained}' if explained else e}\n"
@@ -64,6 +86,25 @@ def parse_error(argv: list[str], e: Exception) -> str:
   text = str(e.args[0] if e.args else e).replace("\\n", ": ").replace("\\", "")
   return (f"error: bad --config override: {explain(argv) or text.replace(chr(39), '')}\n"
           + FIELDS_HINT)
+
+
+def _config_file_error(path: str | None, e: BaseException) -> str | None:
+  """What went wrong where the config file's own code raised `e` (or the error it was wrapped
+  in: ml_collections and absl re-raise it with its traceback as their message), or None."""
+  if path is None:
+    return None
+  seen: set[int] = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(f.filename) == os.path.abspath(path)]
+    if lines:
+      text = (str(e).splitlines() or [""])[0]
+      return (f"{path} failed as it was loaded (line {lines[-1]}): {type(e).__name__}"
+              f"{': ' + text if text else ''}. Fix the config file; configs/cnn.py is one that "
+              "works.")
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _broken_model() -> str | None:

@@ -67,10 +67,14 @@ def _damaged_data_error(builder, split: str, data_dir: str, e: BaseException) ->
   reason = (str(e).splitlines() or [""])[0][:300] or type(e).__name__
   return DataCorruptError(
       f"The prepared {builder.name!r} data cannot be read: {what} is damaged or incomplete "
-      f"({reason}).\nPrepare it again (needs network and TensorFlow, which training itself never "
-      f"imports): pip install tensorflow-cpu && tfds build {builder.name} "
-      f"--file_format=array_record --data_dir={data_dir} --overwrite\nor copy an intact "
-      f"prepared {builder.name}/ folder into {data_dir}.")
+      f"({reason}).\n{_prepare_again(builder.name, data_dir)}")
+
+
+def _prepare_again(name: str, data_dir: str) -> str:
+  return (f"Prepare it again (needs network and TensorFlow, which training itself never "
+          f"imports): pip install tensorflow-cpu && tfds build {name} "
+          f"--file_format=array_record --data_dir={data_dir} --overwrite\nor copy an intact "
+          f"prepared {name}/ folder into {data_dir}.")
 
 
 def _builder(name: str, data_dir: str):
@@ -85,6 +89,11 @@ def _builder(name: str, data_dir: str):
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(f"Unknown tfds dataset {name!r}: set --config.dataset to a tfds image "
                      "classification dataset such as mnist, fashion_mnist or kmnist.") from e
+  except Exception as e:  # tfds reads the prepared metadata here (a protobuf ParseError, ...)
+    reason = (str(e).splitlines() or [""])[0][:300] or type(e).__name__
+    raise DataCorruptError(
+        f"The prepared {name!r} data in {data_dir} cannot be read: its metadata "
+        f"(dataset_info.json) is damaged ({reason}).\n{_prepare_again(name, data_dir)}") from e
 
 
 def _fingerprint(builder, split: str) -> str:

@@ -16,6 +16,9 @@ def sample(workdir: str, which: str = "latest", label: int | None = None, num: i
            output: str | None = None, seed: int = 0) -> str:
   """`python train.py --mode=sample`: a grid of `num` samples of a trained GAN (all of class
   `label`, or every class in turn when conditional) written to a PNG; returns its path."""
+  if output is not None and (os.path.isdir(output) or not output.lower().endswith(".png")):
+    raise ConfigError(f"--output={output} is {'a directory' if os.path.isdir(output) else 'not a .png file'}"
+                      ": the samples are one PNG image; pass --output=FILE.png.")
   r = restore_lib.restore(workdir, which, task="gan")
   task = Gan(r.config, r.dataset_info["num_classes"], tuple(r.dataset_info["image_shape"]),
              r.population)

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 
 import nets
+from training import members, settings
 from training.errors import ConfigError
 from training.tasks.classify import steps
 from training.store.checkpoint import read_latest
@@ -41,6 +42,9 @@ def _check_classifier_workdir(workdir: str) -> None:
   if nets.kind_of(name) != "classifier":
     raise ConfigError(f"{workdir} holds a {name!r} model, not a classifier, so it cannot measure "
                       f"the images: {how}.")
+  if count := len(members.Population.of(settings.from_json(saved)).members):
+    raise ConfigError(f"{workdir} holds a population of {count} classifiers; the images are "
+                      f"measured by one classifier's features: {how}.")
 
 
 class ClassifierFeatures:

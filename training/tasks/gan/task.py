@@ -83,6 +83,12 @@ class Gan(base.Task):
       raise ConfigError(
           f"The classifier in {self.config.gan.eval_classifier} takes {self.classifier.image_shape}"
           f" images, but {ds.name}'s are {self.image_shape}: train one on this dataset.")
+    if self.conditional and self.classifier.num_classes != self.num_classes:
+      # Its "requested class recognized" would compare labels of two different class lists.
+      raise ConfigError(
+          f"The classifier in {self.config.gan.eval_classifier} knows "
+          f"{self.classifier.num_classes} classes, but this conditional GAN draws "
+          f"{self.num_classes}: train one on the same classes (--config.classes).")
     self.reference = gan_metrics.reference(self.classifier, ds.train.images, ds.test.images,
                                            n=min(self.config.gan.eval_samples, len(ds.train)))
 
