@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -175,6 +176,21 @@ def test_bad_input_is_a_4xx_json_error_and_the_next_request_is_served(
   assert after.status_code == 200 and after.json()["predictions"][0]["class_name"]
 
 
+def test_an_image_over_pils_limit_is_refused_and_the_server_prints_no_warning(server, mnist):
+  """9500x9500 pixels: over PIL's limit but under twice it, where PIL warns instead of refusing.
+  The client gets its 413, the server's console no library warning."""
+  before = len(server.output())
+  files = [("file", ("blank.png", _png_header(9500, 9500)))]
+  answer = httpx.post(server.url + "predict", files=files, timeout=60)
+  assert answer.status_code == 413, answer.text
+  assert answer.json()["error"].startswith("blank.png: too many pixels (90250000, over PIL's limit")
+  after = httpx.post(server.url + "predict", files=_files(mnist, 1), timeout=60)
+  assert after.status_code == 200
+  time.sleep(0.5)  # the reader thread's last lines
+  printed = server.output()[before:]
+  assert "Warning" not in printed and "warnings.warn" not in printed, printed
+
+
 def test_health_model_page_and_docs(server, small_run):
   assert httpx.get(server.url + "health").json()["status"] == "ok"
   described = httpx.get(server.url + "model").json()
@@ -253,6 +269,54 @@ def test_workers_share_the_port_answer_alike_and_stop_together(small_run, mnist)
     if process != server.proc.pid:
       with pytest.raises(ProcessLookupError):
         os.kill(process, 0)  # the other worker has ended too, not left behind
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+  try:
+    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+  except httpx.HTTPError:
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the first process", "Ctrl-C to the process group"])
+def test_a_stop_while_the_workers_start_ends_them_all(small_run, how):
+  """--workers=2, stopped as soon as the worker answers, while the first process is still
+  starting (before it serves): every process ends, status 0, with the stop's note and no
+  traceback, and nothing listens on the port."""
+  port = _free_port()
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", "--mode=serve", f"--workdir={small_run}", f"--port={port}",
+       "--workers=2", "--max_batch=4"], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.time() + serving.START_TIMEOUT_S
+    while not _answers(port):
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()
+      time.sleep(0.01)
+    if how.startswith("SIGTERM"):
+      proc.send_signal(signal.SIGTERM)
+    else:
+      os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=15)  # its end of file: no process holds the pipes
+  finally:
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    except ProcessLookupError:
+      pass
+  assert proc.returncode == 0, (out, err)
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert "note: stopped after 0 device calls of 0 images in the first of 2 processes." in out
+  with pytest.raises(ProcessLookupError):
+    os.killpg(proc.pid, 0)  # no process of its group is left, a worker included
+  with pytest.raises(ConnectionRefusedError):
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_batcher_batches_splits_and_returns_each_requests_rows():
@@ -365,6 +429,25 @@ def test_start_up_errors_are_one_line(small_run, tmp_path):
   assert "error: --member=1:" in member.stderr and "not a population" in member.stderr
   nothing = _command(f"--workdir={tmp_path / 'none'}", "--port=0")
   assert nothing.returncode == 1 and nothing.stderr.startswith("error: ")
+
+
+BAD_FLAGS = {  # a flag's value that cannot work: the start of its error line
+    "--port=99999": "--port=99999: give a port from 1 to 65535, or 0 for any free one.",
+    "--port=-1": "--port=-1: give a port from 1 to 65535",
+    "--max_body_mb=-1": "--max_body_mb=-1: give a finite number of megabytes above 0",
+    "--max_body_mb=0": "--max_body_mb=0: give a finite number of megabytes above 0",
+    "--batch_window_ms=-1": "--batch_window_ms=-1: give a finite number of milliseconds",
+    "--workers=0": "--workers=0: give 1 or more processes.",
+}
+
+
+@pytest.mark.parametrize("flag", BAD_FLAGS)
+def test_a_bad_serve_flag_is_one_line_naming_it_and_its_value(small_run, flag):
+  """Refused before the model loads or the port is taken (else --port=99999 listened on 34463
+  and --max_body_mb=-1 answered every request with 413)."""
+  got = _command(f"--workdir={small_run}", flag)
+  assert got.returncode == 1 and got.stderr.startswith(f"error: {BAD_FLAGS[flag]}"), got.stderr
+  assert got.stderr.count("\n") == 1 and not got.stdout, (got.stdout, got.stderr)
 
 
 def test_triton_repository_structure():

@@ -7,7 +7,8 @@
 - batcher.py  concurrent requests' images classified in one device call
 - inputs.py   a request's images read as --mode=predict reads files; what is wrong with bad ones
 - app.py      the FastAPI routes, their errors and the body limit
-- workers.py  --workers=N: more processes on the same socket, for more cores
+- workers.py  --workers=N: more processes on the same socket, for more cores; the stop
+              signals, which start-up heeds too
 - page.html   the draw-a-digit page (self-contained: no CDN)
 
 Needs the `serve` extra (FastAPI, uvicorn, python-multipart). May import: what the modes layer
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import gc
 import ipaddress
+import math
 import os
 import signal
 import socket
@@ -48,24 +50,73 @@ class Options:
 def serve(directory: str, which: str = "best", member: int | None = None,
           options: Options = Options()) -> None:
   """Serves the model of `directory` (a trained workdir, or an export folder) until Ctrl-C or
-  SIGTERM, which let the requests in flight finish: then returns (exit status 0)."""
+  SIGTERM, which let the requests in flight finish: then returns (exit status 0). A signal during
+  start-up stops it as well, with the workers started so far."""
+  inherited = workers.inherited()
+  with workers.Signals(first=not inherited) as signals:
+    others, calls = workers.Workers(signals), None
+    try:
+      server, calls, sock = _start(directory, which, member, options, inherited, others)
+      server.run(sockets=[sock])
+    except workers.Stopped:
+      pass  # a signal before uvicorn handled them: a stop like one while serving
+    finally:
+      signals.stopping = True  # a further signal waits for the workers' drain, as uvicorn's does
+      others.stop()
+      failed = [status for status in others.wait() if status != 0]
+  if inherited:
+    return
+  log(f"note: stopped after {calls.calls if calls else 0} device calls of "
+      f"{calls.images if calls else 0} images"
+      + (f" in the first of {options.workers} processes." if options.workers > 1 else "."))
+  if failed and not signals.early:  # after an early stop, a worker may have ended by SIGTERM
+    raise ConfigError(f"{len(failed)} of the {options.workers - 1} other serve processes ended "
+                      f"with status {failed[0]}: their lines above say why.")
+
+
+def _check(options: Options) -> None:
+  """The flags' values that cannot work, refused before anything starts (--max_batch: in
+  model.buckets), each naming the flag, its value and what to give."""
+  problems = [
+      (not 0 <= options.port <= 65535,
+       f"--port={options.port}: give a port from 1 to 65535, or 0 for any free one."),
+      (not 0 <= options.batch_window_ms < math.inf,
+       f"--batch_window_ms={options.batch_window_ms:g}: give a finite number of milliseconds, 0 "
+       "or more (0: a request never waits for others to join its batch)."),
+      (not 0 < options.max_body_mb < math.inf,
+       f"--max_body_mb={options.max_body_mb:g}: give a finite number of megabytes above 0 (the "
+       "default is 20); 0 or less would refuse every request."),
+      (options.max_pixels < 1, f"--max_pixels={options.max_pixels}: give 1 or more pixels."),
+      (options.max_images < 1,
+       f"--max_images={options.max_images}: give 1 or more images per request."),
+      (options.workers < 1, f"--workers={options.workers}: give 1 or more processes."),
+  ]
+  for wrong, message in problems:
+    if wrong:
+      raise ConfigError(message)
+
+
+def _start(directory: str, which: str, member: int | None, options: Options,
+           inherited: socket.socket | None, others: workers.Workers) -> tuple:
+  """(uvicorn's server, the batcher, the listening socket): the flags checked, the model loaded
+  and compiled, the other workers started (by the first process), the start-up notes said."""
   try:
     import uvicorn
-    from training.modes.serve import app, batcher, model
+    from training.modes.serve import app, batcher, inputs, model
     import multipart  # noqa: F401  python-multipart: FastAPI's form parsing
   except ImportError as e:
     raise ConfigError(f"--mode=serve needs FastAPI, uvicorn and python-multipart ({e}): "
                       "pip install -e '.[serve]'.") from None
-  if (options.batch_window_ms < 0 or options.max_images < 1 or options.max_pixels < 1
-      or options.workers < 1):
-    raise ConfigError("--batch_window_ms must be 0 or more, --max_images, --max_pixels and "
-                      "--workers 1 or more.")
-  inherited = workers.inherited()
+  _check(options)
   # First: a port in use costs no compilation.
   sock = inherited or _listen(options.host, options.port)
   _leave_a_core_to_the_server()
+  inputs.quiet_image_warnings()
+  others.signals.check()
   served = model.load(directory, which, member, options.max_batch)
-  others = workers.Workers(sock, options.workers - 1) if not inherited else None
+  others.signals.check()
+  if not inherited:
+    others.start(sock, options.workers - 1)
   calls = batcher.Batcher(served.probabilities, options.max_batch,
                           options.batch_window_ms / 1000, options.batching)
   limits = app.Limits(int(options.max_body_mb * 2**20), options.max_pixels, options.max_images)
@@ -76,20 +127,10 @@ def serve(directory: str, which: str = "best", member: int | None = None,
   # out of the garbage collector's sight, its full collections no longer walk them all.
   gc.collect()
   gc.freeze()
-  if inherited:
-    server.run(sockets=[sock])
-    return
-  _start_notes(directory, served, options, sock.getsockname()[:2])
-  try:
-    server.run(sockets=[sock])
-  finally:
-    others.stop()
-    failed = [status for status in others.wait() if status != 0]
-  log(f"note: stopped after {calls.calls} device calls of {calls.images} images"
-      + (f" in the first of {options.workers} processes." if options.workers > 1 else "."))
-  if failed:
-    raise ConfigError(f"{len(failed)} of the {options.workers - 1} other serve processes ended "
-                      f"with status {failed[0]}: their lines above say why.")
+  others.signals.check()
+  if not inherited:
+    _start_notes(directory, served, options, sock.getsockname()[:2])
+  return server, calls, sock
 
 
 def _leave_a_core_to_the_server() -> None:
@@ -146,11 +187,11 @@ def _loopback(host: str) -> bool:
     return host == "localhost"
 
 
-def _server(config, others: workers.Workers | None):
+def _server(config, others: workers.Workers):
   """uvicorn's server, whose Ctrl-C/SIGTERM drain ends with exit status 0: uvicorn raises the
   signal again after its shutdown, which would end the process as killed by it. The first
-  process passes SIGTERM on to the other workers (Ctrl-C reaches them from the terminal); a
-  worker says when it accepts connections."""
+  process passes Ctrl-C and SIGTERM on to the other workers, as one SIGTERM each (they ignore
+  Ctrl-C, which the terminal sends them too); a worker says when it accepts connections."""
   import uvicorn
 
   class Server(uvicorn.Server):
@@ -159,17 +200,18 @@ def _server(config, others: workers.Workers | None):
       workers.ready()
 
     def handle_exit(self, sig, frame):
-      if others:
-        others.stop()
+      others.stop()
       super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self):
-      handled = (signal.SIGINT, signal.SIGTERM)
-      previous = {s: signal.signal(s, self.handle_exit) for s in handled}
+      previous = {s: signal.signal(s, self.handle_exit) for s in others.signals.handled}
+      if others.signals.pending:  # a signal since start-up's last check
+        self.handle_exit(signal.SIGTERM, None)
       try:
         yield
       finally:
+        others.signals.stopping = True  # a signal from now on waits for the workers' drain
         for s, handler in previous.items():
           signal.signal(s, handler)
   return Server(config)

@@ -5,6 +5,8 @@ the same fitting and notes), and what is wrong with a bad one, as an HTTP status
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +37,16 @@ class _Upload(io.BytesIO):
     return self.name
 
 
+def quiet_image_warnings() -> None:
+  """Process-wide, once at start-up: PIL's warnings about a request's image (its size over PIL's
+  limit, odd metadata) are not the server's to print, its answer says what matters. Its warning
+  of an image over its size limit becomes the error `read_upload` refuses, as --mode=predict's
+  `images.read` does; a filter for the whole process, since `warnings.catch_warnings` around
+  each image is not safe in the threads that decode them."""
+  warnings.filterwarnings("ignore", module="PIL")
+  warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
 def read_upload(name: str, data: bytes, shape: tuple[int, int, int], fit: str, invert: bool,
                 max_pixels: int) -> images.Loaded:
   """An uploaded image file; its size is read from its header first, so that an image of too
@@ -44,9 +56,11 @@ def read_upload(name: str, data: bytes, shape: tuple[int, int, int], fit: str, i
   try:
     with Image.open(io.BytesIO(data)) as img:
       width, height = img.size
-  except Image.DecompressionBombError:  # PIL refuses twice its own limit before we can ask
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    # PIL refuses an image over its own limit before its size can be asked (see above).
     width = height = 0
-    pixels = "over twice PIL's limit of {}".format(Image.MAX_IMAGE_PIXELS)
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = f"{found.group(1) if found else 'more'}, over PIL's limit of {Image.MAX_IMAGE_PIXELS}"
   except Exception as e:  # PIL raises OSError, ValueError, SyntaxError for what is not an image
     raise BadInput(400, f"{name}: cannot be read as an image ({type(e).__name__}: "
                         f"{str(e)[:200]}); send PNG, JPEG or BMP files.") from None
