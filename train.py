@@ -43,8 +43,8 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "e
                   "that run without this code (jax.export, ONNX; see docs/export.md); sample: a "
                   "PNG grid of a trained GAN's images; serve: an HTTP API and a draw-a-digit page for "
                   "a trained workdir or an export folder (see docs/serve.md).")
-flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export: best (by validation "
-                    "accuracy), latest, or a step number.")
+flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export/sample/serve: best "
+                    "(by validation accuracy), latest, or a step number.")
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
 flags.DEFINE_string("data_dir", None, "evaluate/report: the data directory (prepared tfds data, "
                     "or IDX files), if not the training run's.")
@@ -90,8 +90,8 @@ flags.DEFINE_integer("workers", 1, "serve: processes answering on the port, each
 flags.DEFINE_list("ensemble", [], "evaluate/predict/export: other runs' workdirs whose models "
                   "join --workdir's in one ensemble (every model's probabilities averaged), e.g. "
                   "--ensemble=runs/b,runs/c.")
-flags.DEFINE_integer("member", None, "evaluate/predict/export/serve of a population: member K "
-                     "alone (default: the ensemble, its members' probabilities averaged).")
+flags.DEFINE_integer("member", None, "evaluate/predict/export/serve: of a population, member "
+                     "K alone (default: the ensemble, its members' probabilities averaged).")
 
 
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -142,7 +142,8 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   try:
     app.run(main, flags_parser=parse_flags)
-  except KeyboardInterrupt:  # before training takes Ctrl-C as a stop request, or a second one
-    print("note: stopped by Ctrl-C (training resumes from its last checkpoint, if any, when the "
-          "same command is run again).", file=sys.stderr)
+  except KeyboardInterrupt:  # before a mode takes Ctrl-C as a stop request, or a second one
+    then = (" (training resumes from its last checkpoint, if any, when run again)"
+            if FLAGS.is_parsed() and FLAGS.mode == "train" else "")
+    print(f"note: stopped by Ctrl-C{then}.", file=sys.stderr)
     sys.exit(130)

@@ -170,3 +170,34 @@ def test_evaluation_prediction_report_and_export_do_not_import_the_training_loop
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr[-3000:]
+
+
+def test_each_mode_flag_s_help_names_the_modes_that_read_it():
+  """training/cli.py refuses a mode's flag given to another mode (it would change nothing); its
+  table and the --help text must name the same modes."""
+  import re
+
+  from absl import flags
+
+  from training import cli
+  import train  # noqa: F401  (defines the flags)
+  for name, modes in cli.MODE_FLAGS.items():
+    text = re.sub(r"^<[^>]*>: ", "", flags.FLAGS[name].help)  # an enum's values, from absl
+    helps = [h for h in re.findall(r"(?:^|; )([a-z]+(?:/[a-z]+)*): ", text)
+             if set(h.split("/")) <= set(flags.FLAGS["mode"].parser.enum_values)]
+    assert sorted(m for h in helps for m in h.split("/")) == sorted(modes), (name, helps)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=evaluate", "--invert"], "error: --invert is for --mode=predict, not evaluate: "),
+    (["--mode=predict", "--label=3", "x.png"], "error: --label is for --mode=sample, not predict"),
+    (["--mode=report", "--ensemble=runs/b"],
+     "error: --ensemble is for --mode=evaluate, predict, export, not report"),
+    (["--mode=export", "--port=9000"], "error: --port is for --mode=serve, not export"),
+    (["--config=configs/mlp.py", "--split=validation"],
+     "error: --split is for --mode=evaluate, not train"),
+])
+def test_a_flag_of_another_mode_is_refused(args, message, tmp_path):
+  run = _cli(*args, f"--workdir={tmp_path / 'w'}")
+  assert run.returncode == 1 and run.stderr.startswith(message), run.stderr[-2000:]
+  assert len(run.stderr.splitlines()) == 1 and not (tmp_path / "w").exists()

@@ -207,6 +207,9 @@ def test_two_processes_train_together_and_their_checkpoint_restores_in_one(tmp_p
     (["--coordinator_address=localhost:1234", "--num_processes=2", "--process_id=2"],
      r"--process_id=2 is not in 0..1"),
     (["--coordinator_address=1234", "--num_processes=2", "--process_id=0"], "is not host:port"),
+    (["--coordinator_address=localhost:1234", "--num_processes=0", "--process_id=0"],
+     "--num_processes=0 must be at least 1"),  # it blamed --process_id
+    (["--distributed_timeout=-3"], "--distributed_timeout=-3 must be at least 1"),
     (["--coordinator_address=localhost:{port}", "--num_processes=2", "--process_id=1",
       "--distributed_timeout=2"], "Process 1 could not reach the coordinator at localhost:"),
 ])

@@ -18,7 +18,7 @@ from training.compute import optim
 from training.modes.train import checks
 from training.modes import evaluate
 from training.tasks import restore
-from training.store.checkpoint import Checkpointer
+from training.store.checkpoint import CheckpointMismatchError, Checkpointer
 
 from conftest import load_config, real_data_dir, shrink
 
@@ -183,8 +183,9 @@ def test_a_fine_tuning_run_resumes_exactly_without_its_source(mock_mnist, source
   with Checkpointer.reader(str(tmp_path / "source")) as ckpt:
     source_step, _ = ckpt.choose("best")  # what init_from (its best checkpoint) loads
   config = lambda **o: _config(classes="5,6,7,8,9", init_from=str(tmp_path / "source"),
-                               freeze="^Conv_0/", init_lr_multiplier=0.5, num_epochs=3,
-                               log_every_steps=1, ema_decay=0.9, **{"model.dropout": 0.3, **o})
+                               init_lr_multiplier=0.5, log_every_steps=1, ema_decay=0.9,
+                               **{"model.dropout": 0.3, "freeze": "^Conv_0/", "num_epochs": 3,
+                                  **o})
   whole, _ = train_and_evaluate(config(), str(tmp_path / "whole"))
   with pytest.raises(Preempted, match="at step 2"):
     train_and_evaluate(config(stop_after_steps=2), str(tmp_path / "split"))
@@ -205,6 +206,10 @@ def test_a_fine_tuning_run_resumes_exactly_without_its_source(mock_mnist, source
   assert result["checkpoint_step"] == int(whole.step)
   again, _ = train_and_evaluate(config(), str(tmp_path / "whole"))  # finished: evaluates only
   assert int(again.step) == int(whole.step)
+  # Another freeze changes the optimizer's arrays: the refusal names the setting, not only them.
+  with pytest.raises(CheckpointMismatchError, match=r"(?s)another structure .*\nThe settings that "
+                     r"changed \(checkpoint -> now\):\n  freeze: '\^Conv_0/' -> '\^Dense_0/'"):
+    train_and_evaluate(config(freeze="^Dense_0/", num_epochs=4), str(tmp_path / "whole"))
 
 
 @pytest.mark.slow

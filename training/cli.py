@@ -17,11 +17,31 @@ from training import overrides
 FLAGS = flags.FLAGS
 
 
+# The modes that read each mode-specific flag: given to another mode, it would be ignored.
+_SERVE = ("serve",)
+MODE_FLAGS = {
+    "checkpoint": ("evaluate", "predict", "report", "export", "sample", "serve"),
+    "split": ("evaluate",), "data_dir": ("evaluate", "report"), "data_url": ("evaluate", "report"),
+    "invert": ("predict",), "fit": ("predict",), "output": ("predict", "export", "sample"),
+    "formats": ("export",), "overwrite": ("export",),
+    "label": ("sample",), "num": ("sample",), "sample_seed": ("sample",),
+    "member": ("evaluate", "predict", "export", "serve"),
+    "ensemble": ("evaluate", "predict", "export"),
+    **{f: _SERVE for f in ("host", "port", "max_batch", "batch_window_ms", "batching",
+                           "max_body_mb", "max_pixels", "max_images", "workers")},
+}
+
+
 def check_usage(argv: list[str]) -> None:
   """Flags that do not fit the mode: one line each (absl's usage error would print the whole
   help above it)."""
   problem = None
-  if FLAGS.mode not in ("predict", "report") and len(argv) > 1:
+  misplaced = [f for f, modes in MODE_FLAGS.items() if FLAGS[f].present and FLAGS.mode not in modes]
+  if misplaced:
+    f = misplaced[0]
+    problem = (f"--{f} is for --mode={', '.join(MODE_FLAGS[f])}, not {FLAGS.mode}: "
+               "here it would change nothing.")
+  elif FLAGS.mode not in ("predict", "report") and len(argv) > 1:
     problem = f"unexpected arguments {argv[1:]}: only --mode=predict and report take any."
   elif FLAGS.mode == "train" and FLAGS.config is None:
     problem = "training needs --config, e.g. --config=configs/cnn.py."
@@ -31,8 +51,6 @@ def check_usage(argv: list[str]) -> None:
   elif FLAGS.mode == "report" and len(argv) == 2 and FLAGS.workdir:
     problem = ("--mode=report takes the run as --workdir=DIR or as one argument, not both; give "
                "two or more runs to compare them.")
-  elif FLAGS.ensemble and FLAGS.mode not in ("evaluate", "predict", "export"):
-    problem = "--ensemble is for --mode=evaluate, predict and export."
   elif (FLAGS.mode not in ("train", "show") and not FLAGS.workdir
         and not (FLAGS.mode == "report" and argv[1:])):
     problem = f"--mode={FLAGS.mode} needs --workdir, the trained run's directory."

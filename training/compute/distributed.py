@@ -29,6 +29,23 @@ def _cluster_launch() -> bool:
              for v in _CLUSTER_SIZE_VARS)
 
 
+def _check_launch(coordinator_address: str, num_processes: int, process_id: int
+                  ) -> tuple[str, str]:
+  """The explicit launch's flags checked together; the coordinator's (host, port)."""
+  if num_processes < 1:
+    raise DistributedError(f"--num_processes={num_processes} must be at least 1 (the number "
+                           "of processes of the run).")
+  if not 0 <= process_id < num_processes:
+    raise DistributedError(
+        f"--process_id={process_id} is not in 0..{num_processes - 1} (--num_processes="
+        f"{num_processes}): number the processes 0, 1, ..., num_processes-1.")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit():
+    raise DistributedError(f"--coordinator_address={coordinator_address!r} is not host:port "
+                           "(e.g. 10.0.0.1:1234, the address of process 0).")
+  return host, port
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, auto: bool = False,
                timeout_s: int = 300) -> bool:
@@ -47,15 +64,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         f"A multi-process launch needs --coordinator_address, --num_processes and --process_id "
         f"together; missing: {', '.join('--' + m for m in missing)}. Give every process the same "
         "address (host:port of process 0) and count, and its own id 0..num_processes-1.")
+  if timeout_s < 1:
+    raise DistributedError(f"--distributed_timeout={timeout_s} must be at least 1 (seconds to "
+                           "wait for every process).")
   if given:
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise DistributedError(
-          f"--process_id={process_id} is not in 0..{num_processes - 1} (--num_processes="
-          f"{num_processes}): number the processes 0, 1, ..., num_processes-1.")
-    host, _, port = coordinator_address.rpartition(":")
-    if not host or not port.isdigit():
-      raise DistributedError(f"--coordinator_address={coordinator_address!r} is not host:port "
-                             "(e.g. 10.0.0.1:1234, the address of process 0).")
+    host, port = _check_launch(coordinator_address, num_processes, process_id)
     if num_processes == 1:
       return False
     # JAX aborts the whole process (uncatchable) when it cannot connect: check what can be

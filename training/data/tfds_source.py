@@ -79,21 +79,29 @@ def _prepare_again(name: str, data_dir: str) -> str:
 
 def _builder(name: str, data_dir: str):
   import tensorflow_datasets as tfds  # imported lazily: it takes a while and plain runs use the cache
-  try:
-    if not is_prepared(name, data_dir):
-      # tfds would look the dataset up online and leave an empty temporary folder behind for
-      # each call; whether the name exists is all that is left to say before the missing data.
+  unknown = tfds.core.registered.DatasetNotFoundError
+  if not is_prepared(name, data_dir):
+    # tfds' builder would look the dataset up online and leave an empty temporary folder behind
+    # for each call; whether the name exists is all there is to say before the missing data.
+    try:
       tfds.builder_cls(name.split(":")[0].split("/")[0])
-      raise _missing_data_error(name, data_dir)
+    except unknown as e:
+      raise _unknown_dataset(name) from e
+    raise _missing_data_error(name, data_dir)
+  try:
     return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ConfigError(f"Unknown tfds dataset {name!r}: set --config.dataset to a tfds image "
-                     "classification dataset such as mnist, fashion_mnist or kmnist.") from e
+  except unknown as e:
+    raise _unknown_dataset(name) from e
   except Exception as e:  # tfds reads the prepared metadata here (a protobuf ParseError, ...)
     reason = (str(e).splitlines() or [""])[0][:300] or type(e).__name__
     raise DataCorruptError(
         f"The prepared {name!r} data in {data_dir} cannot be read: its metadata "
         f"(dataset_info.json) is damaged ({reason}).\n{_prepare_again(name, data_dir)}") from e
+
+
+def _unknown_dataset(name: str) -> ConfigError:
+  return ConfigError(f"Unknown tfds dataset {name!r}: set --config.dataset to a tfds image "
+                     "classification dataset such as mnist, fashion_mnist or kmnist.")
 
 
 def _fingerprint(builder, split: str) -> str:

@@ -113,7 +113,6 @@ def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
   reader can check them before the run takes the workdir); its changes, if none refuses."""
   step = ckpt.latest_step()
   _check_within_the_run(step, config.num_epochs, steps_per_epoch, ckpt.directory, workdir)
-  check_shapes(ckpt, state, step, config.model.name)
   saved = traverse_util.flatten_dict(ckpt.read_json(step, "config"), sep=".")
   # Through JSON, so that tuples compare as the saved lists.
   now = traverse_util.flatten_dict(json.loads(json.dumps(config.to_dict())), sep=".")
@@ -124,6 +123,13 @@ def check(ckpt: Checkpointer, state: Any, config: ml_collections.ConfigDict,
   # A field that only one side has was added or removed by a newer version of this code.
   refused = [line for k, line in changes.items() if k in saved and k in now
              and k not in RESUMABLE_CHANGES and not k.startswith("checkpoint.")]
+  try:
+    check_shapes(ckpt, state, step, config.model.name)
+  except CheckpointMismatchError as e:  # other arrays, from settings (freeze: the optimizer's)
+    if not refused:
+      raise
+    raise CheckpointMismatchError(f"{e}\nThe settings that changed (checkpoint -> now):\n  "
+                                  + "\n  ".join(refused)) from e
   if refused and not config.checkpoint.get("allow_config_changes", False):
     raise ConfigChangedError(
         f"The checkpoint at step {step} in {ckpt.directory} was trained with other settings; "
