@@ -100,7 +100,7 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--hel
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a bad config file or `--config.*` override reported as one line."""
   from training import overrides
-  if problem := overrides.config_file_problem(argv):
+  if problem := overrides.command_line_problem(argv):
     sys.exit(f"error: {problem}")
   try:
     return FLAGS(argv)

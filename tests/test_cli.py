@@ -48,6 +48,9 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
      "error: bad --config override: --config.model.blocks: resnet has that field, but the config "
      "holds cnn's fields and an override cannot add one; start from configs/resnet.py or a copy "
      "of the config file with c = common.base('resnet')."),
+    # absl joined the two tuples: a 4-stage CNN, (8, 16, 16, 32), trained without a word.
+    (["--config=configs/cnn.py", "--config.model.features=(8,16)", "--config.model.features=(16,32)"],
+     "error: --config.model.features is given 2 times: give each field once"),
     ([], "error: training needs --config, e.g. --config=configs/cnn.py. (python train.py --help "
          "lists the modes and flags)\n"),
     (["--mode=evaluate"], "error: --mode=evaluate needs --workdir, the trained run's directory."),

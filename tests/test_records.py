@@ -51,6 +51,15 @@ def test_stops_at_epoch_ends_and_resumes_leave_the_records_of_an_uninterrupted_r
   assert _history(tmp_path / "split") == _history(tmp_path / "whole")
   final = [json.loads((tmp_path / w / "test_metrics.json").read_text()) for w in ("whole", "split")]
   assert len(final[1]["epochs"]) == 3 and final[0]["test"] == final[1]["test"]
+  # The whole run's training time is every epoch's, whichever process trained it; a finished
+  # run run again (it only evaluates) keeps it: it was the evaluation's 0.7 s.
+  epochs = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text()
+            .splitlines() if "epoch" in json.loads(line)]
+  seconds = sum(e["time/epoch_s"] for e in epochs)
+  assert final[1]["time/epochs_s"] == pytest.approx(seconds) and seconds > 0
+  train_and_evaluate(_config(), str(tmp_path / "split"))
+  again = json.loads((tmp_path / "split" / "test_metrics.json").read_text())
+  assert again["time/epochs_s"] == pytest.approx(seconds)
 
 
 # 58 mock training examples in batches of 4: 14 steps an epoch, records at steps 5, 10, 14, ...

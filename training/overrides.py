@@ -30,6 +30,17 @@ def config_path(argv: list[str]) -> str | None:
   return None
 
 
+def command_line_problem(argv: list[str]) -> str | None:
+  """What is wrong with the command line before absl reads it: a field overridden twice (absl
+  would join two tuples into one, (8, 16) and (16, 32) into (8, 16, 16, 32)), or the config file
+  (`config_file_problem`)."""
+  fields = [field for _, field in overrides(argv)]
+  if twice := sorted({f for f in fields if fields.count(f) > 1}):
+    return (f"--config.{twice[0]} is given {fields.count(twice[0])} times: give each field once "
+            "(a repeated tuple would be joined into one, not replaced).")
+  return config_file_problem(argv)
+
+
 def config_file_problem(argv: list[str]) -> str | None:
   """A config file that is missing or is not Python with a get_config(): what is wrong, listing
   the configs there are (ml_collections would print a traceback)."""

@@ -63,7 +63,9 @@ def run_summary(workdir: str) -> dict[str, Any]:
           "accuracy": test.get("accuracy", last.get("test/accuracy")),
           "macro_f1": test.get("macro_f1"),
           "params": final.get("num_params") or _checkpoint_params(workdir),
-          "seconds": final.get("time/total_s", last.get("time/elapsed_s")),
+          # Every epoch's time, resumed ones included: a process's own time is one part of it.
+          "seconds": (sum(e.get("time/epoch_s", 0.0) for e in epochs) if last.get("time/epoch_s")
+                      else final.get("time/total_s", last.get("time/elapsed_s"))),
           "epochs": f"{last.get('epoch', 0)}/{config.get('num_epochs', '?')}",
           "steps_per_epoch": last["step"] // last["epoch"] if last else None}
 

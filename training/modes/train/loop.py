@@ -111,6 +111,8 @@ def _finish(run: Run, history: list[dict[str, Any]], test: dict[str, Any], repor
   population = {k: test.pop(k) for k in ("members", "mean", "std", "ensemble") if k in test}
   summary = {**(history[-1] if history else {}), "epochs": history, "test": test, **population,
              "time/train_s": time.time() - run.t_train, "time/total_s": time.time() - t_start,
+             # The whole run's training, over every process that trained it (resumed, re-run).
+             "time/epochs_s": sum(float(e.get("time/epoch_s", 0.0)) for e in history),
              "num_params": run.num_params}
   if run.workdir is not None and run.primary:
     final = {f"test/{k}": test[k] for k in run.task.final_keys}
