@@ -46,8 +46,9 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "report", "e
 flags.DEFINE_string("checkpoint", "best", "evaluate/predict/report/export/sample/serve: best "
                     "(by validation accuracy), latest, or a step number.")
 flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "evaluate: the split.")
-flags.DEFINE_string("data_dir", None, "evaluate/report: the data directory (prepared tfds data, "
-                    "or IDX files), if not the training run's.")
+flags.DEFINE_string("data_dir", None, "evaluate/report: the data directory (prepared tfds data "
+                    "or IDX files), or the image folder of a folder run (moved since training), "
+                    "if not the training run's.")
 flags.DEFINE_string("data_url", None, "evaluate/report: the base URL to download missing IDX "
                     "files from, if not the training run's (default: the dataset's mirrors).")
 flags.DEFINE_bool("invert", False, "predict: the images are dark ink on a light background.")
@@ -134,8 +135,7 @@ def main(argv: list[str]) -> None:
   except Preempted as e:
     print(str(e), file=sys.stderr)  # a clean stop: the checkpoint is complete
     sys.exit(EX_TEMPFAIL)  # not done: saved, re-run to continue (0: done, 1: an error)
-  except (*USER_ERRORS, nets.ModelConfigError) as e:
-    # Errors about the user's input: a clear message instead of a traceback.
+  except (*USER_ERRORS, nets.ModelConfigError) as e:  # the user's input: one line, no traceback
     sys.exit(f"error: {e}")
 
 

@@ -4,15 +4,15 @@
     python examples/classify_onnx.py runs/cnn/export digit.png [scan.jpg --invert]
 
 Needs numpy, pillow and onnxruntime. Images are converted as `--mode=predict` does, by this
-repository's training/data/images.py, which imports only numpy and PIL (to deploy, copy it and
-training/errors.py along). Files are read and classified 256 at a time, so memory does not grow
+repository's training/data/images.py, which imports only numpy and PIL (to deploy, copy it,
+training/errors.py and examples/export_folder.py along). Files are read and classified 256 at a time, so memory does not grow
 with their number; a file that cannot be read gets an `error:` line and the others go on; the
-notes (blank, too small, light background) are those of --mode=predict.
+notes (blank, too small, light background) are those of --mode=predict. A missing or damaged
+export (or files of two exports) gets one `error:` line that says to export again.
 """
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 
@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 spec = importlib.util.spec_from_file_location("images", f"{ROOT}/training/data/images.py")
 images = sys.modules["images"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(images)
+import export_folder  # noqa: E402  beside this file: model.json, checked
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("export_dir", help="what --mode=export wrote (model.onnx, model.json)")
@@ -32,21 +33,26 @@ parser.add_argument("files", nargs="+", help="PNG or JPEG images")
 parser.add_argument("--invert", action="store_true", help="dark ink on a light background")
 args = parser.parse_args()
 
+
+def damaged(why: str) -> None:
+  export_folder.damaged(args.export_dir, why)
+
+
+shape, class_names, fit, light_matters, path = export_folder.read(
+    args.export_dir, "onnx", images.FITS, other="classify_jax.py")
+if not os.path.isfile(path):
+  damaged(f"{path} is missing" + (" (a directory)" if os.path.isdir(path) else ""))
 try:
-  with open(os.path.join(args.export_dir, "model.json")) as f:
-    meta = json.load(f)
-except (OSError, ValueError) as e:
-  sys.exit(f"error: cannot read {args.export_dir}/model.json ({e}); run --mode=export first.")
-if not meta["files"].get("onnx"):
-  why = meta.get("not_written", {}).get("onnx", "not asked for")
-  sys.exit(f"error: {args.export_dir} holds no ONNX model ({why}); use classify_jax.py.")
-shape = tuple(meta["input"]["shape"][1:])  # (H, W, C); the batch size is free
-session = onnxruntime.InferenceSession(os.path.join(args.export_dir, meta["files"]["onnx"]),
-                                       providers=["CPUExecutionProvider"])
-light_matters = not meta["dataset"].startswith("folder:")  # a folder's model learnt its own
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+except Exception as e:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...): not OSError
+  damaged(f"{path} is damaged ({os.path.getsize(path):,} bytes that onnxruntime cannot load: "
+          f"{str(e).rsplit('failed:', 1)[-1].strip()})")
+signature = [tuple(a.shape[1:]) for a in (*session.get_inputs(), *session.get_outputs())]
+if signature != [shape, (len(class_names),)]:  # files of two exports
+  damaged(f"{path} does not match model.json (inputs and outputs {signature} in the model, "
+          f"{[shape, (len(class_names),)]} in model.json)")
 failed = 0
-for paths, loaded, batch in images.read_batches(args.files, shape, invert=args.invert,
-                                                fit=meta["fit"]):
+for paths, loaded, batch in images.read_batches(args.files, shape, invert=args.invert, fit=fit):
   probs = session.run(None, {"images": batch[:len(paths)]})[0]
   for path, item, p in zip(paths, loaded, probs):
     if isinstance(item, images.ImageError):
@@ -54,7 +60,7 @@ for paths, loaded, batch in images.read_batches(args.files, shape, invert=args.i
       print(f"error: {item}", file=sys.stderr, flush=True)
       continue
     notes = images.notes(item, args.invert, light_matters)
-    answer = "-  no class" if item.blank else f"{meta['class_names'][p.argmax()]}  p={p.max():.4f}"
+    answer = "-  no class" if item.blank else f"{class_names[p.argmax()]}  p={p.max():.4f}"
     print(f"{path}  {answer}" + (f"   ({'; '.join(notes)})" if notes else ""), flush=True)
 if failed:
   sys.exit(f"error: {failed} of {len(args.files)} files could not be classified.")

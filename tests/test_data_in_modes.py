@@ -16,6 +16,7 @@ from PIL import Image
 
 from training import DataNotFoundError, data, train_and_evaluate
 from training.data import Split
+from training.data.folder import FolderError
 from training.modes import evaluate, report
 
 from conftest import REPO, load_config, needs_tfds_mnist, real_idx_dir, shrink, unused_url
@@ -100,3 +101,122 @@ def test_classes_by_position_among_named_classes_are_named_in_a_note(tmp_path, c
   digits = dataclasses.replace(ds, class_names=[str(i) for i in range(2)])
   data.select(digits, "1,0")  # MNIST's names are the indices: nothing to say
   assert "classes" not in capsys.readouterr().out
+
+
+# --- an image folder's run: its mistakes' files, and the folder moved after training ----------
+
+DIGITS = {"one": 1, "four": 4, "seven": 7}  # class folder -> MNIST digit; sorted: four, one, seven
+
+
+def _digit_folder(root, per_class: int = 40) -> str:
+  """Real MNIST test digits as PNGs, <root>/<word>/<t10k index>.png, `per_class` of each."""
+  with gzip.open(os.path.join(real_idx_dir(), "t10k-images-idx3-ubyte.gz")) as f:
+    digits = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 28, 28)
+  labels = _file_labels()
+  for word, digit in DIGITS.items():
+    os.makedirs(os.path.join(root, word))
+    for i in np.flatnonzero(labels == digit)[:per_class]:
+      Image.fromarray(digits[i]).save(os.path.join(root, word, f"{i:05d}.png"))
+  return str(root)
+
+
+def _folder_run(root: str, workdir: str, **overrides) -> str:
+  """A few steps of the MLP on the folder, all of its test split evaluated; a learning rate so
+  small that the model stays near its initial guesses, so that it makes mistakes."""
+  config = shrink(load_config("mlp"), dataset=f"folder:{root}", max_train_examples=0,
+                  max_eval_examples=0, learning_rate=1e-6, **overrides)
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_the_mistakes_of_an_image_folder_name_their_files(tmp_path):
+  """A folder run's mistakes are numbered among the readable images of the folder (the report
+  says so), and each names its file: the image that was tested and got wrong."""
+  root = _digit_folder(tmp_path / "digits")
+  with open(os.path.join(root, "four", "0-broken.png"), "wb") as f:  # sorts first, unreadable
+    f.write(b"not an image")
+  workdir = _folder_run(root, str(tmp_path / "run"))
+  result = report.write_report(workdir)
+  assert result["index_order"] == f"the readable images of {root} (class folders, then files, " \
+                                  "sorted)"
+  readable = [os.path.join(root, c, f) for c in sorted(DIGITS)
+              for f in sorted(os.listdir(os.path.join(root, c))) if f != "0-broken.png"]
+  ds = data.load(f"folder:{root}", cache_dir="none")
+  page = open(result["files"]["report"]).read()
+  assert result["mistakes"]
+  for m in result["mistakes"]:
+    assert m["file"] == readable[m["index"]] and m["file"] in page
+    assert os.path.basename(os.path.dirname(m["file"])) == sorted(DIGITS)[m["label"]]
+    [position] = np.flatnonzero(ds.test.indices == m["index"])
+    assert np.array_equal(ds.test.images[position, ..., 0], np.asarray(Image.open(m["file"])))
+  assert max(m["index"] for m in result["mistakes"]) >= len(ds.test)  # not a test position
+
+
+def test_a_folder_with_a_test_folder_numbers_its_test_images(tmp_path):
+  """With test/, the indices count its own images, and each names its file there."""
+  _digit_folder(tmp_path / "f" / "train", 12)
+  test_dir = _digit_folder(tmp_path / "f" / "test", 3)
+  ds = data.load(f"folder:{tmp_path / 'f'}", cache_dir="none")
+  assert ds.order == f"the readable images of {test_dir} (class folders, then files, sorted)"
+  files = [ds.test_files[i] for i in ds.test.indices]
+  assert files == [os.path.join(test_dir, c, f) for c in sorted(DIGITS)
+                   for f in sorted(os.listdir(os.path.join(test_dir, c)))]
+  assert [os.path.basename(os.path.dirname(f)) for f in files] == [
+      sorted(DIGITS)[label] for label in ds.test.labels]
+
+
+def _mode(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_a_moved_image_folder_is_evaluated_and_reported_from_data_dir(tmp_path):
+  """evaluate and report of a run whose folder has moved: refused in one line that names
+  --data_dir=NEW_PATH; with --data_dir at the new place, the same scores."""
+  root = _digit_folder(tmp_path / "digits")
+  workdir = _folder_run(root, str(tmp_path / "run"))
+  before = evaluate.evaluate(workdir)
+  moved = str(tmp_path / "moved")
+  os.rename(root, moved)
+  refused = _mode("--mode=evaluate", f"--workdir={workdir}")
+  assert refused.returncode == 1 and refused.stderr == (
+      f"error: No image folder {root!r}, the folder this run was trained on: if it has moved, "
+      "give its new path: --data_dir=NEW_PATH.\n")
+  with pytest.raises(report.ReportError, match=r"No image folder .*--data_dir=NEW_PATH\.$"):
+    report.write_report(workdir)
+  after = evaluate.evaluate(workdir, data_dir=moved)
+  assert (after["count"], after["accuracy"], after["loss"]) == (
+      before["count"], before["accuracy"], before["loss"])
+  reported = _mode("--mode=report", f"--workdir={workdir}", f"--data_dir={moved}")
+  assert reported.returncode == 0, reported.stderr
+  assert f"test ({before['count']} examples): accuracy {before['accuracy']:.2%}" in reported.stdout
+  page = open(os.path.join(workdir, "report.html")).read()
+  assert os.path.join(moved, "four") in page and os.path.join(root, "four") not in page
+  with pytest.raises(FolderError, match=r"^No image folder .* \(given as "
+                     rf"--data_dir={tmp_path}/gone\): .* \({root}\): --data_dir=NEW_PATH\.$"):
+    evaluate.evaluate(workdir, data_dir=str(tmp_path / "gone"))
+
+
+def test_a_folder_of_other_classes_is_refused_and_a_subset_run_is_not(tmp_path):
+  """--data_dir at a folder whose classes are not the run's (one renamed, one added) is refused
+  in one line; a run of a class subset is evaluated on a folder that has more classes."""
+  root = _digit_folder(tmp_path / "digits")
+  workdir = _folder_run(root, str(tmp_path / "run"))
+  renamed = str(tmp_path / "renamed")
+  os.rename(root, renamed)
+  os.rename(os.path.join(renamed, "seven"), os.path.join(renamed, "nine"))
+  with pytest.raises(FolderError) as e:
+    evaluate.evaluate(workdir, data_dir=renamed)
+  assert str(e.value) == (f"The image folder {renamed} has the classes four, nine, one, but this "
+                          "run was trained on four, one, seven: point --data_dir=PATH at the "
+                          "folder the run was trained on (its class folders unchanged).")
+  os.rename(os.path.join(renamed, "nine"), os.path.join(renamed, "seven"))
+  os.symlink(os.path.join(renamed, "one"), os.path.join(renamed, "uno"))
+  with pytest.raises(report.ReportError, match="has the classes four, one, seven, uno, but this "
+                     "run was trained on four, one, seven: "):
+    report.write_report(workdir, data_dir=renamed)
+  os.remove(os.path.join(renamed, "uno"))
+  subset = _folder_run(renamed, str(tmp_path / "subset"), classes="seven,one")
+  os.rename(renamed, str(tmp_path / "again"))
+  result = evaluate.evaluate(subset, data_dir=str(tmp_path / "again"))
+  assert result["count"] == 8 and len(result["per_class_accuracy"]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -371,6 +372,79 @@ def _bad_and_odd_files_in(script: str, export_dir: str, digit: str, tmp_path) ->
   assert tiny.startswith(f"{files[3]}  -  no class   (5x5 pixels: too small to hold a digit")
   assert light.endswith("(light background: dark ink on paper needs --invert)")
   assert good.startswith(digit) and "(" not in good
+
+
+def _damage(export_dir, damage: str, model: str) -> None:
+  """Spoils a copy of an export the way `damage` says."""
+  path = export_dir / model
+  if damage == "truncated model":
+    path.write_bytes(path.read_bytes()[:1000])
+  elif damage == "empty model":
+    path.write_bytes(b"")
+  elif damage == "missing model":
+    path.unlink()
+  elif damage == "model is a folder":
+    path.unlink()
+    path.mkdir()
+  elif damage == "truncated model.json":
+    json_path = export_dir / "model.json"
+    json_path.write_text(json_path.read_text()[:200])
+  elif damage == "model.json of another shape":  # the files of two exports
+    meta = json.loads((export_dir / "model.json").read_text())
+    meta["input"]["shape"] = [None, 32, 32, 1]
+    (export_dir / "model.json").write_text(json.dumps(meta))
+  elif damage == "model.json not an export's":
+    (export_dir / "model.json").write_text(json.dumps({"files": ["model.jax"]}))
+  else:  # "no model.json": not an export folder
+    (export_dir / "model.json").unlink()
+
+
+def _expected_error(damage: str, export_dir, model: str) -> str:
+  """The start of the one line that an example prints for an export spoilt by `damage`."""
+  reader = "onnxruntime" if model == "model.onnx" else "jax.export"
+  return "error: " + {
+      "truncated model": f"{export_dir}/{model} is damaged (1,000 bytes that {reader} cannot ",
+      "empty model": f"{export_dir}/{model} is damaged (0 bytes that {reader} cannot ",
+      "missing model": f"{export_dir}/{model} is missing",
+      "model is a folder": (f"{export_dir}/model.onnx is missing (a directory)"
+                            if model == "model.onnx" else f"cannot read {export_dir}/model.jax ("),
+      "truncated model.json": f"{export_dir}/model.json is damaged (",
+      "model.json of another shape": f"{export_dir}/{model} does not match model.json (inputs and "
+                                     "outputs [(28, 28, 1), (10,)] in the model, [(32, 32, 1), "
+                                     "(10,)] in model.json)",
+      "model.json not an export's": f"{export_dir}/model.json is damaged (not what --mode=export "
+                                    "writes)",
+      "no model.json": f"cannot read {export_dir}/model.json",
+  }[damage]
+
+
+@pytest.mark.parametrize("damage", ["truncated model", "empty model", "missing model",
+                                    "model is a folder", "truncated model.json",
+                                    "model.json of another shape", "model.json not an export's",
+                                    "no model.json"])
+@pytest.mark.parametrize("example", ["classify_jax.py", "classify_onnx.py"])
+def test_examples_refuse_a_missing_or_damaged_export_in_one_line(trained, example, damage,
+                                                                 tmp_path):
+  """Not a traceback: one `error:` line naming the file and what is wrong with it, and the
+  command that makes the export (again); nothing in the export directory is changed."""
+  if example == "classify_onnx.py" and not HAVE_ONNX:
+    pytest.skip("classify_onnx.py not run: no onnxruntime here (.ci/export-venv runs it)")
+  workdir, _, _ = trained
+  model = "model.onnx" if example == "classify_onnx.py" else "model.jax"
+  export_dir = tmp_path / "export"
+  shutil.copytree(os.path.join(workdir, "export"), export_dir)
+  _damage(export_dir, damage, model)
+  before = {p.name: p.is_dir() or p.read_bytes() for p in export_dir.iterdir()}
+  digit = _save(np.zeros((28, 28, 1), np.uint8), tmp_path / "digit.png")
+  run = _run(os.path.join("examples", example), str(export_dir), digit)
+  assert run.returncode == 1 and not run.stdout, (run.stdout, run.stderr[-3000:])
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+  assert {p.name: p.is_dir() or p.read_bytes() for p in export_dir.iterdir()} == before
+  assert lines[0].startswith(_expected_error(damage, export_dir, model)), lines[0]
+  assert lines[0].endswith("; run --mode=export first." if damage == "no model.json" else
+                           f"; export it again: python train.py --mode=export --workdir=RUN "
+                           f"--output={export_dir} --overwrite"), lines[0]
 
 
 def test_image_files_are_read_in_batches_of_one_shape(tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import gzip
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +83,77 @@ def test_folder_of_mnist_pngs_is_mnist(mnist_folder):
   first = sorted(os.listdir(os.path.join(mnist_folder, "test", "eight")))[0]
   assert np.array_equal(ds.test.images[0, ..., 0], images[int(first[5:10])])
   assert ds.info()["class_names"] == sorted(WORDS)
+
+
+def _mnist_to_folder(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "examples/mnist_to_folder.py", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _spoilt_idx_dir(tmp_path, name: str, content: bytes) -> str:
+  """A copy of the real IDX files in which `name` holds `content`."""
+  spoilt = tmp_path / "mnist"
+  shutil.copytree(real_idx_dir(), spoilt)
+  (spoilt / name).write_bytes(content)
+  return str(spoilt)
+
+
+def _tree(root) -> dict[str, bytes]:
+  return {str(p.relative_to(root)): p.is_dir() or p.read_bytes() for p in root.rglob("*")}
+
+
+def test_mnist_to_folder_refuses_bad_options_and_files_in_one_line(tmp_path):
+  """One `error:` line saying what is wrong and what to do, exit status 1, and nothing written
+  or changed."""
+  (tmp_path / "a_file").write_text("mine")
+  (tmp_path / "out" / "train").mkdir(parents=True)
+  (tmp_path / "out" / "train" / "3").write_text("a file where a class folder goes")
+  images = tmp_path / "train-images-idx3-ubyte.gz"
+  shutil.copy(os.path.join(real_idx_dir(), images.name), images)
+  cut = images.read_bytes()[:5000]
+  with gzip.open(images) as f:
+    short = gzip.compress(f.read(5000))  # a valid gzip of the first 5,000 bytes of the IDX file
+  labels = os.path.join(real_idx_dir(), "train-labels-idx1-ubyte.gz")
+  cases = {  # options: the start of the error line
+      ("--out=OUT/new", "--per_class=-1"):
+          "error: --per_class=-1: give a number of images per digit, or 0 for all.",
+      ("--out=OUT/a_file", "--per_class=1"):
+          "error: OUT/a_file is a file, not a folder, so OUT/a_file/train/0 cannot be made",
+      ("--out=OUT/a_file/below", "--per_class=1"):
+          "error: OUT/a_file is a file, not a folder, so OUT/a_file/below/train/0 cannot be made",
+      ("--out=OUT/out", "--per_class=1"):
+          "error: OUT/out/train/3 is a file, not a folder, so OUT/out/train/3 cannot be made",
+      ("--out=OUT/new", "--per_class=1", "--mnist_dir=" + _spoilt_idx_dir(
+          tmp_path / "cut", images.name, cut)):
+          f"error: cannot read {tmp_path}/cut/mnist/{images.name} (Compressed file ended before",
+      ("--out=OUT/new", "--per_class=1", "--mnist_dir=" + _spoilt_idx_dir(
+          tmp_path / "short", images.name, short)):
+          f"error: {tmp_path}/short/mnist/{images.name} is not a complete IDX file of bytes "
+          f"(5,000 bytes); copy the four files again",
+      ("--out=OUT/new", "--per_class=1", "--mnist_dir=" + _spoilt_idx_dir(
+          tmp_path / "text", "t10k-labels-idx1-ubyte.gz", b"not gzip")):
+          f"error: cannot read {tmp_path}/text/mnist/t10k-labels-idx1-ubyte.gz (Not a gzipped ",
+      ("--out=OUT/new", "--per_class=1", "--mnist_dir=" + _spoilt_idx_dir(  # train's labels
+          tmp_path / "swapped", "t10k-labels-idx1-ubyte.gz", open(labels, "rb").read())):
+          f"error: {tmp_path}/swapped/mnist/t10k-images-idx3-ubyte.gz and {tmp_path}/swapped/"
+          f"mnist/t10k-labels-idx1-ubyte.gz are not MNIST's 28x28 images and their labels "
+          f"(found shapes (10000, 28, 28) and (60000,))",
+  }
+  before = _tree(tmp_path)
+  for options, error in cases.items():
+    run = _mnist_to_folder(*(o.replace("OUT", str(tmp_path)) for o in options))
+    assert run.returncode == 1 and not run.stdout, (options, run.stdout, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, (
+        options, run.stderr[-2000:])
+    assert run.stderr.startswith(error.replace("OUT", str(tmp_path))), (options, run.stderr)
+    assert _tree(tmp_path) == before, options  # nothing made, nothing changed
+  example = _example_module()
+  with pytest.raises(example.InputError, match="--per_class=-2"):
+    example.write(str(tmp_path / "new"), -2)
+  (tmp_path / "out" / "train" / "3").unlink()  # out/ as it should be: written
+  run = _mnist_to_folder(f"--out={tmp_path}/out", "--per_class=1")
+  assert run.returncode == 0 and run.stdout.startswith("wrote 20 PNG files"), run.stderr[-2000:]
+  assert len(list((tmp_path / "out").rglob("*.png"))) == 20
 
 
 def test_folder_trains_evaluates_and_predicts_with_its_class_names(mnist_folder, tmp_path,

@@ -36,6 +36,9 @@ class Dataset:
   # What `Split.indices` count, for a person to look an example up, e.g. "position in the file
   # t10k-images-idx3-ubyte" (the report names its mistakes' indices with it).
   order: str = ""
+  # The file of each test index (test_files[i] is index i's), for a person to open a mistake;
+  # empty for sources that are not one file per image.
+  test_files: Sequence[str] = ()
 
   def info(self) -> dict[str, object]:
     """What inference needs to know of the data; saved with every checkpoint."""

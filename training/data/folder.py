@@ -153,9 +153,10 @@ def _cache_path(root: str, cache_dir: str, image_size: int, channels: int) -> st
 
 
 def decoded(root: str, cache_dir: str, image_size: int, channels: int
-            ) -> tuple[list[str], dict[str, np.ndarray]]:
-  """The class names, and each split's images and labels ("<split>_images", "<split>_labels")
-  plus "skipped" (unreadable files, relative to `root`), through the cache when enabled."""
+            ) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[str]]]:
+  """The class names; each split's images and labels ("<split>_images", "<split>_labels") plus
+  "skipped" (unreadable files, relative to `root`), through the cache when enabled; and each
+  split's readable files, in the order of its images (the file of each `Split.indices` value)."""
   classes, files = list_images(root)
   digest = fingerprint(root, files, image_size, channels)
   path = _cache_path(root, cache_dir, image_size, channels) if cache_dir else None
@@ -169,7 +170,10 @@ def decoded(root: str, cache_dir: str, image_size: int, channels: int
     arrays["skipped"] = np.asarray(skipped, dtype=str)
     if path:
       cache.write(path, digest, **arrays)
-  return classes, arrays
+  skipped = set(arrays["skipped"].tolist())
+  readable = {split: [p for p, _ in split_files if os.path.relpath(p, root) not in skipped]
+              for split, split_files in files.items()}
+  return classes, arrays, readable
 
 
 def _warn_skipped(root: str, skipped: np.ndarray) -> None:
@@ -224,9 +228,10 @@ def _split(arrays: dict[str, np.ndarray], name: str, positions: np.ndarray | Non
 def load(root: str, *, cache_dir: str, validation_fraction: float = 0.1, split_seed: int = 0,
          image_size: int = 28, channels: int = 1, test_fraction: float = 0.1) -> Dataset:
   """The folder as a Dataset; `Split.indices` are positions among the split folder's readable
-  images (train/ or the flat folder for the carved splits)."""
+  images (train/ or the flat folder for the carved splits), and `test_files` names the file of
+  each test index."""
   check(root, image_size, channels, test_fraction)
-  classes, arrays = decoded(root, cache_dir, image_size, channels)
+  classes, arrays, readable = decoded(root, cache_dir, image_size, channels)
   _warn_skipped(root, arrays["skipped"])
   _check_counts(root, classes, arrays)
   pool = np.arange(len(arrays["train_labels"]))
@@ -247,7 +252,11 @@ def load(root: str, *, cache_dir: str, validation_fraction: float = 0.1, split_s
     if len(carved):
       validation = _split(arrays, "train", pool[carved])
     pool = pool[kept]
+  source = "test" if "test_labels" in arrays else "train"  # the split whose files test indexes
   return Dataset(name=f"{PREFIX}{os.path.basename(os.path.normpath(root))}",
-                      train=_split(arrays, "train", pool), validation=validation, test=test,
-                      num_classes=len(classes), class_names=classes,
-                      image_shape=(image_size, image_size, channels))
+                 train=_split(arrays, "train", pool), validation=validation, test=test,
+                 num_classes=len(classes), class_names=classes,
+                 image_shape=(image_size, image_size, channels),
+                 order=f"the readable images of {layout(root)[source]} (class folders, then "
+                       "files, sorted)",
+                 test_files=tuple(readable[source]))

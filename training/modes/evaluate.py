@@ -11,7 +11,7 @@ import numpy as np
 
 from training import data
 from training.console import log
-from training.data import sources
+from training.data import folder, sources
 from training.errors import ConfigError, DataNotFoundError, unsaved
 from training.compute import device, mesh as mesh_lib
 from training.tasks.classify import scores, steps
@@ -24,18 +24,51 @@ SPLITS = ("test", "validation", "train")
 MODE_FLAGS = {"--config.data_dir": "--data_dir", "--config.data_url": "--data_url"}
 
 
-def load_data(config, data_dir: str | None, data_url: str | None) -> data.Dataset:
-  """The dataset of a checkpoint's `config`, from `data_dir`/`data_url` when given; a data error
-  names this mode's flags, not the training run's --config options."""
+def load_data(config, data_dir: str | None, data_url: str | None,
+              classes: Sequence[str] | None = None) -> data.Dataset:
+  """The dataset of a checkpoint's `config`, from `data_dir`/`data_url` when given (for an image
+  folder's run, `data_dir` is the folder, e.g. moved since training); a data error names this
+  mode's flags, not the training run's --config options. `classes`: the run's class names, which
+  an image folder must still have (it may have changed since)."""
   config = config.copy_and_resolve_references()  # the checkpoint's own stays as it was
   if data_dir:
     config.data_dir = data_dir
   if data_url:
     config.data_url = data_url
+  is_folder = config.dataset.startswith(folder.PREFIX)
+  if is_folder:
+    root = _folder_root(config.dataset[len(folder.PREFIX):], data_dir, classes)
+    config.dataset = folder.PREFIX + root
   try:
-    return data.from_config(config)
+    ds = data.from_config(config)
   except (DataNotFoundError, ConfigError) as e:
     raise sources.with_flags(e, MODE_FLAGS) from e
+  if is_folder and classes is not None and list(map(str, ds.class_names)) != list(
+      map(str, classes)):
+    raise folder.FolderError(_other_classes(root, ds.class_names, classes))
+  return ds
+
+
+def _folder_root(trained: str, data_dir: str | None, classes: Sequence[str] | None) -> str:
+  """The image folder to read (`data_dir` if given, else the run's), checked to exist and to
+  have the run's class folders before anything is decoded."""
+  root = os.path.expanduser(data_dir) if data_dir else trained
+  if not os.path.isdir(root):
+    raise folder.FolderError(
+        f"No image folder {root!r} (given as --data_dir={data_dir}): give the new path of the "
+        f"folder this run was trained on ({trained}): --data_dir=NEW_PATH." if data_dir else
+        f"No image folder {root!r}, the folder this run was trained on: if it has moved, give "
+        "its new path: --data_dir=NEW_PATH.")
+  found = folder.class_names(root)
+  if classes is not None and any(str(c) not in found for c in classes):
+    raise folder.FolderError(_other_classes(root, found, classes))
+  return root
+
+
+def _other_classes(root: str, found: Sequence[str], classes: Sequence[str]) -> str:
+  return (f"The image folder {root} has the classes {', '.join(map(str, found))}, but this run "
+          f"was trained on {', '.join(map(str, classes))}: point --data_dir=PATH at the folder "
+          "the run was trained on (its class folders unchanged).")
 
 
 def evaluate(workdir: str, which: str = "best", split: str = "test",
@@ -50,7 +83,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   runs = ensemble_lib.restore_all(workdir, ensemble, which, member)
   r, config = runs[0], runs[0].config
   capped = config.get("max_eval_examples", 0)  # what the run itself was tested on (and report)
-  ds, part = _split_of(config, split, data_dir, data_url)
+  ds, part = _split_of(config, split, data_dir, data_url, r.dataset_info.get("class_names"))
   if split == "validation" and any(run.population.splits for run in runs):
     log("note: members trained with population_splits each held out their own validation "
         "examples; this split (split_seed's carve) holds examples that some of them trained on.")
@@ -76,13 +109,13 @@ def evaluate(workdir: str, which: str = "best", split: str = "test",
   return result
 
 
-def _split_of(config, split: str, data_dir: str | None, data_url: str | None
-              ) -> tuple[data.Dataset, data.Split]:
-  """The dataset of a run's `config`, every example (whatever the training run used), and its
-  `split`."""
+def _split_of(config, split: str, data_dir: str | None, data_url: str | None,
+              classes: Sequence[str] | None) -> tuple[data.Dataset, data.Split]:
+  """The dataset of a run's `config` (of its `classes`), every example (whatever the training run
+  used), and its `split`."""
   config.max_eval_examples = 0
   config.max_train_examples = 0
-  ds = load_data(config, data_dir, data_url)
+  ds = load_data(config, data_dir, data_url, classes)
   part = {"test": ds.test, "validation": ds.validation, "train": ds.train}[split]
   if part is None:
     raise ConfigError("This run was trained without a validation split "

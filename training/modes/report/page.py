@@ -55,12 +55,21 @@ def _metrics_tables(found: dict[str, Any], final: dict[str, Any] | None, names, 
           ["macro F1", f"{t['macro_f1']:.4f}"] + ([f"{end['macro_f1']:.4f}"] if end else []),
           ["examples", f"{t['count']:,}"] + ([f"{end['count']:,}"] if end else [])]
   rows.append(["parameters", f"{found['params']:,}"] + ([""] if end else []))
-  if end and "time/total_s" in final:
-    rows.append(["training time (s)", "", f"{final['time/total_s']:.1f}"])
+  if end and (seconds := final.get("time/epochs_s", final.get("time/total_s"))) is not None:
+    rows.append(["training time (s), all epochs", "", f"{seconds:.1f}"])
   per_class = [[n, f"{s:,}", f"{p:.4f}", f"{r:.4f}", f"{f:.4f}"] for n, s, p, r, f in zip(
       names, t["support"], t["precision"], t["recall"], t["f1"])]
   return (html_table(["test split", *cols], rows) + "<h3>Per class (this report)</h3>"
           + html_table(["class", "examples", "precision", "recall (accuracy)", "F1"], per_class))
+
+
+def _mistake_files(mistakes: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+  """The shown mistakes' files, as a table (an image folder's; other sources have no files)."""
+  if not mistakes or "file" not in mistakes[0]:
+    return []
+  rows = [[m["file"], f"#{m['index']}", names[m["label"]], names[m["predicted"]],
+           f"{m['probability']:.3f}"] for m in mistakes]
+  return [html_table(["file", "#", "true", "predicted", "p"], rows)]
 
 
 def report_html(workdir, restored, records, found, final, pngs, summary: str,
@@ -83,6 +92,7 @@ def report_html(workdir, restored, records, found, final, pngs, summary: str,
           "<h2>Errors by class</h2>", img("confusion_matrix", pngs["confusion_matrix"]),
           img("per_class", pngs["per_class"]),
           "<h2>Most confident mistakes</h2>", img("mistakes", pngs["mistakes"]),
+          *_mistake_files(found["mistakes"], names),
           "<h2>Model</h2>", f"<pre>{html.escape(summary)}</pre>",
           f"<h2>Config ({html.escape(ckpt)})</h2>",
           f"<pre>{html.escape(json.dumps(config.to_dict(), indent=2, sort_keys=True))}</pre>"]

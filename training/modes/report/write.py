@@ -90,25 +90,24 @@ def _leaves(tree: Any) -> list[Any]:
 
 
 def _predict_test(restored: Any, data_dir: str | None, dataset: Any = None,
-                  data_url: str | None = None) -> tuple[Any, np.ndarray, str]:
-  """The test split as the run evaluated it (its classes; all of it unless its
-  max_eval_examples capped it), from `dataset` when given; the log probabilities of its classes;
-  what its indices count (`Dataset.order`)."""
+                  data_url: str | None = None) -> tuple[Any, np.ndarray]:
+  """The dataset whose test split is the run's (its classes; all unless max_eval_examples capped
+  it), `dataset` when given; the log probabilities of the test split's classes."""
   if dataset is None:
-    dataset = evaluate.load_data(restored.config, data_dir, data_url)
-  test = dataset.test
-  log_probs = predict_log_probs(restored.state, test.images, restored.config.eval_batch_size,
-                                bool(restored.members))
-  return test, log_probs, dataset.order
+    dataset = evaluate.load_data(restored.config, data_dir, data_url,
+                                 restored.dataset_info.get("class_names"))
+  return dataset, predict_log_probs(restored.state, dataset.test.images,
+                                    restored.config.eval_batch_size, bool(restored.members))
 
 
-def _figures(records, restored, test, log_probs, order: str, final
+def _figures(records, restored, dataset, log_probs, final
              ) -> tuple[dict[str, bytes], dict[str, Any]]:
   """The four figures as PNG bytes (a sweep's fifth), and the test scores and mistakes they
   show (a population's: its ensemble's). A mistake's index is its test example's index in the
-  source (`order` says which: the original file's order where the source has one), so that a
-  person can look it up."""
+  source (`dataset.order` says which: the original file's order where the source has one), so
+  that a person can look it up; an image folder's mistakes also name their files."""
   import matplotlib
+  test, order, files = dataset.test, dataset.order, dataset.test_files
   names = [str(n) for n in restored.dataset_info["class_names"]]
   result = scores(log_probs, test.labels, len(names))
   chosen = confident_mistakes(np.exp(log_probs), test.labels, MISTAKES_GRID[0] * MISTAKES_GRID[1])
@@ -135,7 +134,8 @@ def _figures(records, restored, test, log_probs, order: str, final
       pngs["sweep"] = population.plot_sweep(final["members"], swept,
                                             f"{run}: test accuracy against the swept values")
   mistakes = [{"index": int(test.indices[i]), "label": int(test.labels[i]), "predicted": int(p),
-               "probability": float(q)} for i, p, q in zip(*chosen)]
+               "probability": float(q), **({"file": files[test.indices[i]]} if files else {})}
+              for i, p, q in zip(*chosen)]
   return pngs, {"test": result, "mistakes": mistakes, "wrong": wrong, "index_order": order}
 
 
@@ -222,10 +222,10 @@ def _report(workdir: str, which: str, data_dir: str | None, records: dict[str, A
             dataset: Any, data_url: str | None) -> dict[str, Any]:
   t0 = time.perf_counter()
   restored = restore_lib.restore(workdir, which)
-  test, log_probs, order = _predict_test(restored, data_dir, dataset, data_url)
+  dataset, log_probs = _predict_test(restored, data_dir, dataset, data_url)
   t1 = time.perf_counter()
   final = read_json(os.path.join(workdir, TEST_METRICS))
-  pngs, found = _figures(records, restored, test, log_probs, order, final)
+  pngs, found = _figures(records, restored, dataset, log_probs, final)
   found["params"] = sum(int(np.prod(p.shape)) for p in _leaves(restored.state.params)) // max(
       len(restored.members), 1)
   t2 = time.perf_counter()
@@ -256,8 +256,8 @@ def write_report(workdir: str, which: str = "best", data_dir: str | None = None,
   could not be (a read-only workdir) or None, "checkpoint", "step", "status", "model",
   "dataset", "test": scores of the checkpoint on the test split, "wrong": its number of
   mistakes, "mistakes": the examples shown in mistakes.png (each with its "index" in the
-  source's test split), "index_order": what those indices count, "params", "seconds": each
-  part's time}.
+  source's test split, and an image folder's its "file"), "index_order": what those indices
+  count, "params", "seconds": each part's time}.
 
   Raises ReportError (a ConfigError) for a workdir that is not a run, has no metrics or no
   checkpoint, and for any failure while drawing: the run's own files (metrics, checkpoints) are
