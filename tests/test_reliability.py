@@ -319,7 +319,9 @@ def test_ctrl_c_before_training_is_a_note_not_a_traceback(tmp_path):
         [sys.executable, "train.py", "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
          f"--config.data_dir={tmp_path / 'data'}", "--config.cache_dir=none",
          f"--config.data_url=http://127.0.0.1:{server.getsockname()[1]}/"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test worker may ignore Ctrl-C, which its children would inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     server.settimeout(120)
     connection, _ = server.accept()  # the download has begun: training has not
     with connection:
