@@ -10,15 +10,26 @@ import numpy as np
 from training.errors import ConfigError
 
 
+def check_shape(shape: Sequence, axes: Sequence[str]) -> None:
+  """What can be checked of a mesh without the devices (the run's config check calls it too)."""
+  shape, axes = tuple(shape), tuple(axes)
+  if not shape or any(not isinstance(s, int) or isinstance(s, bool) or not (s == -1 or s >= 1)
+                      for s in shape):
+    raise ConfigError(f"mesh_shape must be whole numbers of devices per axis, each at least 1 or "
+                      f"-1 (all the remaining devices), got {shape}: e.g. "
+                      "--config.mesh_shape='(-1,)'.")
+  if len(shape) != len(axes) or "data" not in axes:
+    raise ConfigError(f"mesh_shape {shape} and mesh_axes {axes} must have the same length, and "
+                      "one axis must be named 'data' (the batch is split along it).")
+
+
 def make_mesh(shape: Sequence[int], axes: Sequence[str]):
   """A mesh of `shape` (one -1 = all the remaining devices) named `axes`; batches are split
   along "data". A mesh smaller than the devices uses the first ones (single process only)."""
   import jax
   from jax.experimental import mesh_utils
-  shape, axes = tuple(int(s) for s in shape), tuple(axes)
-  if len(shape) != len(axes) or "data" not in axes:
-    raise ConfigError(f"mesh_shape {shape} and mesh_axes {axes} must have the same length, and "
-                      "one axis must be named 'data' (the batch is split along it).")
+  check_shape(shape, axes)
+  shape, axes = tuple(shape), tuple(axes)
   devices = jax.devices()
   if shape.count(-1) > 1:
     raise ConfigError(f"mesh_shape {shape}: at most one axis can be -1.")

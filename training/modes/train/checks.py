@@ -12,7 +12,7 @@ from training import tasks
 from training.members import Population
 from training.data import sources
 from training.errors import ConfigError, check_writable
-from training.compute import optim
+from training.compute import mesh, optim
 from training.compute.build import DTYPES
 
 
@@ -38,7 +38,7 @@ def validate(config: ml_collections.ConfigDict, origin: dict[str, Any] | None = 
       raise ConfigError(f"Unknown {field} {config[field]!r}; choose one of {', '.join(choices)}.")
   fields = traverse_util.flatten_dict(config.to_dict(), sep=".")
   _check_ranges(fields)
-  _check_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
+  mesh.check_shape(config.mesh_shape, config.mesh_axes)
   population = Population.of(config)
   _check_swept_ranges(fields, population)
   tasks.check_start(config, origin)  # an unknown model among them, listing the known ones
@@ -74,19 +74,6 @@ def _check_ranges(fields: dict[str, Any]) -> None:
   if not a["elastic_sigma"] > 0:
     raise ConfigError(f"augment.elastic_sigma must be positive (pixels), got "
                       f"{a['elastic_sigma']}.")
-
-
-def _check_mesh(shape: tuple, axes: tuple) -> None:
-  """The mesh's shape as far as it can be checked without the devices (compute/mesh.py checks
-  the rest when it builds the mesh)."""
-  if not shape or any(not isinstance(s, int) or isinstance(s, bool) or not (s == -1 or s >= 1)
-                       for s in shape):
-    raise ConfigError(f"mesh_shape must be whole numbers of devices per axis, each at least 1 or "
-                      f"-1 (all the remaining devices), got {shape}: e.g. "
-                      "--config.mesh_shape='(-1,)'.")
-  if len(shape) != len(axes) or "data" not in axes:
-    raise ConfigError(f"mesh_shape {shape} and mesh_axes {axes} must have the same length, and "
-                      "one axis must be named 'data' (the batch is split along it).")
 
 
 def _check_swept_ranges(fields: dict[str, Any], population: Population) -> None:
