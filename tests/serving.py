@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Iterator
 
 import numpy as np
@@ -30,29 +30,45 @@ class Server:
 
 
 def start(directory: str, *flags: str) -> Server:
+  """The server, once it has printed its URL; its output is read by a thread as it comes, so
+  that neither a silent start nor a full pipe can outlast START_TIMEOUT_S."""
   proc = subprocess.Popen(
       [sys.executable, "train.py", "--mode=serve", f"--workdir={directory}", "--port=0", *flags],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.time() + START_TIMEOUT_S
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    found = re.search(r"at (http://127\.0\.0\.1:\d+/) ", line)
-    if found:
-      server = Server(proc, found.group(1))
-      server.lines = lines
-      # The rest of its output, read as it comes, so that the pipe never fills.
-      threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-      return server
-  proc.kill()
-  raise AssertionError("the server did not start:\n" + "".join(lines) + proc.stdout.read())
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      start_new_session=True)  # its workers in a group of their own, ended together
+  server, started = Server(proc, ""), threading.Event()
+
+  def read() -> None:
+    for line in proc.stdout:
+      server.lines.append(line)
+      found = re.search(r"at (http://127\.0\.0\.1:\d+/) ", line)
+      if found and not server.url:
+        server.url = found.group(1)
+        started.set()
+    started.set()  # its end of output: it did not start
+
+  threading.Thread(target=read, daemon=True).start()
+  if not started.wait(START_TIMEOUT_S) or not server.url:
+    end(server)
+    raise AssertionError("the server did not start:\n" + server.output())
+  return server
+
+
+def end(server: Server) -> None:
+  """Kills whatever is left of the server's process group, its workers included."""
+  with contextlib.suppress(ProcessLookupError):
+    os.killpg(server.proc.pid, signal.SIGKILL)
+  server.proc.wait(timeout=60)
 
 
 def stop(server: Server) -> int:
+  """SIGTERM, as a process manager stops it; its status, or a failure after 60 s."""
   server.proc.send_signal(signal.SIGTERM)
-  return server.proc.wait(timeout=60)
+  try:
+    return server.proc.wait(timeout=60)
+  except subprocess.TimeoutExpired:
+    end(server)
+    raise
 
 
 @contextlib.contextmanager
@@ -60,9 +76,9 @@ def serving(directory: str, *flags: str) -> Iterator[Server]:
   server = start(directory, *flags)
   try:
     yield server
+    assert stop(server) == 0, server.output()
   finally:
-    if server.proc.poll() is None:
-      assert stop(server) == 0, server.output()
+    end(server)
 
 
 def png(array: np.ndarray) -> bytes:

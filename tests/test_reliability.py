@@ -322,11 +322,15 @@ def test_ctrl_c_before_training_is_a_note_not_a_traceback(tmp_path):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # As from a terminal: a test worker may ignore Ctrl-C, which its children would inherit.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    server.settimeout(120)
-    connection, _ = server.accept()  # the download has begun: training has not
-    with connection:
-      proc.send_signal(signal.SIGINT)
-      _, stderr = proc.communicate(timeout=60)
+    try:
+      server.settimeout(120)
+      connection, _ = server.accept()  # the download has begun: training has not
+      with connection:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+      proc.kill()  # nothing left running, whatever failed
+      proc.wait(timeout=60)
   assert proc.returncode == 130, stderr[-3000:]
   assert stderr.startswith("note: stopped by Ctrl-C") and len(stderr.splitlines()) == 1, stderr
   assert not (tmp_path / "w").exists()

@@ -6,6 +6,7 @@ posted as PNGs giving --mode=evaluate's accuracy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -235,8 +236,7 @@ def test_concurrent_requests_share_device_calls_and_sigterm_drains_them(small_ru
     statuses = [_status(sock) for sock in sockets]
     assert server.proc.wait(timeout=60) == 0, server.output()
   finally:
-    if server.proc.poll() is None:
-      server.proc.kill()
+    serving.end(server)
   assert statuses == [200] * 8
   time.sleep(0.2)  # the reader thread's last lines
   stopped = re.search(r"stopped after (\d+) device calls of (\d+) images", server.output())
@@ -262,13 +262,12 @@ def test_workers_share_the_port_answer_alike_and_stop_together(small_run, mnist)
     for a, b in zip(first, second):
       assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
     assert serving.stop(server) == 0, server.output()
+    for process in answers:
+      if process != server.proc.pid:
+        with pytest.raises(ProcessLookupError):
+          os.kill(process, 0)  # the other worker has ended too, not left behind
   finally:
-    if server.proc.poll() is None:
-      server.proc.kill()
-  for process in answers:
-    if process != server.proc.pid:
-      with pytest.raises(ProcessLookupError):
-        os.kill(process, 0)  # the other worker has ended too, not left behind
+    serving.end(server)
 
 
 def _free_port() -> int:
@@ -284,6 +283,19 @@ def _answers(port: int) -> bool:
     return False
 
 
+def _group_lives(group: int, for_s: float) -> bool:
+  """Whether a process of the group is still there after for_s seconds (an ended worker may take
+  a moment to be reaped)."""
+  deadline = time.time() + for_s
+  while time.time() < deadline:
+    try:
+      os.killpg(group, 0)
+    except ProcessLookupError:
+      return False
+    time.sleep(0.05)
+  return True
+
+
 @pytest.mark.parametrize("how", ["SIGTERM to the first process", "Ctrl-C to the process group"])
 def test_a_stop_while_the_workers_start_ends_them_all(small_run, how):
   """--workers=2, stopped as soon as the worker answers, while the first process is still
@@ -297,24 +309,24 @@ def test_a_stop_while_the_workers_start_ends_them_all(small_run, how):
   try:
     deadline = time.time() + serving.START_TIMEOUT_S
     while not _answers(port):
-      assert proc.poll() is None and time.time() < deadline, proc.communicate()
+      if proc.poll() is not None or time.time() > deadline:
+        os.killpg(proc.pid, signal.SIGKILL)  # a worker may hold the pipes open
+        pytest.fail("no worker answered:\n" + "".join(proc.communicate(timeout=15)))
       time.sleep(0.01)
     if how.startswith("SIGTERM"):
       proc.send_signal(signal.SIGTERM)
     else:
       os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=15)  # its end of file: no process holds the pipes
+    left = _group_lives(proc.pid, for_s=5)  # a worker included; asked before the kill below
   finally:
-    try:
+    with contextlib.suppress(ProcessLookupError):
       os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
-    except ProcessLookupError:
-      pass
+    proc.wait(timeout=60)
   assert proc.returncode == 0, (out, err)
   assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
   assert "note: stopped after 0 device calls of 0 images in the first of 2 processes." in out
-  with pytest.raises(ProcessLookupError):
-    os.killpg(proc.pid, 0)  # no process of its group is left, a worker included
+  assert not left, "a process of the server's group outlived it"
   with pytest.raises(ConnectionRefusedError):
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
