@@ -181,6 +181,40 @@ def config_fields(name: str) -> dict[str, Any]:
           if k not in NOT_CONFIG_FIELDS and isinstance(v, plain)}
 
 
+def check_values(name: str, fields: dict[str, Any]) -> None:
+  """Raises ModelConfigError for a value of model `name`'s field whose type is not its
+  default's: `--config.model.hidden=abc` parses to ('abc',), which no layer can be built from."""
+  defaults = field_defaults(name)
+  for field, value in fields.items():
+    default = defaults.get(field)
+    if default is None or default is dataclasses.MISSING or _same_type(value, default):
+      continue
+    raise ModelConfigError(
+        f"--config.model.{field}={value!r}: model {name!r} wants {_type_name(default)} there "
+        f"(its default is {default!r}).")
+
+
+def _same_type(value: Any, default: Any) -> bool:
+  """Whether `value` is of `default`'s type: an int where a float is due, any list or tuple
+  where one is, and each item of the item type that all of the default's share."""
+  if isinstance(default, bool) or not isinstance(default, (int, float, str, tuple, list)):
+    return isinstance(value, type(default))
+  if isinstance(default, (tuple, list)):
+    kinds = {type(item) for item in default}
+    return isinstance(value, (tuple, list)) and (
+        len(kinds) != 1 or all(_same_type(item, default[0]) for item in value))
+  wanted = (int, float) if isinstance(default, float) else type(default)
+  return isinstance(value, wanted) and not isinstance(value, bool)
+
+
+def _type_name(default: Any) -> str:
+  if isinstance(default, (tuple, list)) and len({type(x) for x in default}) == 1:
+    return "a tuple of " + {bool: "True/False values", int: "ints", float: "numbers",
+                            str: "strings"}.get(type(default[0]), type(default[0]).__name__)
+  return {bool: "True or False", int: "an int", float: "a number", str: "a string",
+          tuple: "a tuple", list: "a tuple"}.get(type(default), type(default).__name__)
+
+
 def get_factory(name: str) -> ModelFactory:
   _discover()
   if name not in _REGISTRY:

@@ -51,6 +51,10 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     # absl joined the two tuples: a 4-stage CNN, (8, 16, 16, 32), trained without a word.
     (["--config=configs/cnn.py", "--config.model.features=(8,16)", "--config.model.features=(16,32)"],
      "error: --config.model.features is given 2 times: give each field once"),
+    # A tuple field takes any text as a 1-tuple: this failed as a model that cannot be built.
+    (["--config=configs/mlp.py", "--config.model.hidden=abc"],
+     "error: --config.model.hidden=('abc',): model 'mlp' wants a tuple of ints there (its "
+     "default is (512, 512))."),
     ([], "error: training needs --config, e.g. --config=configs/cnn.py. (python train.py --help "
          "lists the modes and flags)\n"),
     (["--mode=evaluate"], "error: --mode=evaluate needs --workdir, the trained run's directory."),

@@ -160,6 +160,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     models = ", ".join(nets.names(kind=wanted))
     raise ConfigError(f"Model {config.model.name!r} is a {kind} model, and task {name!r} trains "
                       f"{wanted} models ({models}): change --config.model.name or --config.task.")
+  nets.check_values(config.model.name, {k: v for k, v in config.model.items() if k != "name"})
   _REGISTRY[name].check_config(config)
 
 
