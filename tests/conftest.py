@@ -126,15 +126,19 @@ def unused_url() -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _temporary_files(tmp_path_factory):
-  """Temporary files that no test names, in pytest's temporary tree, which it prunes, rather than
-  the machine's /tmp: tfds leaves an empty folder for each builder of unprepared (mock) data,
-  and headless Chromium its profile, in this process and in the ones the tests start."""
+  """Temporary files that no test names, in a folder of the session's own that it deletes at its
+  end, rather than loose in the machine's /tmp: tfds leaves an empty folder for each builder of
+  unprepared (mock) data, and headless Chromium its profile, in this process and in the ones the
+  tests start. A short path: Chromium's socket there must fit a socket address (108 bytes)."""
+  import shutil
   import tempfile
-  folder = str(tmp_path_factory.mktemp("temporary"))
+  tmp_path_factory.getbasetemp()  # the tests' own tmp_path stays in pytest's tree, found first
+  folder = tempfile.mkdtemp(prefix="mnist-flax-tests-")
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(tempfile, "tempdir", folder)
     mp.setenv("TMPDIR", folder)
     yield
+  shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
