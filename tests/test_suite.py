@@ -3,7 +3,6 @@ pipe) fails with its stack within pyproject.toml's limit, rather than outlasting
 
 import subprocess
 import sys
-import time
 
 from conftest import REPO
 
@@ -21,11 +20,9 @@ def test_the_suite_has_a_time_limit_per_test(pytestconfig):
 
 def test_a_test_that_hangs_fails_with_its_stack(tmp_path):
   (tmp_path / "test_hangs.py").write_text(HANGS)
-  began = time.time()
   run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                         "--timeout=2", f"--rootdir={tmp_path}", "-c", str(REPO / "pyproject.toml"),
                         str(tmp_path / "test_hangs.py")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1, run.stdout[-3000:]
   assert "Timeout (>2.0s)" in run.stdout and "time.sleep(600)" in run.stdout, run.stdout[-3000:]
-  assert time.time() - began < 60
